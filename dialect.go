@@ -1,0 +1,83 @@
+package llmratelimit
+
+import "strings"
+
+// format is the wire format of a request: which provider's JSON the body,
+// the usage report and the handler's own error responses speak.
+type format uint8
+
+const (
+	// formatNone means the path carries no body the estimator reads:
+	// the request costs 1 request and 0 tokens.
+	formatNone format = iota
+	formatOpenAI
+	formatAnthropic
+)
+
+func (f format) String() string {
+	switch f {
+	case formatOpenAI:
+		return "openai"
+	case formatAnthropic:
+		return "anthropic"
+	}
+	return "none"
+}
+
+// formatForPath is the `format auto` rule of SPEC "Request flow" 2.
+func formatForPath(path string) format {
+	path = strings.TrimSuffix(path, "/")
+	switch {
+	case strings.HasSuffix(path, "/v1/messages"):
+		return formatAnthropic
+	case strings.HasSuffix(path, "/v1/chat/completions"),
+		strings.HasSuffix(path, "/v1/completions"),
+		strings.HasSuffix(path, "/v1/responses"),
+		strings.HasSuffix(path, "/v1/embeddings"):
+		return formatOpenAI
+	}
+	return formatNone
+}
+
+// requestInfo is what the estimator learns from one request body. It holds
+// counts only; the handler turns them into tokens with the model's config
+// (token_ratio, image_tokens, max_output).
+type requestInfo struct {
+	// Model is the body's "model" field ("" when absent).
+	Model string
+	// TextTokens is the estimated token count of all the text the model
+	// reads (messages, system, tools, tool calls and results, input, prompt,
+	// instructions), before token_ratio, without per-message overhead and
+	// without images.
+	TextTokens int64
+	// Messages is the number of chat / messages / input items (3 tokens each).
+	Messages int64
+	// ImagesLow counts OpenAI images with detail "low".
+	ImagesLow int64
+	// Images counts every other image (OpenAI high/auto detail, Anthropic).
+	Images int64
+	// MaxOutput is max_completion_tokens | max_output_tokens | max_tokens
+	// as given in the body; 0 when the body sets none.
+	MaxOutput int64
+	// N is the number of choices; 1 when absent.
+	N int64
+	// Stream is the body's "stream" flag.
+	Stream bool
+	// IncludeUsage reports stream_options.include_usage == true (OpenAI).
+	IncludeUsage bool
+}
+
+// usage is what the upstream says the request actually cost.
+type usage struct {
+	// Input counts the input tokens that count against ITPM: for Anthropic
+	// input_tokens + cache_creation_input_tokens (cache reads excluded).
+	Input int64
+	// Output counts the output tokens.
+	Output int64
+}
+
+// badRequestError is a client error found in the body: the handler answers
+// 400 in the request's format with this message.
+type badRequestError struct{ msg string }
+
+func (e *badRequestError) Error() string { return e.msg }

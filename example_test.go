@@ -1,0 +1,44 @@
+package llmratelimit
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// TestExampleServesThroughTheMockUpstream loads example.Caddyfile as it is,
+// except for the ports, and walks the README's curl lines: a 200 through the
+// gateway to the built-in mock upstream, a 429 with headers, a 401.
+func TestExampleServesThroughTheMockUpstream(t *testing.T) {
+	raw, err := os.ReadFile("example.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := strings.NewReplacer(
+		"admin localhost:2019", "admin "+testAdmin,
+		":8080", testGateway,
+		"localhost:8081", "127.0.0.1:29481",
+		":8081", "127.0.0.1:29481",
+	).Replace(string(raw))
+	if err := load(t, cfg); err != nil {
+		t.Fatal(err)
+	}
+	r := send(t, "/v1/chat/completions", "sk-demo-pro", `{"model":"gpt-4o","messages":[{"role":"user","content":"Hello"}]}`)
+	if r.status != 200 || !strings.Contains(r.body, `"chat.completion"`) || r.header.Get("x-ratelimit-limit-requests") != "600" {
+		t.Fatalf("through the gateway: %d %v %s", r.status, r.header, r.body)
+	}
+	r = send(t, "/v1/messages", "sk-demo-pro", `{"model":"claude-sonnet-4-5","max_tokens":100,"messages":[{"role":"user","content":"Hello"}]}`)
+	if r.status != 200 || !strings.Contains(r.body, `"type":"message"`) {
+		t.Fatalf("anthropic through the gateway: %d %s", r.status, r.body)
+	}
+	for i := 0; i < 3; i++ {
+		send(t, "/v1/chat/completions", "sk-demo-free", `{"model":"gpt-4o","messages":[{"role":"user","content":"Hello"}]}`)
+	}
+	r = send(t, "/v1/chat/completions", "sk-demo-free", `{"model":"gpt-4o","messages":[{"role":"user","content":"Hello"}]}`)
+	if r.status != 429 || r.header.Get("Retry-After") == "" {
+		t.Fatalf("4th free-tier request: %d %v", r.status, r.header)
+	}
+	if r = send(t, "/v1/chat/completions", "", `{}`); r.status != 401 {
+		t.Fatalf("no key: %d", r.status)
+	}
+}

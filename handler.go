@@ -1,0 +1,205 @@
+package llmratelimit
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// ServeHTTP follows SPEC's request flow: key → body → estimate → context
+// check → admit → forward → settle → release.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	f := h.format
+	if f == formatNone {
+		f = formatForPath(r.URL.Path)
+	}
+	rf := replyFormat(f)
+
+	// 1. Key.
+	key := h.keyOf(r)
+	if key == "" {
+		return h.replyError(w, rf, errUnauthorized, "Missing API key: send it as 'Authorization: Bearer <key>' or in the x-api-key header.")
+	}
+	kh := hashKey(key)
+	tier, known := h.keys[kh]
+	if !known && h.RequireKnownKeys {
+		h.logger.Info("unknown api key", zap.String("key_id", kh.id()))
+		return h.replyError(w, rf, errUnauthorized, "Incorrect API key provided (key_id "+kh.id()+").")
+	}
+
+	// 2. Body, 3. estimate.
+	info := requestInfo{N: 1}
+	if f != formatNone {
+		body, err := readBody(r, h.MaxBody)
+		if err != nil {
+			if errors.Is(err, errBodyTooLarge) {
+				return h.replyError(w, rf, errTooLarge, fmt.Sprintf("Request body exceeds the limit of %d bytes.", h.MaxBody))
+			}
+			return h.replyError(w, rf, errInvalid, "Could not read the request body: "+err.Error())
+		}
+		if err := parseRequest(f, body, &info); err != nil {
+			return h.replyError(w, rf, errInvalid, "Invalid request body: "+err.Error())
+		}
+		restoreBody(r, body)
+		// The usage in the response must be readable; an encode directive
+		// in front of this handler re-compresses for the client.
+		r.Header.Del("Accept-Encoding")
+	}
+	m := h.modelFor(info.Model)
+	d := h.demandFor(&info, m, f, r.URL.Path)
+
+	// 4. Context window.
+	if m != nil && m.ContextWindow > 0 && d.in+d.out > float64(m.ContextWindow) {
+		return h.replyError(w, rf, errContextLength, fmt.Sprintf(
+			"This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the messages, %d in the completion). Please reduce the length of the messages or completion.",
+			m.ContextWindow, int64(d.in+d.out), int64(d.in), int64(d.out)))
+	}
+
+	// 5. Admission.
+	lim := h.limitsFor(tier)
+	t, dec := h.zone.admit(kh, lim, d, now().UnixNano(), h.DryRun)
+	logFields := []zap.Field{
+		zap.String("zone", h.Zone), zap.String("key_id", kh.id()), zap.String("tier", tier),
+		zap.String("model", info.Model), zap.Float64("input_estimate", d.in), zap.Float64("output_reserved", d.out),
+	}
+	if !dec.ok {
+		msg := rejectMessage(dec.verdict, d.model)
+		logFields = append(logFields, zap.Duration("wait", dec.wait), zap.Bool("never_fits", dec.never), zap.String("reason", msg))
+		if !h.DryRun {
+			h.logger.Info("rejected", logFields...)
+			return h.reply429(w, rf, dec, msg)
+		}
+		h.logger.Info("would reject (dry_run)", logFields...)
+	} else if ce := h.logger.Check(zap.DebugLevel, "allowed"); ce != nil {
+		ce.Write(logFields...)
+	}
+
+	// 6. Forward. 8. Settle. 9. Release, on every path: a panic such as
+	// http.ErrAbortHandler keeps the reservation but frees the slot.
+	uw := &usageWriter{ResponseWriter: w, h: h, f: f, dec: &dec}
+	settled := false
+	defer func() {
+		if !settled {
+			t.finish(now().UnixNano(), nil, false)
+		}
+	}()
+	err := next.ServeHTTP(uw, r)
+	settled = true
+	switch u, ok := uw.usage(); {
+	case uw.status < 200 || uw.status > 299:
+		t.finish(now().UnixNano(), nil, true)
+	case ok:
+		t.finish(now().UnixNano(), &u, false)
+	default:
+		t.finish(now().UnixNano(), nil, false)
+	}
+	return err
+}
+
+// keyOf is the caller's key: the key template's value, or by default the
+// bearer token, else x-api-key.
+func (h *Handler) keyOf(r *http.Request) string {
+	if h.Key == "" {
+		return defaultKey(r)
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return ""
+	}
+	return strings.TrimSpace(repl.ReplaceAll(h.Key, ""))
+}
+
+// Image costs by formula, never by the size of their data.
+const (
+	openAIImageLowTokens = 85
+	openAIImageTokens    = 765
+	anthropicImageTokens = 1600
+)
+
+// demandFor turns what the estimator read into the tokens a request asks
+// for: input (text, 3 per message, images, times token_ratio) and the output
+// reservation.
+func (h *Handler) demandFor(info *requestInfo, m *Model, f format, urlPath string) demand {
+	imageCost := int64(openAIImageTokens)
+	if f == formatAnthropic {
+		imageCost = anthropicImageTokens
+	}
+	ratio := 1.0
+	if m != nil {
+		if m.ImageTokens > 0 {
+			imageCost = m.ImageTokens
+		}
+		ratio = m.TokenRatio
+	}
+	raw := float64(info.TextTokens) + 3*float64(info.Messages) +
+		openAIImageLowTokens*float64(info.ImagesLow) + float64(imageCost)*float64(info.Images)
+	d := demand{in: math.Ceil(raw * ratio), model: m}
+	if m != nil && !m.Limits.any() {
+		d.model = nil // a model block without limits has no buckets
+	}
+	switch {
+	case f == formatNone || strings.HasSuffix(strings.TrimSuffix(urlPath, "/"), "/v1/embeddings"):
+		// Nothing is generated.
+	case info.MaxOutput > 0:
+		d.out = float64(info.MaxOutput) * float64(info.N)
+	default:
+		per := h.DefaultMaxOutput
+		if m != nil && m.MaxOutput > 0 {
+			per = m.MaxOutput
+		}
+		// Without an explicit max the model stops at its window: do not
+		// reserve (or reject for) more than the window leaves.
+		if m != nil && m.ContextWindow > 0 {
+			per = min(per, max(m.ContextWindow-int64(d.in), 0))
+		}
+		d.out = float64(per) * float64(info.N)
+	}
+	return d
+}
+
+func (l Limits) any() bool { return l.RPM > 0 || l.TPM > 0 || l.ITPM > 0 || l.OTPM > 0 }
+
+var errBodyTooLarge = errors.New("request body too large")
+
+// readBody reads at most max bytes of the body.
+func readBody(r *http.Request, max int64) ([]byte, error) {
+	if r.ContentLength > max {
+		return nil, errBodyTooLarge
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	size := int64(512)
+	if r.ContentLength > 0 {
+		size = r.ContentLength + 1
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size))
+	n, err := buf.ReadFrom(io.LimitReader(r.Body, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > max {
+		return nil, errBodyTooLarge
+	}
+	return buf.Bytes(), nil
+}
+
+// restoreBody gives the buffered body back for the next handler and for
+// every re-send: Body, ContentLength and GetBody. Expect and chunked
+// transfer encoding no longer apply.
+func restoreBody(r *http.Request, body []byte) {
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.TransferEncoding = nil
+	r.Header.Del("Expect")
+	r.Header.Del("Transfer-Encoding")
+}

@@ -1,0 +1,226 @@
+package llmratelimit
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// The package's tests drive one real Caddy, in-process, through its admin
+// API, in front of a real HTTP upstream. The ports are this package's own.
+const (
+	testAdmin   = "localhost:29419"
+	testGateway = "127.0.0.1:29480"
+)
+
+var (
+	upstream     *httptest.Server
+	upstreamFunc atomic.Pointer[http.HandlerFunc]
+	clk          = &fakeClock{t: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)}
+)
+
+// fakeClock is the package clock in tests: time passes only when a test says.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func TestMain(m *testing.M) {
+	setClock(clk.Now)
+	upstream = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f := upstreamFunc.Load(); f != nil {
+			(*f)(w, r)
+			return
+		}
+		chatCompletion(w, r, 10, 5)
+	}))
+	cfg := fmt.Sprintf(`{"admin":{"listen":%q}}`, testAdmin)
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		fmt.Fprintln(os.Stderr, "starting caddy:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = caddy.Stop()
+	upstream.Close()
+	os.Exit(code)
+}
+
+// setUpstream swaps the upstream's behaviour for one test.
+func setUpstream(t *testing.T, f http.HandlerFunc) {
+	t.Helper()
+	upstreamFunc.Store(&f)
+	t.Cleanup(func() { upstreamFunc.Store(nil) })
+}
+
+// chatCompletion answers like OpenAI's chat completions, with usage.
+func chatCompletion(w http.ResponseWriter, r *http.Request, prompt, completion int) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("x-ratelimit-remaining-requests", "999999") // must be replaced by the gateway's
+	fmt.Fprintf(w, `{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi \"usage\":{}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}`,
+		prompt, completion, prompt+completion)
+}
+
+// siteConfig is a Caddyfile with the gateway site on testGateway:
+// llm_ratelimit with the given body, then reverse_proxy to the upstream.
+func siteConfig(directiveBody string) string {
+	return fmt.Sprintf(`{
+	admin %s
+	auto_https off
+	persist_config off
+}
+http://%s {
+	llm_ratelimit {
+%s
+	}
+	reverse_proxy %s
+}
+`, testAdmin, testGateway, directiveBody, upstream.Listener.Addr().String())
+}
+
+// load posts a Caddyfile to the admin API's /load, as a reload does, and
+// returns the error body when Caddy refuses it.
+func load(t *testing.T, caddyfile string) error {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+testAdmin+"/load", strings.NewReader(caddyfile))
+	req.Header.Set("Content-Type", "text/caddyfile")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("POST /load: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("load: %d %s", resp.StatusCode, body)
+	}
+	return nil
+}
+
+// mustLoad loads the gateway with the given llm_ratelimit body.
+func mustLoad(t *testing.T, directiveBody string) {
+	t.Helper()
+	if err := load(t, siteConfig(directiveBody)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type reply struct {
+	status int
+	header http.Header
+	body   string
+}
+
+// errorJSON is both error shapes: OpenAI's and Anthropic's.
+type errorJSON struct {
+	Type  string `json:"type"`
+	Error struct {
+		Message string  `json:"message"`
+		Type    string  `json:"type"`
+		Code    *string `json:"code"`
+		Param   *string `json:"param"`
+	} `json:"error"`
+}
+
+func (r reply) errorBody(t *testing.T) errorJSON {
+	t.Helper()
+	var e errorJSON
+	if err := json.Unmarshal([]byte(r.body), &e); err != nil {
+		t.Fatalf("error body is not JSON: %v: %s", err, r.body)
+	}
+	return e
+}
+
+// send makes one request to the gateway with a bearer key (none when key
+// is "").
+func send(t *testing.T, path, key, body string) reply {
+	t.Helper()
+	return sendReq(t, newReq(t, path, key, body))
+}
+
+func newReq(t *testing.T, path, key, body string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, "http://"+testGateway+path, bytes.NewBufferString(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	return req
+}
+
+func sendReq(t *testing.T, req *http.Request) reply {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return reply{status: resp.StatusCode, header: resp.Header, body: string(b)}
+}
+
+// zoneOf returns the live state of a zone, through the same pool the
+// handlers use.
+func zoneOf(t *testing.T, name string) *zone {
+	t.Helper()
+	var found *zone
+	zones.Range(func(k, v any) bool {
+		if k == name {
+			found = v.(*zone)
+			return false
+		}
+		return true
+	})
+	if found == nil {
+		t.Fatalf("zone %q is not in the pool", name)
+	}
+	return found
+}
+
+// eventually waits for a condition that another goroutine makes true (a
+// handler finishing after its client left). It does not make time pass.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+const chatBody = `{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello to the gateway."}],"max_tokens":100}`
+const messagesBody = `{"model":"claude-sonnet-4-5","max_tokens":100,"messages":[{"role":"user","content":"Say hello to the gateway."}]}`
+
+func sha256Hex(s string) string {
+	kh := hashKey(s)
+	return hex.EncodeToString(kh[:])
+}

@@ -1,0 +1,91 @@
+package llmratelimit
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+)
+
+// keyHash is the sha256 of an API key. The raw key is never stored; the
+// handler holds, logs and shows only keyHash.id().
+type keyHash [sha256.Size]byte
+
+func hashKey(key string) keyHash { return sha256.Sum256([]byte(key)) }
+
+// id is the key_id: the first 12 hex characters of sha256(key).
+func (k keyHash) id() string { return hex.EncodeToString(k[:6]) }
+
+// parseKeySpec reads an api_key / keys_file key: a raw key or
+// "sha256:<64 hex digits>".
+func parseKeySpec(s string) (keyHash, error) {
+	var kh keyHash
+	if hexPart, ok := strings.CutPrefix(s, "sha256:"); ok {
+		b, err := hex.DecodeString(hexPart)
+		if err != nil || len(b) != sha256.Size {
+			return kh, fmt.Errorf("sha256: key must be 64 hex digits")
+		}
+		copy(kh[:], b)
+		return kh, nil
+	}
+	if s == "" {
+		return kh, fmt.Errorf("empty key")
+	}
+	return hashKey(s), nil
+}
+
+type keyEntry struct {
+	hash keyHash
+	tier string
+}
+
+// readKeysFile reads "<key|sha256:hex> <tier>" lines. Blank lines and
+// everything from # to the end of a line are ignored. Errors name the line,
+// never the key.
+func readKeysFile(path string) ([]keyEntry, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return parseKeys(f.Name(), bufio.NewScanner(f))
+}
+
+func parseKeys(name string, sc *bufio.Scanner) ([]keyEntry, error) {
+	var out []keyEntry
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	for line := 1; sc.Scan(); line++ {
+		text := sc.Text()
+		if i := strings.IndexByte(text, '#'); i >= 0 {
+			text = text[:i]
+		}
+		fields := strings.Fields(text)
+		if len(fields) == 0 {
+			continue
+		}
+		if len(fields) != 2 {
+			return nil, fmt.Errorf("%s:%d: want \"<key> <tier>\", got %d fields", name, line, len(fields))
+		}
+		kh, err := parseKeySpec(fields[0])
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %v", name, line, err)
+		}
+		out = append(out, keyEntry{hash: kh, tier: fields[1]})
+	}
+	return out, sc.Err()
+}
+
+// defaultKey is the bearer token of Authorization (scheme matched
+// case-insensitively), else the x-api-key header. Another scheme or an empty
+// token counts as no key.
+func defaultKey(r *http.Request) string {
+	if auth := r.Header.Get("Authorization"); len(auth) > 7 && strings.EqualFold(auth[:7], "bearer ") {
+		if tok := strings.TrimSpace(auth[7:]); tok != "" {
+			return tok
+		}
+	}
+	return strings.TrimSpace(r.Header.Get("X-Api-Key"))
+}

@@ -1,0 +1,377 @@
+// Package llmratelimit is a Caddy HTTP handler that rate limits LLM API
+// traffic (OpenAI-style and Anthropic-style) per API key: it estimates each
+// request's tokens from its JSON body, debits requests-per-minute,
+// tokens-per-minute, input- and output-tokens-per-minute buckets and a
+// concurrency cap in one all-or-nothing decision, and settles the estimate
+// against the usage the upstream reports.
+package llmratelimit
+
+import (
+	"fmt"
+	"math"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+	httpcaddyfile.RegisterHandlerDirective("llm_ratelimit", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("llm_ratelimit", httpcaddyfile.Before, "reverse_proxy")
+}
+
+const (
+	defaultZone      = "default"
+	defaultMaxBody   = 16 << 20
+	defaultMaxOutput = 4096
+)
+
+// Limits are per-minute limits. Each is a token bucket whose capacity is the
+// per-minute figure, refilled continuously at limit/60 per second. A zero
+// value means "no limit of this kind".
+type Limits struct {
+	// Requests per minute.
+	RPM int64 `json:"rpm,omitempty"`
+	// Tokens per minute: estimated input plus reserved output, settled to
+	// the actual input plus output.
+	TPM int64 `json:"tpm,omitempty"`
+	// Input tokens per minute.
+	ITPM int64 `json:"itpm,omitempty"`
+	// Output tokens per minute (the output reservation, settled to the
+	// actual output).
+	OTPM int64 `json:"otpm,omitempty"`
+	// Requests in flight at once. Not a per-minute figure.
+	Concurrent int64 `json:"concurrent,omitempty"`
+}
+
+// inherit fills every limit l does not set from d.
+func (l Limits) inherit(d Limits) Limits {
+	if l.RPM == 0 {
+		l.RPM = d.RPM
+	}
+	if l.TPM == 0 {
+		l.TPM = d.TPM
+	}
+	if l.ITPM == 0 {
+		l.ITPM = d.ITPM
+	}
+	if l.OTPM == 0 {
+		l.OTPM = d.OTPM
+	}
+	if l.Concurrent == 0 {
+		l.Concurrent = d.Concurrent
+	}
+	return l
+}
+
+func (l Limits) validate(where string) error {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"rpm", l.RPM}, {"tpm", l.TPM}, {"itpm", l.ITPM}, {"otpm", l.OTPM}, {"concurrent", l.Concurrent}} {
+		if f.v < 0 {
+			return fmt.Errorf("%s%s: must not be negative, got %d", where, f.name, f.v)
+		}
+	}
+	return nil
+}
+
+// APIKey assigns a key to a tier.
+type APIKey struct {
+	// Key is the raw API key, or "sha256:<64 hex digits>" of it so that the
+	// config need not hold the secret.
+	Key string `json:"key"`
+	// Tier names an entry of tiers.
+	Tier string `json:"tier"`
+}
+
+// Model holds what applies to requests whose body names a model.
+type Model struct {
+	// Name is the model name, matched exactly first, then as a path.Match
+	// glob; the longest matching glob wins.
+	Name string `json:"name"`
+	// Per key × model limits (concurrent is not supported here).
+	Limits
+	// ContextWindow, when set, rejects with 400 context_length_exceeded a
+	// request whose estimated input plus output reservation exceeds it.
+	ContextWindow int64 `json:"context_window,omitempty"`
+	// MaxOutput is the output reservation when the body sets no
+	// max_tokens-like field. Default: default_max_output.
+	MaxOutput int64 `json:"max_output,omitempty"`
+	// TokenRatio multiplies the input estimate (e.g. 1.3 for models whose
+	// tokenizer counts ~30 % more tokens than o200k). Default 1.0.
+	TokenRatio float64 `json:"token_ratio,omitempty"`
+	// ImageTokens is what one image costs. Default: OpenAI 765 (85 for
+	// detail "low", which this does not change), Anthropic 1600.
+	ImageTokens int64 `json:"image_tokens,omitempty"`
+}
+
+// Handler rate limits LLM API requests per API key. Put it before
+// reverse_proxy.
+type Handler struct {
+	// Zone names the state pool. Handlers with the same zone share bucket
+	// state, and the state survives config reloads. Default "default".
+	Zone string `json:"zone,omitempty"`
+
+	// Key is a placeholder template whose value identifies the caller,
+	// e.g. "{http.request.header.X-Team}". Default: the bearer token of
+	// Authorization, else the x-api-key header. An empty value is answered
+	// with 401.
+	Key string `json:"key,omitempty"`
+
+	// Format of request bodies and of the handler's own error responses:
+	// "auto" (default; by path), "openai" or "anthropic".
+	Format string `json:"format,omitempty"`
+
+	// MaxBody is the largest request body read, in bytes; larger → 413.
+	// Default 16 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	// Default limits, for keys without a tier.
+	Limits
+
+	// Tiers are named sets of limits. A tier inherits every limit it does
+	// not set from the defaults.
+	Tiers map[string]Limits `json:"tiers,omitempty"`
+
+	// APIKeys assigns keys to tiers.
+	APIKeys []APIKey `json:"api_keys,omitempty"`
+
+	// KeysFile is a file of "<key|sha256:hex> <tier>" lines; blank lines
+	// and everything from # to the end of a line are ignored. Read at
+	// provision time.
+	KeysFile string `json:"keys_file,omitempty"`
+
+	// RequireKnownKeys answers 401 to a key that no api_key or keys_file
+	// line names.
+	RequireKnownKeys bool `json:"require_known_keys,omitempty"`
+
+	// Models configure per key × model limits and the estimator per model.
+	Models []Model `json:"models,omitempty"`
+
+	// DefaultMaxOutput is the output reservation when neither the body nor
+	// the model says. Default 4096.
+	DefaultMaxOutput int64 `json:"default_max_output,omitempty"`
+
+	// Headers adds the x-ratelimit-* headers to every response. Default
+	// true.
+	Headers *bool `json:"headers,omitempty"`
+
+	// DryRun decides, logs and meters, but never rejects.
+	DryRun bool `json:"dry_run,omitempty"`
+
+	logger    *zap.Logger
+	zone      *zone
+	format    format
+	keys      map[keyHash]string // key → tier name
+	tiers     map[string]Limits  // resolved: inherited from the defaults
+	models    map[string]*Model  // exact names
+	globs     []*Model           // glob patterns, longest first
+	headersOn bool
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.llm_ratelimit",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the handler: logger, defaults, keys and models, then the
+// zone state from the pool.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Zone == "" {
+		h.Zone = defaultZone
+	}
+	if h.MaxBody == 0 {
+		h.MaxBody = defaultMaxBody
+	}
+	if h.DefaultMaxOutput == 0 {
+		h.DefaultMaxOutput = defaultMaxOutput
+	}
+	h.headersOn = h.Headers == nil || *h.Headers
+	switch h.Format {
+	case "", "auto":
+		h.format = formatNone
+	case "openai":
+		h.format = formatOpenAI
+	case "anthropic":
+		h.format = formatAnthropic
+	default:
+		return fmt.Errorf("format: must be auto, openai or anthropic, got %q", h.Format)
+	}
+
+	h.tiers = make(map[string]Limits, len(h.Tiers))
+	for name, t := range h.Tiers {
+		h.tiers[name] = t.inherit(h.Limits)
+	}
+	h.keys = make(map[keyHash]string, len(h.APIKeys))
+	for i, k := range h.APIKeys {
+		kh, err := parseKeySpec(k.Key)
+		if err != nil {
+			return fmt.Errorf("api_keys[%d]: %v", i, err)
+		}
+		h.keys[kh] = k.Tier
+	}
+	if h.KeysFile != "" {
+		entries, err := readKeysFile(h.KeysFile)
+		if err != nil {
+			return fmt.Errorf("keys_file: %v", err)
+		}
+		for _, e := range entries {
+			h.keys[e.hash] = e.tier
+		}
+	}
+
+	h.models = make(map[string]*Model)
+	h.globs = nil
+	for i := range h.Models {
+		m := &h.Models[i]
+		if m.TokenRatio == 0 {
+			m.TokenRatio = 1
+		}
+		if strings.ContainsAny(m.Name, "*?[") {
+			h.globs = append(h.globs, m)
+		} else {
+			h.models[m.Name] = m
+		}
+	}
+	sort.SliceStable(h.globs, func(i, j int) bool { return len(h.globs[i].Name) > len(h.globs[j].Name) })
+
+	// Validate before taking the zone, so that a config that fails never
+	// touches live state.
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	for _, t := range h.keys {
+		if _, ok := h.tiers[t]; !ok {
+			return fmt.Errorf("keys_file: unknown tier %q", t)
+		}
+	}
+
+	z, _, err := zones.LoadOrNew(h.Zone, func() (caddy.Destructor, error) {
+		return newZone(h.Zone), nil
+	})
+	if err != nil {
+		return err
+	}
+	h.zone = z.(*zone)
+	return nil
+}
+
+// Validate rejects impossible values, naming the field.
+func (h *Handler) Validate() error {
+	if err := h.Limits.validate(""); err != nil {
+		return err
+	}
+	if h.MaxBody < 0 {
+		return fmt.Errorf("max_body: must be positive, got %d", h.MaxBody)
+	}
+	if h.DefaultMaxOutput < 0 {
+		return fmt.Errorf("default_max_output: must not be negative, got %d", h.DefaultMaxOutput)
+	}
+	for name, t := range h.Tiers {
+		if name == "" {
+			return fmt.Errorf("tiers: a tier needs a name")
+		}
+		if err := t.validate("tier " + name + ": "); err != nil {
+			return err
+		}
+	}
+	for i, k := range h.APIKeys {
+		if k.Key == "" {
+			return fmt.Errorf("api_keys[%d]: empty key", i)
+		}
+		if _, ok := h.Tiers[k.Tier]; !ok {
+			return fmt.Errorf("api_keys[%d]: unknown tier %q", i, k.Tier)
+		}
+		if _, err := parseKeySpec(k.Key); err != nil {
+			return fmt.Errorf("api_keys[%d]: %v", i, err)
+		}
+	}
+	seen := make(map[string]bool, len(h.Models))
+	for _, m := range h.Models {
+		where := "model " + m.Name + ": "
+		if m.Name == "" {
+			return fmt.Errorf("models: a model needs a name")
+		}
+		if seen[m.Name] {
+			return fmt.Errorf("%sdefined twice", where)
+		}
+		seen[m.Name] = true
+		if _, err := path.Match(m.Name, ""); err != nil {
+			return fmt.Errorf("%sbad glob pattern: %v", where, err)
+		}
+		if err := m.Limits.validate(where); err != nil {
+			return err
+		}
+		if m.Concurrent != 0 {
+			return fmt.Errorf("%sconcurrent is not supported per model", where)
+		}
+		if m.ContextWindow < 0 || m.MaxOutput < 0 || m.ImageTokens < 0 {
+			return fmt.Errorf("%scontext_window, max_output and image_tokens must not be negative", where)
+		}
+		if m.TokenRatio < 0 || math.IsNaN(m.TokenRatio) || math.IsInf(m.TokenRatio, 0) || m.TokenRatio > 100 {
+			return fmt.Errorf("%stoken_ratio: must be a positive number up to 100, got %v", where, m.TokenRatio)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases the zone this handler took in Provision.
+func (h *Handler) Cleanup() error {
+	if h.zone != nil {
+		_, err := zones.Delete(h.Zone)
+		h.zone = nil
+		return err
+	}
+	return nil
+}
+
+// modelFor returns the model block for a model name, or nil.
+func (h *Handler) modelFor(name string) *Model {
+	if name == "" {
+		return nil
+	}
+	if m, ok := h.models[name]; ok {
+		return m
+	}
+	for _, m := range h.globs {
+		if ok, _ := path.Match(m.Name, name); ok {
+			return m
+		}
+	}
+	return nil
+}
+
+// limitsFor returns the limits of a key's tier, or the defaults.
+func (h *Handler) limitsFor(tier string) Limits {
+	if t, ok := h.tiers[tier]; ok {
+		return t
+	}
+	return h.Limits
+}
+
+// parseCaddyfile is the Caddyfile hook; see caddyfile.go.
+func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	h := new(Handler)
+	err := h.UnmarshalCaddyfile(helper.Dispenser)
+	return h, err
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)
