@@ -16,9 +16,9 @@ func TestExampleServesThroughTheMockUpstream(t *testing.T) {
 	}
 	cfg := strings.NewReplacer(
 		"admin localhost:2019", "admin "+testAdmin,
-		":8080", testGateway,
-		"localhost:8081", "127.0.0.1:29481",
-		":8081", "127.0.0.1:29481",
+		":8080 {", "http://"+nextGateway()+" {",
+		"localhost:8081", "127.0.0.1:29479",
+		":8081 {", "http://127.0.0.1:29479 {",
 	).Replace(string(raw))
 	if err := load(t, cfg); err != nil {
 		t.Fatal(err)

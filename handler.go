@@ -41,6 +41,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		body, err := readBody(r, h.MaxBody)
 		if err != nil {
 			if errors.Is(err, errBodyTooLarge) {
+				drainBody(r)
 				return h.replyError(w, rf, errTooLarge, fmt.Sprintf("Request body exceeds the limit of %d bytes.", h.MaxBody))
 			}
 			return h.replyError(w, rf, errInvalid, "Could not read the request body: "+err.Error())
@@ -66,25 +67,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// 5. Admission.
 	lim := h.limitsFor(tier)
 	t, dec := h.zone.admit(kh, lim, d, now().UnixNano(), h.DryRun)
-	logFields := []zap.Field{
-		zap.String("zone", h.Zone), zap.String("key_id", kh.id()), zap.String("tier", tier),
-		zap.String("model", info.Model), zap.Float64("input_estimate", d.in), zap.Float64("output_reserved", d.out),
-	}
 	if !dec.ok {
 		msg := rejectMessage(dec.verdict, d.model)
-		logFields = append(logFields, zap.Duration("wait", dec.wait), zap.Bool("never_fits", dec.never), zap.String("reason", msg))
+		fields := h.decisionFields(kh, tier, &info, d,
+			zap.Duration("wait", dec.wait), zap.Bool("never_fits", dec.never), zap.String("reason", msg))
 		if !h.DryRun {
-			h.logger.Info("rejected", logFields...)
+			h.logger.Info("rejected", fields...)
 			return h.reply429(w, rf, dec, msg)
 		}
-		h.logger.Info("would reject (dry_run)", logFields...)
+		h.logger.Info("would reject (dry_run)", fields...)
 	} else if ce := h.logger.Check(zap.DebugLevel, "allowed"); ce != nil {
-		ce.Write(logFields...)
+		ce.Write(h.decisionFields(kh, tier, &info, d)...)
 	}
 
 	// 6. Forward. 8. Settle. 9. Release, on every path: a panic such as
 	// http.ErrAbortHandler keeps the reservation but frees the slot.
-	uw := &usageWriter{ResponseWriter: w, h: h, f: f, dec: &dec}
+	uw := &usageWriter{ResponseWriter: w, h: h, f: f, req: dec.req, tok: dec.tok}
 	settled := false
 	defer func() {
 		if !settled {
@@ -102,6 +100,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		t.finish(now().UnixNano(), nil, false)
 	}
 	return err
+}
+
+// decisionFields describe a decision for the log: key_id, never the key.
+func (h *Handler) decisionFields(kh keyHash, tier string, info *requestInfo, d demand, extra ...zap.Field) []zap.Field {
+	return append([]zap.Field{
+		zap.String("zone", h.Zone), zap.String("key_id", kh.id()), zap.String("tier", tier),
+		zap.String("model", info.Model), zap.Float64("input_estimate", d.in), zap.Float64("output_reserved", d.out),
+	}, extra...)
 }
 
 // keyOf is the caller's key: the key template's value, or by default the
@@ -190,6 +196,17 @@ func readBody(r *http.Request, max int64) ([]byte, error) {
 		return nil, errBodyTooLarge
 	}
 	return buf.Bytes(), nil
+}
+
+// maxDrain bounds how much of an over-large body is read and thrown away so
+// that the client, still sending, reads the 413 instead of a reset
+// connection. Past it the connection is closed.
+const maxDrain = 64 << 20
+
+func drainBody(r *http.Request) {
+	if r.Body != nil {
+		_, _ = io.CopyN(io.Discard, r.Body, maxDrain)
+	}
 }
 
 // restoreBody gives the buffered body back for the next handler and for

@@ -17,19 +17,39 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	_ "github.com/mholt/caddy-ratelimit"
 )
 
 // The package's tests drive one real Caddy, in-process, through its admin
 // API, in front of a real HTTP upstream. The ports are this package's own.
 const (
-	testAdmin   = "localhost:29419"
-	testGateway = "127.0.0.1:29480"
+	testAdmin       = "localhost:29419"
+	testGatewayPort = 29480
 )
+
+// Every config the tests load listens on a port of its own: after a
+// reload, Caddy's old server may still accept a connection for a moment,
+// and a request must never be served by the config before.
+var (
+	gatewayPort    = testGatewayPort
+	gateway        string // the address of the loaded config's gateway
+	pendingGateway string // the address of the config being loaded
+)
+
+// nextGateway picks the port of the next config's gateway.
+func nextGateway() string {
+	gatewayPort++
+	pendingGateway = fmt.Sprintf("127.0.0.1:%d", gatewayPort)
+	return pendingGateway
+}
 
 var (
 	upstream     *httptest.Server
 	upstreamFunc atomic.Pointer[http.HandlerFunc]
 	clk          = &fakeClock{t: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)}
+	// client opens a connection per request: a kept-alive connection to
+	// the server of the previous config could still be served by it.
+	client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Minute}
 )
 
 // fakeClock is the package clock in tests: time passes only when a test says.
@@ -81,7 +101,7 @@ func setUpstream(t *testing.T, f http.HandlerFunc) {
 func chatCompletion(w http.ResponseWriter, r *http.Request, prompt, completion int) {
 	_, _ = io.Copy(io.Discard, r.Body)
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("x-ratelimit-remaining-requests", "999999") // must be replaced by the gateway's
+	w.Header().Set("x-ratelimit-remaining-tokens", "999999") // replaced by the gateway's when it has a token bucket
 	fmt.Fprintf(w, `{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi \"usage\":{}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}`,
 		prompt, completion, prompt+completion)
 }
@@ -100,7 +120,7 @@ http://%s {
 	}
 	reverse_proxy %s
 }
-`, testAdmin, testGateway, directiveBody, upstream.Listener.Addr().String())
+`, testAdmin, nextGateway(), directiveBody, upstream.Listener.Addr().String())
 }
 
 // load posts a Caddyfile to the admin API's /load, as a reload does, and
@@ -109,7 +129,7 @@ func load(t *testing.T, caddyfile string) error {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, "http://"+testAdmin+"/load", strings.NewReader(caddyfile))
 	req.Header.Set("Content-Type", "text/caddyfile")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("POST /load: %v", err)
 	}
@@ -118,6 +138,7 @@ func load(t *testing.T, caddyfile string) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("load: %d %s", resp.StatusCode, body)
 	}
+	gateway = pendingGateway
 	return nil
 }
 
@@ -164,7 +185,7 @@ func send(t *testing.T, path, key, body string) reply {
 
 func newReq(t *testing.T, path, key, body string) *http.Request {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, "http://"+testGateway+path, bytes.NewBufferString(body))
+	req, err := http.NewRequest(http.MethodPost, "http://"+gateway+path, bytes.NewBufferString(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +198,7 @@ func newReq(t *testing.T, path, key, body string) *http.Request {
 
 func sendReq(t *testing.T, req *http.Request) reply {
 	t.Helper()
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
 	}

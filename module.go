@@ -231,20 +231,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 
-	h.models = make(map[string]*Model)
-	h.globs = nil
-	for i := range h.Models {
-		m := &h.Models[i]
-		if m.TokenRatio == 0 {
-			m.TokenRatio = 1
-		}
-		if strings.ContainsAny(m.Name, "*?[") {
-			h.globs = append(h.globs, m)
-		} else {
-			h.models[m.Name] = m
-		}
-	}
-	sort.SliceStable(h.globs, func(i, j int) bool { return len(h.globs[i].Name) > len(h.globs[j].Name) })
+	h.provisionModels()
 
 	// Validate before taking the zone, so that a config that fails never
 	// touches live state.
@@ -334,6 +321,25 @@ func (h *Handler) Cleanup() error {
 		return err
 	}
 	return nil
+}
+
+// provisionModels indexes the model blocks: exact names in a map, globs
+// longest first.
+func (h *Handler) provisionModels() {
+	h.models = make(map[string]*Model)
+	h.globs = nil
+	for i := range h.Models {
+		m := &h.Models[i]
+		if m.TokenRatio == 0 {
+			m.TokenRatio = 1
+		}
+		if strings.ContainsAny(m.Name, "*?[") {
+			h.globs = append(h.globs, m)
+		} else {
+			h.models[m.Name] = m
+		}
+	}
+	sort.SliceStable(h.globs, func(i, j int) bool { return len(h.globs[i].Name) > len(h.globs[j].Name) })
 }
 
 // modelFor returns the model block for a model name, or nil.

@@ -19,7 +19,8 @@ type usageWriter struct {
 	http.ResponseWriter
 	h       *Handler
 	f       format
-	dec     *decision
+	req     quota // x-ratelimit-* as of the admission
+	tok     quota
 	status  int
 	capture bool
 	tail    []byte
@@ -35,7 +36,7 @@ func (uw *usageWriter) WriteHeader(code int) {
 	}
 	uw.status = code
 	if uw.h.headersOn {
-		setQuotaHeaders(uw.Header(), uw.dec.req, uw.dec.tok)
+		setQuotaHeaders(uw.Header(), uw.req, uw.tok)
 	}
 	if code >= 200 && code <= 299 && uw.f != formatNone {
 		mt, _, _ := mime.ParseMediaType(uw.Header().Get("Content-Type"))
