@@ -72,13 +72,13 @@ func noUsage(w http.ResponseWriter, r *http.Request) {
 
 func TestEachTokenLimitRejectsOnItsOwn(t *testing.T) {
 	setUpstream(t, noUsage)
-	// ~40 tokens of input each; 600 tokens of output reserved each.
-	body := `{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("word ", 30) + `"}],"max_tokens":600}`
+	// ~60 tokens of input each; 600 tokens of output reserved each.
+	body := `{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("word ", 60) + `"}],"max_tokens":600}`
 	for _, tc := range []struct {
 		limit, wantType, wantName string
 	}{
 		{"tpm 1000", "tokens", "tokens per min (TPM)"},
-		{"itpm 60", "input_tokens", "input tokens per min (ITPM)"},
+		{"itpm 100", "input_tokens", "input tokens per min (ITPM)"},
 		{"otpm 1000", "output_tokens", "output tokens per min (OTPM)"},
 	} {
 		t.Run(tc.wantType, func(t *testing.T) {

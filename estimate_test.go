@@ -1,0 +1,648 @@
+package llmratelimit
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// corpusDir is the shared estimator corpus, relative to the package dir.
+const corpusDir = "../shared/testdata/estimator"
+
+type referenceEntry struct {
+	File                 string  `json:"file"`
+	Format               string  `json:"format"`
+	TextBytes            int64   `json:"text_bytes"`
+	TextTokensO200k      int64   `json:"text_tokens_o200k"`
+	Messages             int64   `json:"messages"`
+	ImageTokens          []int64 `json:"image_tokens_by_formula"`
+	MaxOutput            int64   `json:"max_output"`
+	N                    int64   `json:"n"`
+	ReferenceInputTokens int64   `json:"reference_input_tokens"`
+}
+
+// loadCorpus reads reference.json. Under CI a missing corpus fails the
+// test; elsewhere it is skipped.
+func loadCorpus(t testing.TB) []referenceEntry {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(corpusDir, "reference.json"))
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("estimator corpus missing under CI: %v", err)
+		}
+		t.Skipf("estimator corpus not found (%v); it lives in %s", err, corpusDir)
+	}
+	var refs []referenceEntry
+	if err := json.Unmarshal(b, &refs); err != nil {
+		t.Fatalf("reference.json: %v", err)
+	}
+	if len(refs) == 0 {
+		t.Fatal("reference.json lists no bodies")
+	}
+	return refs
+}
+
+func readCorpusBody(t testing.TB, file string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(corpusDir, file))
+	if err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	return b
+}
+
+func formatOf(name string) format {
+	if name == "anthropic" {
+		return formatAnthropic
+	}
+	return formatOpenAI
+}
+
+// inputEstimate is the handler's own input estimate (demandFor) with no
+// model block: default image costs, token_ratio 1.
+func inputEstimate(f format, info requestInfo) int64 {
+	h := &Handler{DefaultMaxOutput: defaultMaxOutput}
+	return int64(h.demandFor(&info, nil, f, "/v1/x").in)
+}
+
+type corpusRow struct {
+	ref  referenceEntry
+	info requestInfo
+	est  int64
+}
+
+// corpusEstimates parses every corpus body and logs the ratio table.
+func corpusEstimates(t testing.TB, refs []referenceEntry) (rows []corpusRow, aggregate float64) {
+	t.Helper()
+	var sumEst, sumRef int64
+	t.Logf("%-38s %8s %8s %6s", "file", "estimate", "ref", "ratio")
+	for _, r := range refs {
+		f := formatOf(r.Format)
+		var info requestInfo
+		if err := parseRequest(f, readCorpusBody(t, r.File), &info); err != nil {
+			t.Errorf("%s: %v", r.File, err)
+			continue
+		}
+		est := inputEstimate(f, info)
+		rows = append(rows, corpusRow{r, info, est})
+		sumEst += est
+		sumRef += r.ReferenceInputTokens
+		t.Logf("%-38s %8d %8d %6.3f", r.File, est, r.ReferenceInputTokens, float64(est)/float64(r.ReferenceInputTokens))
+	}
+	aggregate = float64(sumEst) / float64(sumRef)
+	t.Logf("%-38s %8d %8d %6.3f", "aggregate", sumEst, sumRef, aggregate)
+	return rows, aggregate
+}
+
+func TestEstimateCorpus(t *testing.T) {
+	refs := loadCorpus(t)
+	rows, aggregate := corpusEstimates(t, refs)
+	for _, row := range rows {
+		r, info := row.ref, row.info
+		if ratio := float64(row.est) / float64(r.ReferenceInputTokens); math.Abs(ratio-1) > 0.15 {
+			t.Errorf("%s: estimate %d vs reference %d: ratio %.3f outside ±15%%", r.File, row.est, r.ReferenceInputTokens, ratio)
+		}
+		if info.Messages != r.Messages {
+			t.Errorf("%s: Messages = %d, want %d", r.File, info.Messages, r.Messages)
+		}
+		var low, high int64
+		for _, it := range r.ImageTokens {
+			if it == 85 {
+				low++
+			} else {
+				high++
+			}
+		}
+		if info.ImagesLow != low || info.Images != high {
+			t.Errorf("%s: images low/other = %d/%d, want %d/%d", r.File, info.ImagesLow, info.Images, low, high)
+		}
+		if info.MaxOutput != r.MaxOutput {
+			t.Errorf("%s: MaxOutput = %d, want %d", r.File, info.MaxOutput, r.MaxOutput)
+		}
+		if wantN := max(r.N, 1); info.N != wantN {
+			t.Errorf("%s: N = %d, want %d", r.File, info.N, wantN)
+		}
+	}
+	if math.Abs(aggregate-1) > 0.05 {
+		t.Errorf("aggregate ratio %.3f outside ±5%%", aggregate)
+	}
+}
+
+// Hand-made texts and their token counts, counted once with o200k_base
+// (tiktoken) when these tests were written.
+var (
+	proseText   = refText{"The committee met on Tuesday to review the proposal for a new public library in the centre of town. After a long discussion about costs, opening hours and the needs of students, most members agreed that the plan was sound, although several asked for a clearer budget before the final vote next month.", 58}
+	prose2Text  = refText{"Please summarise the main arguments in two short paragraphs, and point out anything that seems inconsistent or unsupported by the evidence presented.", 25}
+	systemText  = refText{"You are a helpful assistant.", 6}
+	goText      = refText{"func (s *Server) handle(w http.ResponseWriter, r *http.Request) {\n\tif r.Method != http.MethodPost {\n\t\thttp.Error(w, \"method not allowed\", http.StatusMethodNotAllowed)\n\t\treturn\n\t}\n\tdefer r.Body.Close()\n\tvar req struct {\n\t\tName  string `json:\"name\"`\n\t\tCount int    `json:\"count\"`\n\t}\n\tif err := json.NewDecoder(r.Body).Decode(&req); err != nil {\n\t\thttp.Error(w, err.Error(), http.StatusBadRequest)\n\t\treturn\n\t}\n\tfmt.Fprintf(w, \"hello %s, %d\\n\", req.Name, req.Count)\n}\n", 132}
+	jsonText    = refText{"{\n  \"orders\": [\n    {\"id\": 10234, \"customer\": \"Alice Martin\", \"total_cents\": 4599, \"status\": \"shipped\"},\n    {\"id\": 10235, \"customer\": \"Bob Chen\", \"total_cents\": 12900, \"status\": \"pending\"},\n    {\"id\": 10236, \"customer\": \"Carla Diaz\", \"total_cents\": 750, \"status\": \"refunded\"}\n  ],\n  \"page\": 1,\n  \"has_more\": false\n}", 115}
+	chineseText = refText{"人工智能正在改变我们的工作方式。许多公司开始使用大型语言模型来回答客户的问题、撰写文档以及分析数据。不过，专家提醒说，这些系统仍然会出错，因此重要的决定应该由人来审核。", 52}
+	russianText = refText{"Вчера вечером мы долго гуляли по старому городу, разговаривали о книгах и о путешествиях, а потом зашли в маленькое кафе, где подавали очень вкусный чай с вареньем.", 47}
+	// Tool definitions and calls, as compact JSON.
+	toolsJSON      = refText{`[{"type":"function","function":{"name":"get_order","description":"Look up an order by its numeric id and return its status.","parameters":{"type":"object","properties":{"order_id":{"type":"integer","description":"The order id"}},"required":["order_id"]}}}]`, 57}
+	anthToolsJSON  = refText{`[{"name":"get_order","description":"Look up an order by its numeric id and return its status.","input_schema":{"type":"object","properties":{"order_id":{"type":"integer","description":"The order id"}},"required":["order_id"]}}]`, 52}
+	argsJSON       = refText{`{"order_id":10234}`, 7}
+	toolResultJSON = refText{`{"id":10234,"status":"shipped","carrier":"DHL","eta":"2025-03-14"}`, 25}
+	toolName       = refText{"get_order", 2}
+)
+
+type refText struct {
+	text   string
+	tokens int64
+}
+
+// q is s as a JSON string literal.
+func q(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+func TestEstimateTextKinds(t *testing.T) {
+	// The heuristic against o200k on text of different kinds. Compact JSON
+	// schemas run high: their punctuation merges more than the model knows.
+	cases := []struct {
+		name string
+		ref  refText
+		tol  float64
+	}{
+		{"english prose", proseText, 0.10},
+		{"english request", prose2Text, 0.15},
+		{"go source", goText, 0.10},
+		{"pretty JSON", jsonText, 0.10},
+		{"chinese", chineseText, 0.10},
+		{"russian", russianText, 0.15},
+		{"compact JSON tool result", toolResultJSON, 0.15},
+		{"compact JSON schema", toolsJSON, 0.25},
+	}
+	for _, c := range cases {
+		got := estimateText([]byte(c.ref.text))
+		ratio := float64(got) / float64(c.ref.tokens)
+		t.Logf("%-26s estimate %4d  o200k %4d  ratio %.3f  (bytes/4 ratio %.3f)", c.name, got, c.ref.tokens, ratio, float64(len(c.ref.text))/4/float64(c.ref.tokens))
+		if math.Abs(ratio-1) > c.tol {
+			t.Errorf("%s: estimate %d vs o200k %d: ratio %.3f outside ±%.0f%%", c.name, got, c.ref.tokens, ratio, c.tol*100)
+		}
+	}
+}
+
+func TestEstimateTextRounding(t *testing.T) {
+	for _, c := range []struct {
+		text string
+		want int64
+	}{
+		{"", 0},
+		{" ", 1},
+		{"a", 1},
+		{"\n", 1},
+		{"中", 1},
+	} {
+		if got := estimateText([]byte(c.text)); got != c.want {
+			t.Errorf("estimateText(%q) = %d, want %d", c.text, got, c.want)
+		}
+	}
+}
+
+// Every charge is >= 0, so appending text can never lower an estimate.
+func TestEstimateMonotonic(t *testing.T) {
+	for i, v := range costTable {
+		if v < 0 {
+			t.Fatalf("costTable[%#x] = %d < 0", i, v)
+		}
+	}
+	for _, r := range []refText{proseText, goText, jsonText, chineseText, russianText, toolsJSON} {
+		prev := int64(0)
+		for n := 0; n <= len(r.text); n++ {
+			got := estimateText([]byte(r.text[:n]))
+			if got < prev {
+				t.Fatalf("estimate fell from %d to %d at byte %d of %.20q", prev, got, n, r.text)
+			}
+			prev = got
+		}
+	}
+	// Body level: one more message never lowers the estimate.
+	one := `{"messages":[{"role":"user","content":` + q(proseText.text) + `}]}`
+	two := `{"messages":[{"role":"user","content":` + q(proseText.text) + `},{"role":"user","content":"ok"}]}`
+	var a, b requestInfo
+	if err := parseRequest(formatOpenAI, []byte(one), &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := parseRequest(formatOpenAI, []byte(two), &b); err != nil {
+		t.Fatal(err)
+	}
+	if inputEstimate(formatOpenAI, b) <= inputEstimate(formatOpenAI, a) {
+		t.Errorf("adding a message: %d -> %d", inputEstimate(formatOpenAI, a), inputEstimate(formatOpenAI, b))
+	}
+}
+
+func TestParseRequestShapes(t *testing.T) {
+	img := `"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="`
+	cases := []struct {
+		name string
+		f    format
+		body string
+		text int64   // hand reference for TextTokens
+		tol  float64 // relative tolerance on TextTokens; 0 = exact
+		want requestInfo
+	}{
+		{
+			name: "openai chat string content",
+			f:    formatOpenAI,
+			body: `{"model":"gpt-4o","messages":[{"role":"system","content":` + q(systemText.text) + `},{"role":"user","content":` + q(proseText.text) + `}],"max_tokens":100}`,
+			text: systemText.tokens + proseText.tokens, tol: 0.10,
+			want: requestInfo{Model: "gpt-4o", Messages: 2, MaxOutput: 100, N: 1},
+		},
+		{
+			name: "openai chat content parts with images",
+			f:    formatOpenAI,
+			body: `{"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"text","text":` + q(proseText.text) + `},{"type":"image_url","image_url":{"url":` + img + `,"detail":"low"}},{"type":"image_url","image_url":{"url":"https://example.com/cat.png"}},{"image_url":{"detail":"high","url":` + img + `},"type":"image_url"}]}]}`,
+			text: proseText.tokens, tol: 0.10,
+			want: requestInfo{Model: "gpt-4o", Messages: 1, ImagesLow: 1, Images: 2, N: 1},
+		},
+		{
+			name: "openai chat tools, tool_calls and tool result",
+			f:    formatOpenAI,
+			body: `{"model":"gpt-4o","tools":` + toolsJSON.text + `,"messages":[{"role":"user","content":` + q(proseText.text) + `},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_order","arguments":` + q(argsJSON.text) + `}}]},{"role":"tool","tool_call_id":"call_1","content":` + q(toolResultJSON.text) + `}],"max_completion_tokens":300,"max_tokens":50,"n":2,"stream":true,"stream_options":{"include_usage":true}}`,
+			text: toolsJSON.tokens + proseText.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.15,
+			want: requestInfo{Model: "gpt-4o", Messages: 3, MaxOutput: 300, N: 2, Stream: true, IncludeUsage: true},
+		},
+		{
+			name: "openai legacy functions and function_call",
+			f:    formatOpenAI,
+			body: `{"functions":[{"name":"get_order","description":"Look up an order by its numeric id and return its status.","parameters":{"type":"object","properties":{"order_id":{"type":"integer","description":"The order id"}},"required":["order_id"]}}],"messages":[{"role":"user","content":` + q(proseText.text) + `},{"role":"assistant","function_call":{"name":"get_order","arguments":` + q(argsJSON.text) + `}},{"role":"function","name":"get_order","content":` + q(toolResultJSON.text) + `}]}`,
+			text: 50 + proseText.tokens + 2*toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.15,
+			want: requestInfo{Messages: 3, N: 1},
+		},
+		{
+			name: "completions prompt string",
+			f:    formatOpenAI,
+			body: `{"model":"gpt-3.5-turbo-instruct","prompt":` + q(proseText.text) + `,"max_tokens":64,"n":3}`,
+			text: proseText.tokens, tol: 0.10,
+			want: requestInfo{Model: "gpt-3.5-turbo-instruct", MaxOutput: 64, N: 3},
+		},
+		{
+			name: "completions prompt array: max_tokens per prompt",
+			f:    formatOpenAI,
+			body: `{"prompt":[` + q(proseText.text) + `,` + q(prose2Text.text) + `],"max_tokens":64}`,
+			text: proseText.tokens + prose2Text.tokens, tol: 0.10,
+			want: requestInfo{MaxOutput: 128, N: 1},
+		},
+		{
+			name: "completions token ids",
+			f:    formatOpenAI,
+			body: `{"prompt":[1212,318,257,1332],"max_tokens":16}`,
+			text: 4,
+			want: requestInfo{MaxOutput: 16, N: 1},
+		},
+		{
+			name: "completions arrays of token ids",
+			f:    formatOpenAI,
+			body: `{"prompt":[[1212,318],[257,1332,13]],"max_tokens":16}`,
+			text: 5,
+			want: requestInfo{MaxOutput: 32, N: 1},
+		},
+		{
+			name: "responses input string and instructions",
+			f:    formatOpenAI,
+			body: `{"model":"gpt-4.1","instructions":` + q(systemText.text) + `,"input":` + q(proseText.text) + `,"max_output_tokens":500}`,
+			text: systemText.tokens + proseText.tokens, tol: 0.10,
+			want: requestInfo{Model: "gpt-4.1", MaxOutput: 500, N: 1},
+		},
+		{
+			name: "responses input items",
+			f:    formatOpenAI,
+			body: `{"input":[{"role":"user","content":[{"type":"input_text","text":` + q(proseText.text) + `},{"type":"input_image","detail":"low","image_url":` + img + `},{"type":"input_image","image_url":` + img + `}]},{"type":"function_call","call_id":"c1","name":"get_order","arguments":` + q(argsJSON.text) + `},{"type":"function_call_output","call_id":"c1","output":` + q(toolResultJSON.text) + `},{"role":"assistant","content":[{"type":"output_text","text":` + q(prose2Text.text) + `}]}],"tools":` + toolsJSON.text + `}`,
+			text: proseText.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens + prose2Text.tokens + toolsJSON.tokens, tol: 0.15,
+			want: requestInfo{Messages: 4, ImagesLow: 1, Images: 1, N: 1},
+		},
+		{
+			name: "embeddings string",
+			f:    formatOpenAI,
+			body: `{"model":"text-embedding-3-small","input":` + q(proseText.text) + `}`,
+			text: proseText.tokens, tol: 0.10,
+			want: requestInfo{Model: "text-embedding-3-small", N: 1},
+		},
+		{
+			name: "embeddings array of strings",
+			f:    formatOpenAI,
+			body: `{"input":[` + q(proseText.text) + `,` + q(goText.text) + `,` + q(chineseText.text) + `]}`,
+			text: proseText.tokens + goText.tokens + chineseText.tokens, tol: 0.10,
+			want: requestInfo{N: 1},
+		},
+		{
+			name: "embeddings token ids",
+			f:    formatOpenAI,
+			body: `{"input":[1,2,3]}`,
+			text: 3,
+			want: requestInfo{N: 1},
+		},
+		{
+			name: "embeddings arrays of token ids",
+			f:    formatOpenAI,
+			body: `{"input":[[1,2,3],[4,5]]}`,
+			text: 5,
+			want: requestInfo{N: 1},
+		},
+		{
+			name: "chat with code, JSON, Chinese and Russian",
+			f:    formatOpenAI,
+			body: `{"messages":[{"role":"user","content":` + q(goText.text) + `},{"role":"user","content":` + q(jsonText.text) + `},{"role":"user","content":` + q(chineseText.text) + `},{"role":"user","content":` + q(russianText.text) + `}]}`,
+			text: goText.tokens + jsonText.tokens + chineseText.tokens + russianText.tokens, tol: 0.10,
+			want: requestInfo{Messages: 4, N: 1},
+		},
+		{
+			name: "anthropic system string",
+			f:    formatAnthropic,
+			body: `{"model":"claude-sonnet-4-5","system":` + q(systemText.text) + `,"messages":[{"role":"user","content":` + q(proseText.text) + `}],"max_tokens":1024,"stream":true}`,
+			text: systemText.tokens + proseText.tokens, tol: 0.10,
+			want: requestInfo{Model: "claude-sonnet-4-5", Messages: 1, MaxOutput: 1024, N: 1, Stream: true},
+		},
+		{
+			name: "anthropic system blocks and text blocks",
+			f:    formatAnthropic,
+			body: `{"system":[{"type":"text","text":` + q(systemText.text) + `,"cache_control":{"type":"ephemeral"}},{"type":"text","text":` + q(prose2Text.text) + `}],"messages":[{"role":"user","content":[{"type":"text","text":` + q(proseText.text) + `}]},{"role":"assistant","content":[{"type":"text","text":` + q(goText.text) + `}]}],"max_tokens":10}`,
+			text: systemText.tokens + prose2Text.tokens + proseText.tokens + goText.tokens, tol: 0.10,
+			want: requestInfo{Messages: 2, MaxOutput: 10, N: 1},
+		},
+		{
+			name: "anthropic tools, tool_use, tool_result and image",
+			f:    formatAnthropic,
+			body: `{"tools":` + anthToolsJSON.text + `,"messages":[{"role":"user","content":` + q(proseText.text) + `},{"role":"assistant","content":[{"type":"text","text":` + q(prose2Text.text) + `},{"type":"tool_use","id":"toolu_1","name":"get_order","input":` + argsJSON.text + `}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":[{"type":"text","text":` + q(toolResultJSON.text) + `},{"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]},{"type":"image","source":{"type":"url","url":"https://example.com/a.png"}}]}],"max_tokens":1024}`,
+			text: anthToolsJSON.tokens + proseText.tokens + prose2Text.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.15,
+			want: requestInfo{Messages: 3, Images: 2, MaxOutput: 1024, N: 1},
+		},
+		{
+			name: "anthropic tool_result string and text document",
+			f:    formatAnthropic,
+			body: `{"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":` + q(proseText.text) + `},{"type":"document","source":{"data":` + q(goText.text) + `,"type":"text","media_type":"text/plain"}},{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0xLjQK"}}]}],"max_tokens":5}`,
+			text: proseText.tokens + goText.tokens, tol: 0.10,
+			want: requestInfo{Messages: 1, MaxOutput: 5, N: 1},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var info requestInfo
+			if err := parseRequest(c.f, []byte(c.body), &info); err != nil {
+				t.Fatalf("parseRequest: %v", err)
+			}
+			if c.tol == 0 {
+				if info.TextTokens != c.text {
+					t.Errorf("TextTokens = %d, want %d", info.TextTokens, c.text)
+				}
+			} else if ratio := float64(info.TextTokens) / float64(c.text); math.Abs(ratio-1) > c.tol {
+				t.Errorf("TextTokens = %d, hand reference %d: ratio %.3f outside ±%.0f%%", info.TextTokens, c.text, ratio, c.tol*100)
+			}
+			got := info
+			got.TextTokens = 0
+			if got != c.want {
+				t.Errorf("info = %+v, want %+v", got, c.want)
+			}
+		})
+	}
+}
+
+func TestParseRequestBehaviour(t *testing.T) {
+	parse := func(t *testing.T, f format, body string) requestInfo {
+		t.Helper()
+		var info requestInfo
+		if err := parseRequest(f, []byte(body), &info); err != nil {
+			t.Fatalf("parseRequest(%.80s): %v", body, err)
+		}
+		return info
+	}
+	t.Run("escapes are decoded before counting", func(t *testing.T) {
+		raw := parse(t, formatOpenAI, `{"prompt":`+q(chineseText.text+"\n\tx")+`}`)
+		var esc []byte
+		for _, r := range chineseText.text {
+			esc = fmt.Appendf(esc, `\u%04x`, r)
+		}
+		escaped := parse(t, formatOpenAI, `{"prompt":"`+string(esc)+`\n\tx"}`)
+		if raw.TextTokens != escaped.TextTokens {
+			t.Errorf("escaped text counts %d, raw %d", escaped.TextTokens, raw.TextTokens)
+		}
+	})
+	t.Run("a 1 MB base64 image counts as one image", func(t *testing.T) {
+		data := strings.Repeat("iVBORw0KGgoAAAANSUhEUgAA", 1<<20/24)
+		for _, c := range []struct {
+			f    format
+			body string
+		}{
+			{formatOpenAI, `{"messages":[{"role":"user","content":[{"type":"text","text":"What is this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,` + data + `"}}]}]}`},
+			{formatOpenAI, `{"input":[{"role":"user","content":[{"type":"input_image","image_url":"data:image/png;base64,` + data + `"}]}]}`},
+			{formatAnthropic, `{"messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"` + data + `"}},{"type":"text","text":"What is this?"}]}]}`},
+		} {
+			info := parse(t, c.f, c.body)
+			if info.Images != 1 || info.TextTokens > 10 {
+				t.Errorf("%.40s: Images = %d, TextTokens = %d; want 1 image and a few tokens", c.body, info.Images, info.TextTokens)
+			}
+		}
+	})
+	t.Run("duplicate keys: the last one counts", func(t *testing.T) {
+		info := parse(t, formatOpenAI, `{"max_tokens":10,"messages":[{"content":`+q(goText.text)+`}],"max_tokens":20,"messages":[{"content":"hi","content":"hello"},{"content":"x"}],"n":3,"n":null}`)
+		if info.MaxOutput != 20 || info.Messages != 2 || info.TextTokens != 2 || info.N != 1 {
+			t.Errorf("got %+v; want MaxOutput 20, Messages 2, TextTokens 2, N 1", info)
+		}
+		info = parse(t, formatAnthropic, `{"system":`+q(goText.text)+`,"system":"hi","messages":[{"role":"user","content":[{"type":"text","text":`+q(goText.text)+`,"text":"yo"}]}]}`)
+		if info.TextTokens != 2 {
+			t.Errorf("anthropic TextTokens = %d, want 2", info.TextTokens)
+		}
+	})
+	t.Run("invalid UTF-8 is accepted and counted by bytes", func(t *testing.T) {
+		info := parse(t, formatOpenAI, "{\"prompt\":\"abc \xff\xfe\xc3 def\"}")
+		if info.TextTokens < 3 {
+			t.Errorf("TextTokens = %d, want >= 3", info.TextTokens)
+		}
+	})
+	t.Run("fields the estimator does not read are not judged", func(t *testing.T) {
+		info := parse(t, formatOpenAI, `{"temperature":"hot","model":42,"user":{"a":[1,{"b":null}]},"messages":[{"role":7,"content":"hi","weird":[true]}],"metadata":[]}`)
+		if info.Messages != 1 || info.Model != "" {
+			t.Errorf("got %+v", info)
+		}
+		parse(t, formatAnthropic, `{"n":"many","prompt":5,"input":true,"max_completion_tokens":"x","messages":[]}`)
+	})
+	t.Run("null means absent", func(t *testing.T) {
+		info := parse(t, formatOpenAI, `{"messages":null,"input":null,"prompt":null,"instructions":null,"tools":null,"max_tokens":null,"max_completion_tokens":null,"max_output_tokens":null,"n":null,"stream":null,"stream_options":null,"model":null}`)
+		if info != (requestInfo{N: 1}) {
+			t.Errorf("got %+v", info)
+		}
+		info = parse(t, formatAnthropic, `{"system":null,"messages":null,"tools":null,"max_tokens":null,"stream":null}`)
+		if info != (requestInfo{N: 1}) {
+			t.Errorf("got %+v", info)
+		}
+	})
+	t.Run("max_tokens precedence", func(t *testing.T) {
+		for body, want := range map[string]int64{
+			`{"max_tokens":1,"max_output_tokens":2,"max_completion_tokens":3}`: 3,
+			`{"max_tokens":1,"max_output_tokens":2}`:                           2,
+			`{"max_tokens":1}`:                                                 1,
+			`{"max_tokens":1.0e2}`:                                             100,
+			`{}`:                                                               0,
+		} {
+			if got := parse(t, formatOpenAI, body).MaxOutput; got != want {
+				t.Errorf("%s: MaxOutput = %d, want %d", body, got, want)
+			}
+		}
+	})
+	t.Run("format none reads nothing", func(t *testing.T) {
+		info := requestInfo{Model: "stale", Messages: 9}
+		if err := parseRequest(formatNone, []byte("not json"), &info); err != nil || info != (requestInfo{N: 1}) {
+			t.Errorf("got %+v, %v", info, err)
+		}
+	})
+	t.Run("nesting up to the limit is accepted", func(t *testing.T) {
+		inner := strings.Repeat("[", maxJSONDepth-1) + strings.Repeat("]", maxJSONDepth-1)
+		parse(t, formatOpenAI, `{"x":`+inner+`}`)
+	})
+}
+
+func TestParseRequestRejects(t *testing.T) {
+	deep := strings.Repeat("[", 10000) + strings.Repeat("]", 10000)
+	deepObj := strings.Repeat(`{"a":`, 10000) + "1" + strings.Repeat("}", 10000)
+	cases := []struct {
+		name string
+		f    format
+		body string
+		want string // substring of the error
+	}{
+		{"empty body", formatOpenAI, ``, "empty"},
+		{"white space only", formatAnthropic, " \n\t ", "empty"},
+		{"malformed JSON", formatOpenAI, `{"messages":[}`, "invalid JSON"},
+		{"truncated JSON", formatOpenAI, `{"messages":[{"role":"user","content":"hel`, "unexpected end of input"},
+		{"truncated after key", formatAnthropic, `{"messages"`, "unexpected end of input"},
+		{"trailing garbage", formatOpenAI, `{"messages":[]} x`, "after the top-level object"},
+		{"two objects", formatOpenAI, `{}{}`, "after the top-level object"},
+		{"top-level array", formatOpenAI, `[{"messages":[]}]`, "must be a JSON object"},
+		{"top-level string", formatAnthropic, `"hi"`, "must be a JSON object"},
+		{"messages a number", formatOpenAI, `{"messages":5}`, "messages must be an array"},
+		{"anthropic messages a string", formatAnthropic, `{"messages":"hi"}`, "messages must be an array"},
+		{"message not an object", formatOpenAI, `{"messages":["hi"]}`, "messages[0] must be an object"},
+		{"content a number", formatAnthropic, `{"messages":[{"content":1}]}`, "messages[0].content must be a string or an array"},
+		{"max_tokens a string", formatOpenAI, `{"max_tokens":"100"}`, "max_tokens must be an integer"},
+		{"max_tokens 1.5", formatOpenAI, `{"max_tokens":1.5}`, "max_tokens must be an integer"},
+		{"max_tokens 1e30", formatAnthropic, `{"max_tokens":1e30}`, "max_tokens must be an integer"},
+		{"max_tokens too large for int64", formatOpenAI, `{"max_tokens":9223372036854775808}`, "max_tokens must be an integer"},
+		{"negative max_completion_tokens", formatOpenAI, `{"max_completion_tokens":-1}`, "max_completion_tokens must be >= 0"},
+		{"max_output_tokens a bool", formatOpenAI, `{"max_output_tokens":true}`, "max_output_tokens must be an integer"},
+		{"n 0", formatOpenAI, `{"n":0}`, "n must be >= 1"},
+		{"n -1", formatOpenAI, `{"n":-1}`, "n must be >= 1"},
+		{"n a string", formatOpenAI, `{"n":"2"}`, "n must be an integer"},
+		{"stream yes", formatOpenAI, `{"stream":"yes"}`, "stream must be a boolean"},
+		{"anthropic stream 1", formatAnthropic, `{"stream":1}`, "stream must be a boolean"},
+		{"include_usage a string", formatOpenAI, `{"stream_options":{"include_usage":"true"}}`, "include_usage must be a boolean"},
+		{"stream_options an array", formatOpenAI, `{"stream_options":[]}`, "stream_options must be an object"},
+		{"system a number", formatAnthropic, `{"system":1}`, "system must be a string or an array"},
+		{"tools an object", formatOpenAI, `{"tools":{}}`, "tools must be an array"},
+		{"anthropic tools a string", formatAnthropic, `{"tools":"x"}`, "tools must be an array"},
+		{"input a number", formatOpenAI, `{"input":1}`, "input must be a string or an array"},
+		{"input element a bool", formatOpenAI, `{"input":[true]}`, "input[0] must be"},
+		{"prompt an object", formatOpenAI, `{"prompt":{}}`, "prompt must be a string or an array"},
+		{"instructions an array", formatOpenAI, `{"instructions":["x"]}`, "instructions must be a string"},
+		{"10,000-deep arrays", formatOpenAI, `{"metadata":` + deep + `}`, "nesting deeper than 128"},
+		{"10,000-deep objects in messages", formatAnthropic, `{"messages":[{"content":[{"type":"tool_result","content":[` + deepObj + `]}]}]}`, "nesting deeper than 128"},
+		{"10,000-deep top level", formatOpenAI, deep, "nesting deeper than 128"},
+		{"129 levels", formatOpenAI, `{"x":` + strings.Repeat("[", maxJSONDepth) + strings.Repeat("]", maxJSONDepth) + `}`, "nesting deeper than 128"},
+		{"control character in string", formatOpenAI, "{\"prompt\":\"a\tb\"}", "control character"},
+		{"invalid escape", formatOpenAI, `{"prompt":"a\qb"}`, "invalid escape"},
+		{"short unicode escape", formatOpenAI, `{"prompt":"\u12"}`, "invalid escape"},
+		{"trailing comma in array", formatOpenAI, `{"messages":[{"content":"a"},]}`, "invalid JSON"},
+		{"trailing comma in object", formatOpenAI, `{"model":"x",}`, "invalid JSON"},
+		{"bad literal", formatOpenAI, `{"stream":tru}`, "invalid"},
+		{"bad number", formatOpenAI, `{"max_tokens":01}`, "invalid JSON"},
+		{"number without digits", formatOpenAI, `{"x":-}`, "invalid JSON"},
+		{"unquoted key", formatOpenAI, `{model:"x"}`, "invalid JSON"},
+		{"missing colon", formatAnthropic, `{"model" "x"}`, "invalid JSON"},
+		{"syntax error in an unread field", formatOpenAI, `{"metadata":{"a":[1,2}}`, "invalid JSON"},
+		{"syntax error wins over a type error", formatOpenAI, `{"max_tokens":"abc`, "invalid JSON"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var info requestInfo
+			err := parseRequest(c.f, []byte(c.body), &info)
+			if err == nil {
+				t.Fatalf("parseRequest accepted %.60q", c.body)
+			}
+			var bre *badRequestError
+			if !errors.As(err, &bre) {
+				t.Fatalf("error %T %v is not a *badRequestError", err, err)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not mention %q", err, c.want)
+			}
+		})
+	}
+}
+
+// parseRequest allocates only the model string.
+func TestParseRequestAllocations(t *testing.T) {
+	body := []byte(`{"model":"gpt-4o","tools":` + toolsJSON.text + `,"messages":[{"role":"user","content":[{"type":"text","text":` + q(proseText.text) + `},{"type":"image_url","image_url":{"url":"https://x/y.png","detail":"low"}}]},{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{}"}}]}],"max_tokens":5,"stream_options":{"include_usage":true}}`)
+	anth := []byte(`{"model":"claude","system":[{"type":"text","text":"hi"}],"messages":[{"role":"user","content":[{"type":"tool_result","content":[{"type":"text","text":"x"}]},{"type":"document","source":{"type":"text","data":"doc"}}]}],"max_tokens":5}`)
+	var info requestInfo
+	for _, c := range []struct {
+		f    format
+		body []byte
+	}{{formatOpenAI, body}, {formatAnthropic, anth}} {
+		allocs := testing.AllocsPerRun(50, func() {
+			if err := parseRequest(c.f, c.body, &info); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if allocs > 1 {
+			t.Errorf("%v: %v allocations per parse, want <= 1", c.f, allocs)
+		}
+	}
+}
+
+func BenchmarkEstimate(b *testing.B) {
+	refs := loadCorpus(b)
+	var bodies [][]byte
+	var formats []format
+	total := 0
+	for _, r := range refs {
+		body := readCorpusBody(b, r.File)
+		bodies = append(bodies, body)
+		formats = append(formats, formatOf(r.Format))
+		total += len(body)
+	}
+	b.Run("corpus", func(b *testing.B) {
+		b.SetBytes(int64(total))
+		b.ReportAllocs()
+		var info requestInfo
+		for b.Loop() {
+			for i, body := range bodies {
+				if err := parseRequest(formats[i], body, &info); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+	for i, r := range refs {
+		if !strings.Contains(r.File, "prose_40k") && !strings.Contains(r.File, "images") && !strings.Contains(r.File, "chinese_12k") {
+			continue
+		}
+		b.Run(r.File, func(b *testing.B) {
+			b.SetBytes(int64(len(bodies[i])))
+			b.ReportAllocs()
+			var info requestInfo
+			for b.Loop() {
+				if err := parseRequest(formats[i], bodies[i], &info); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkTextCounter is the counter alone on plain English text.
+func BenchmarkTextCounter(b *testing.B) {
+	text := []byte(strings.Repeat(proseText.text+"\n", 200))
+	b.SetBytes(int64(len(text)))
+	b.ReportAllocs()
+	var tc textCounter
+	for b.Loop() {
+		tc.begin()
+		tc.write(text)
+	}
+}

@@ -1,0 +1,120 @@
+package llmratelimit
+
+import (
+	"math"
+	"strconv"
+	"unicode/utf8"
+)
+
+// This file reads and writes single JSON values: integers, strings for the
+// handler's own error bodies, and the integer members of one object (the
+// usage block of a response).
+
+// parseJSONInt converts a JSON number to an int64. It accepts any number
+// whose value is an integer within range ("12", "1.0", "1e3") and rejects
+// fractions and numbers out of range.
+func parseJSONInt(raw []byte) (int64, bool) {
+	neg := len(raw) > 0 && raw[0] == '-'
+	digits := raw
+	if neg {
+		digits = raw[1:]
+	}
+	var u uint64
+	for i, c := range digits {
+		if c < '0' || c > '9' {
+			// A fraction or an exponent: rare, take the slow path.
+			f, err := strconv.ParseFloat(string(raw), 64)
+			if err != nil || f != math.Trunc(f) || f < -(1<<63) || f >= 1<<63 {
+				return 0, false
+			}
+			return int64(f), true
+		}
+		if i >= 19 || u*10+uint64(c-'0') < u {
+			return 0, false
+		}
+		u = u*10 + uint64(c-'0')
+	}
+	if u > 1<<63-1 && !(neg && u == 1<<63) {
+		return 0, false
+	}
+	if neg {
+		return -int64(u), true
+	}
+	return int64(u), true
+}
+
+// appendJSONString appends s as a JSON string literal. Invalid UTF-8
+// becomes U+FFFD so that the output is always valid JSON.
+func appendJSONString(dst []byte, s string) []byte {
+	const hexDigits = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				dst = append(dst, '\\', c)
+			case c == '\n':
+				dst = append(dst, '\\', 'n')
+			case c == '\r':
+				dst = append(dst, '\\', 'r')
+			case c == '\t':
+				dst = append(dst, '\\', 't')
+			case c < 0x20 || c == 0x7f:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			default:
+				dst = append(dst, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, "\\ufffd"...)
+		} else {
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
+}
+
+// memberInts reads the object that is member key of the top-level object
+// in body and stores its integer members named in names into out: bit i of
+// found is set when names[i] is present as a non-negative integer. ok is
+// false when body is not an object or has no such object member. The rest
+// of the document after that member is not read.
+func memberInts(body []byte, key string, names []string, out []int64) (found uint32, ok bool) {
+	s := jsonScanner{data: body}
+	if s.peek() != jsonObject {
+		return 0, false
+	}
+	err := s.object([]string{key}, func(k string) error {
+		if k == "" || s.peek() != jsonObject {
+			return s.skip(nil)
+		}
+		err := s.object(names, func(k string) error {
+			i := 0
+			for i < len(names) && names[i] != k {
+				i++
+			}
+			if i == len(names) || s.peek() != jsonNumber {
+				return s.skip(nil)
+			}
+			raw, err := s.number()
+			if v, isInt := parseJSONInt(raw); err == nil && isInt && v >= 0 {
+				out[i] = v
+				found |= 1 << i
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		return errStopWalk // the member is read: stop here
+	})
+	return found, err == errStopWalk
+}
+
+// errStopWalk ends a walk early; it never reaches a caller.
+var errStopWalk = &badRequestError{msg: "stop"}
