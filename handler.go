@@ -22,6 +22,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		f = formatForPath(r.URL.Path)
 	}
 	rf := replyFormat(f)
+	if r.Method != http.MethodPost {
+		f = formatNone // e.g. GET /v1/chat/completions lists stored completions: no body
+	}
 
 	// 1. Key.
 	key := h.keyOf(r)

@@ -127,9 +127,18 @@ http://%s {
 // returns the error body when Caddy refuses it.
 func load(t *testing.T, caddyfile string) error {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, "http://"+testAdmin+"/load", strings.NewReader(caddyfile))
-	req.Header.Set("Content-Type", "text/caddyfile")
-	resp, err := client.Do(req)
+	var resp *http.Response
+	var err error
+	// Each load replaces Caddy's admin server and stops the old one in the
+	// background: a new connection the old one accepted is closed unanswered
+	// (EOF), and the request was not processed. Send it again.
+	for attempt := 0; attempt < 5; attempt++ {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+testAdmin+"/load", strings.NewReader(caddyfile))
+		req.Header.Set("Content-Type", "text/caddyfile")
+		if resp, err = client.Do(req); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatalf("POST /load: %v", err)
 	}

@@ -1,6 +1,7 @@
 package llmratelimit
 
 import (
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -109,5 +110,15 @@ func TestUnparsedPathCostsOneRequestAndNoTokens(t *testing.T) {
 	r := send(t, "/v1/models", "sk-u", "not json at all")
 	if r.status != 200 || r.header.Get("x-ratelimit-remaining-requests") != "4" || r.header.Get("x-ratelimit-remaining-tokens") != "100" {
 		t.Fatalf("%d %v", r.status, r.header)
+	}
+}
+
+func TestOnlyPostBodiesAreParsed(t *testing.T) {
+	mustLoad(t, "zone getlist\nrpm 5\ntpm 100")
+	req := newReq(t, "/v1/chat/completions", "sk-g", "")
+	req.Method = http.MethodGet
+	r := sendReq(t, req)
+	if r.status != 200 || r.header.Get("x-ratelimit-remaining-tokens") != "100" {
+		t.Fatalf("GET /v1/chat/completions: %d %v", r.status, r.header)
 	}
 }
