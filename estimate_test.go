@@ -266,14 +266,14 @@ func TestParseRequestShapes(t *testing.T) {
 			name: "openai chat tools, tool_calls and tool result",
 			f:    formatOpenAI,
 			body: `{"model":"gpt-4o","tools":` + toolsJSON.text + `,"messages":[{"role":"user","content":` + q(proseText.text) + `},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_order","arguments":` + q(argsJSON.text) + `}}]},{"role":"tool","tool_call_id":"call_1","content":` + q(toolResultJSON.text) + `}],"max_completion_tokens":300,"max_tokens":50,"n":2,"stream":true,"stream_options":{"include_usage":true}}`,
-			text: toolsJSON.tokens + proseText.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.15,
+			text: toolsJSON.tokens + proseText.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.10,
 			want: requestInfo{Model: "gpt-4o", Messages: 3, MaxOutput: 300, N: 2, Stream: true, IncludeUsage: true},
 		},
 		{
 			name: "openai legacy functions and function_call",
 			f:    formatOpenAI,
 			body: `{"functions":[{"name":"get_order","description":"Look up an order by its numeric id and return its status.","parameters":{"type":"object","properties":{"order_id":{"type":"integer","description":"The order id"}},"required":["order_id"]}}],"messages":[{"role":"user","content":` + q(proseText.text) + `},{"role":"assistant","function_call":{"name":"get_order","arguments":` + q(argsJSON.text) + `}},{"role":"function","name":"get_order","content":` + q(toolResultJSON.text) + `}]}`,
-			text: 50 + proseText.tokens + 2*toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.15,
+			text: 50 + proseText.tokens + 2*toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.10,
 			want: requestInfo{Messages: 3, N: 1},
 		},
 		{
@@ -315,7 +315,7 @@ func TestParseRequestShapes(t *testing.T) {
 			name: "responses input items",
 			f:    formatOpenAI,
 			body: `{"input":[{"role":"user","content":[{"type":"input_text","text":` + q(proseText.text) + `},{"type":"input_image","detail":"low","image_url":` + img + `},{"type":"input_image","image_url":` + img + `}]},{"type":"function_call","call_id":"c1","name":"get_order","arguments":` + q(argsJSON.text) + `},{"type":"function_call_output","call_id":"c1","output":` + q(toolResultJSON.text) + `},{"role":"assistant","content":[{"type":"output_text","text":` + q(prose2Text.text) + `}]}],"tools":` + toolsJSON.text + `}`,
-			text: proseText.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens + prose2Text.tokens + toolsJSON.tokens, tol: 0.15,
+			text: proseText.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens + prose2Text.tokens + toolsJSON.tokens, tol: 0.10,
 			want: requestInfo{Messages: 4, ImagesLow: 1, Images: 1, N: 1},
 		},
 		{
@@ -371,7 +371,7 @@ func TestParseRequestShapes(t *testing.T) {
 			name: "anthropic tools, tool_use, tool_result and image",
 			f:    formatAnthropic,
 			body: `{"tools":` + anthToolsJSON.text + `,"messages":[{"role":"user","content":` + q(proseText.text) + `},{"role":"assistant","content":[{"type":"text","text":` + q(prose2Text.text) + `},{"type":"tool_use","id":"toolu_1","name":"get_order","input":` + argsJSON.text + `}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":[{"type":"text","text":` + q(toolResultJSON.text) + `},{"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]},{"type":"image","source":{"type":"url","url":"https://example.com/a.png"}}]}],"max_tokens":1024}`,
-			text: anthToolsJSON.tokens + proseText.tokens + prose2Text.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.15,
+			text: anthToolsJSON.tokens + proseText.tokens + prose2Text.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.10,
 			want: requestInfo{Messages: 3, Images: 2, MaxOutput: 1024, N: 1},
 		},
 		{
