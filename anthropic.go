@@ -175,12 +175,11 @@ var (
 
 var anthropicUsageNames = []string{"input_tokens", "cache_creation_input_tokens", "output_tokens"}
 
-// anthropicUsage reads usage.input_tokens + cache_creation_input_tokens
-// (cache reads do not count against ITPM) and usage.output_tokens.
-func anthropicUsage(body []byte) (usage, bool) {
-	var v [3]int64
-	found, ok := memberInts(body, "usage", anthropicUsageNames, v[:])
-	if !ok || found&0b101 == 0 {
+// anthropicUsage combines the members of a usage object read by
+// anthropicUsageNames: input_tokens + cache_creation_input_tokens (cache
+// reads do not count against ITPM), and output_tokens.
+func anthropicUsage(v []int64, found uint32) (usage, bool) {
+	if found&0b101 == 0 {
 		return usage{}, false
 	}
 	return usage{Input: v[0] + v[1], Output: v[2]}, true

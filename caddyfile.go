@@ -5,6 +5,7 @@ import (
 	"path"
 	"strconv"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
 )
@@ -63,6 +64,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		case "model":
 			if err := h.parseModel(d); err != nil {
+				return err
+			}
+			continue
+		case "retry":
+			if seen[sub] {
+				return d.Errf("%s: given twice", sub)
+			}
+			seen[sub] = true
+			if err := h.parseRetry(d); err != nil {
 				return err
 			}
 			continue
@@ -192,6 +202,85 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			ed := caddyfile.NewDispenser([]caddyfile.Token{p.at})
 			ed.Next()
 			return ed.Errf("api_key: unknown tier %q", p.tier)
+		}
+	}
+	return nil
+}
+
+// parseRetry reads "retry off" or "retry { attempts base max jitter
+// statuses max_total }"; the cursor is on "retry".
+func (h *Handler) parseRetry(d *caddyfile.Dispenser) error {
+	rc := new(RetryConfig)
+	h.Retry = rc
+	if d.NextArg() {
+		if d.Val() != "off" {
+			return d.Errf("retry: want \"off\" or a block, got %q", d.Val())
+		}
+		rc.Off = true
+		return noBlock(d, "retry off")
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] {
+			return d.Errf("retry %s: given twice", sub)
+		}
+		seen[sub] = true
+		switch sub {
+		case "attempts":
+			v, err := oneArg(d, "retry attempts")
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > 100 {
+				return d.Errf("retry attempts: want an integer 0..100, got %q", v)
+			}
+			rc.Attempts = &n
+		case "base", "max", "max_total":
+			v, err := oneArg(d, "retry "+sub)
+			if err != nil {
+				return err
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("retry %s: want a positive duration such as 1s, got %q", sub, v)
+			}
+			switch sub {
+			case "base":
+				rc.Base = caddy.Duration(dur)
+			case "max":
+				rc.Max = caddy.Duration(dur)
+			default:
+				rc.MaxTotal = caddy.Duration(dur)
+			}
+		case "jitter":
+			v, err := oneArg(d, "retry jitter")
+			if err != nil {
+				return err
+			}
+			j, err := strconv.ParseFloat(v, 64)
+			if err != nil || math.IsNaN(j) || j < 0 || j > 1 {
+				return d.Errf("retry jitter: want a number within 0..1, got %q", v)
+			}
+			rc.Jitter = &j
+		case "statuses":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("retry statuses: want one or more status codes")
+			}
+			for _, a := range args {
+				code, err := strconv.Atoi(a)
+				if err != nil || code < 400 || code > 599 {
+					return d.Errf("retry statuses: %q is not an error status (400..599)", a)
+				}
+				rc.Statuses = append(rc.Statuses, code)
+			}
+		default:
+			return d.Errf("retry: unknown subdirective %q", sub)
+		}
+		if err := noBlock(d, "retry "+sub); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -105,6 +106,14 @@ func TestAdaptsEverySubdirective(t *testing.T) {
 		default_max_output 2048
 		headers off
 		dry_run
+		retry {
+			attempts 6
+			base 500ms
+			max 30s
+			jitter 0.3
+			statuses 429 529
+			max_total 90s
+		}
 	}
 }
 `
@@ -138,6 +147,7 @@ func TestAdaptsEverySubdirective(t *testing.T) {
 	}
 
 	off := false
+	attempts, jitter := 6, 0.3
 	want := Handler{
 		Zone:    "team",
 		Key:     "{http.request.header.X-Team}", // Caddy expands the shorthand
@@ -168,6 +178,14 @@ func TestAdaptsEverySubdirective(t *testing.T) {
 		DefaultMaxOutput: 2048,
 		Headers:          &off,
 		DryRun:           true,
+		Retry: &RetryConfig{
+			Attempts: &attempts,
+			Base:     caddy.Duration(500 * time.Millisecond),
+			Max:      caddy.Duration(30 * time.Second),
+			Jitter:   &jitter,
+			Statuses: []int{429, 529},
+			MaxTotal: caddy.Duration(90 * time.Second),
+		},
 	}
 	wantJSON, err := json.Marshal(want)
 	if err != nil {
@@ -333,8 +351,18 @@ func TestRejectsBadConfigsWithLine(t *testing.T) {
 		want   []string // substrings of the error
 		secret string   // must not appear in the error
 	}{
-		{name: "unknown subdirective", block: "retry off",
-			want: []string{`unknown subdirective "retry"`, "Caddyfile:3"}},
+		{name: "unknown subdirective", block: "burst 10",
+			want: []string{`unknown subdirective "burst"`, "Caddyfile:3"}},
+		{name: "retry neither off nor a block", block: "retry on",
+			want: []string{`retry: want "off" or a block`, "Caddyfile:3"}},
+		{name: "retry jitter outside 0..1", block: "retry {\n\tjitter 1.5\n}",
+			want: []string{"retry jitter", "1.5", "Caddyfile:4"}},
+		{name: "retry status not an error status", block: "retry {\n\tstatuses 429 200\n}",
+			want: []string{"retry statuses", "200", "Caddyfile:4"}},
+		{name: "retry unknown subdirective", block: "retry {\n\tbackoff 1s\n}",
+			want: []string{`retry: unknown subdirective "backoff"`, "Caddyfile:4"}},
+		{name: "retry bad duration", block: "retry {\n\tmax_total soon\n}",
+			want: []string{"retry max_total", "soon", "Caddyfile:4"}},
 		{name: "unknown subdirective inside a tier", block: "tier pro {\n\tburst 5\n}",
 			want: []string{"tier pro", `unknown subdirective "burst"`, "Caddyfile:4"}},
 		{name: "arguments after the directive name", block: "}\nllm_ratelimit /v1/* extra {",

@@ -1,28 +1,55 @@
 package llmratelimit
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 )
 
 // The one clock of the package. Every time-based decision (bucket refill,
-// resets, the sweeper) reads now(); tests replace it with setClock so that
-// time passes without sleeping.
-var clockFn atomic.Pointer[func() time.Time]
+// resets, retry waits, the cooldown gate, the sweeper) reads now() and waits
+// with sleep(); tests replace both with setClock so that time passes without
+// sleeping.
+type clock interface {
+	Now() time.Time
+	// Sleep waits for d or until ctx is done, whichever comes first, and
+	// returns ctx.Err() in the second case.
+	Sleep(ctx context.Context, d time.Duration) error
+}
+
+var clockHook atomic.Pointer[clock]
 
 // now returns the current time of the package clock.
 func now() time.Time {
-	if f := clockFn.Load(); f != nil {
-		return (*f)()
+	if c := clockHook.Load(); c != nil {
+		return (*c).Now()
 	}
 	return time.Now()
 }
 
-// setClock replaces the package clock; nil restores time.Now. For tests.
-func setClock(f func() time.Time) {
-	if f == nil {
-		clockFn.Store(nil)
+// sleep waits on the package clock for d, or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	if c := clockHook.Load(); c != nil {
+		return (*c).Sleep(ctx, d)
+	}
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// setClock replaces the package clock; nil restores the real one. For tests.
+func setClock(c clock) {
+	if c == nil {
+		clockHook.Store(nil)
 		return
 	}
-	clockFn.Store(&f)
+	clockHook.Store(&c)
 }

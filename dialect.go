@@ -65,6 +65,8 @@ type requestInfo struct {
 	Stream bool
 	// IncludeUsage reports stream_options.include_usage == true (OpenAI).
 	IncludeUsage bool
+	// HasStreamOptions reports a stream_options object (OpenAI).
+	HasStreamOptions bool
 }
 
 // usage is what the upstream says the request actually cost.
@@ -75,6 +77,59 @@ type usage struct {
 	// Output counts the output tokens.
 	Output int64
 }
+
+// usageAcc accumulates the usage objects of one response: a JSON body has
+// one; a stream may have several (Anthropic's message_start and then
+// message_delta, whose counts are cumulative), and a member seen later
+// replaces the same member seen before.
+type usageAcc struct {
+	f     format
+	v     [4]int64
+	found uint32
+}
+
+// add reads one usage object.
+func (a *usageAcc) add(obj []byte) {
+	if obj == nil {
+		return
+	}
+	names := openAIUsageNames
+	if a.f == formatAnthropic {
+		names = anthropicUsageNames
+	}
+	var v [4]int64
+	found, ok := objectInts(obj, names, v[:])
+	if !ok {
+		return
+	}
+	for i := range names {
+		if found&(1<<i) != 0 {
+			a.v[i] = v[i]
+		}
+	}
+	a.found |= found
+}
+
+// usage is the accumulated usage; false when none was seen.
+func (a *usageAcc) usage() (usage, bool) {
+	switch a.f {
+	case formatOpenAI:
+		return openAIUsage(a.v[:], a.found)
+	case formatAnthropic:
+		return anthropicUsage(a.v[:], a.found)
+	}
+	return usage{}, false
+}
+
+// parseUsageJSON reads the usage object of a non-streamed JSON response of
+// format f (the last "usage" object in it, where providers put it).
+func parseUsageJSON(f format, body []byte) (usage, bool) {
+	a := usageAcc{f: f}
+	a.add(lastObjectAfterKey(body, usageKey))
+	return a.usage()
+}
+
+var usageKey = []byte(`"usage"`)
 
 // badRequestError is a client error found in the body: the handler answers
 // 400 in the request's format with this message.

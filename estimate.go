@@ -470,15 +470,3 @@ func parseRequest(f format, body []byte, info *requestInfo) error {
 	info.ImagesLow = total.imagesLow
 	return nil
 }
-
-// parseUsageJSON reads the top-level "usage" object of a non-streamed JSON
-// response of format f. ok is false when there is none or it is unusable.
-func parseUsageJSON(f format, body []byte) (u usage, ok bool) {
-	switch f {
-	case formatOpenAI:
-		return openAIUsage(body)
-	case formatAnthropic:
-		return anthropicUsage(body)
-	}
-	return usage{}, false
-}

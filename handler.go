@@ -40,8 +40,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// 2. Body, 3. estimate.
 	info := requestInfo{N: 1}
+	var body []byte
+	strip := false // include_usage was injected: strip the extra chunk
+	canRetry := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
 	if f != formatNone {
-		body, err := readBody(r, h.MaxBody)
+		var err error
+		body, err = readBody(r, h.MaxBody)
 		if err != nil {
 			if errors.Is(err, errBodyTooLarge) {
 				drainBody(r)
@@ -52,7 +56,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if err := parseRequest(f, body, &info); err != nil {
 			return h.replyError(w, rf, errInvalid, "Invalid request body: "+err.Error())
 		}
+		if f == formatOpenAI && needsIncludeUsage(r.URL.Path, &info) {
+			body, strip = injectIncludeUsage(body), true
+		}
 		restoreBody(r, body)
+		canRetry = true
 		// The usage in the response must be readable; an encode directive
 		// in front of this handler re-compresses for the client.
 		r.Header.Del("Accept-Encoding")
@@ -85,14 +93,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// 6. Forward. 8. Settle. 9. Release, on every path: a panic such as
 	// http.ErrAbortHandler keeps the reservation but frees the slot.
-	uw := &usageWriter{ResponseWriter: w, h: h, f: f, req: dec.req, tok: dec.tok}
+	uw := &usageWriter{ResponseWriter: w, h: h, f: f, req: dec.req, tok: dec.tok, strip: strip}
 	settled := false
 	defer func() {
 		if !settled {
 			t.finish(now().UnixNano(), nil, false)
 		}
 	}()
-	err := next.ServeHTTP(uw, r)
+	err := h.forward(uw, r, next, body, canRetry, rf)
+	if ferr := uw.flushHeld(); err == nil {
+		err = ferr
+	}
 	settled = true
 	switch u, ok := uw.usage(); {
 	case uw.status < 200 || uw.status > 299:

@@ -225,7 +225,7 @@ func TestSettlesToUpstreamUsage(t *testing.T) {
 
 	// A 500 refunds every token of the request (it still counts as a
 	// request).
-	mustLoad(t, "zone settle500\ntpm 10000\nrpm 100")
+	mustLoad(t, "zone settle500\ntpm 10000\nrpm 100\nretry off")
 	setUpstream(t, func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", 500) })
 	if r := send(t, "/v1/chat/completions", "sk-500", body); r.status != 500 {
 		t.Fatalf("500 passes through: %d", r.status)

@@ -2,6 +2,7 @@ package llmratelimit
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -52,10 +53,45 @@ var (
 	client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Minute}
 )
 
-// fakeClock is the package clock in tests: time passes only when a test says.
+// fakeClock is the package clock in tests: time passes only when a test
+// says, or when the code under test sleeps: a sleep moves the clock to its
+// own wake-up time at once (never backwards) and records the wait. With
+// block set, a sleep instead waits for its context, so that a test can
+// cancel a request in the middle of a wait.
 type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu     sync.Mutex
+	t      time.Time
+	slept  []time.Duration
+	block  bool
+	asleep chan struct{} // with block: signalled when a sleep starts
+}
+
+func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
+	c.mu.Lock()
+	if c.block {
+		ch := c.asleep
+		c.mu.Unlock()
+		if ch != nil {
+			ch <- struct{}{}
+		}
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	c.slept = append(c.slept, d)
+	if wake := c.t.Add(d); wake.After(c.t) {
+		c.t = wake
+	}
+	c.mu.Unlock()
+	return ctx.Err()
+}
+
+// takeSleeps returns and forgets the waits slept so far.
+func (c *fakeClock) takeSleeps() []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.slept
+	c.slept = nil
+	return s
 }
 
 func (c *fakeClock) Now() time.Time {
@@ -71,7 +107,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 }
 
 func TestMain(m *testing.M) {
-	setClock(clk.Now)
+	setClock(clk)
 	upstream = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if f := upstreamFunc.Load(); f != nil {
 			(*f)(w, r)

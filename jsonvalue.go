@@ -79,42 +79,29 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// memberInts reads the object that is member key of the top-level object
-// in body and stores its integer members named in names into out: bit i of
-// found is set when names[i] is present as a non-negative integer. ok is
-// false when body is not an object or has no such object member. The rest
-// of the document after that member is not read.
-func memberInts(body []byte, key string, names []string, out []int64) (found uint32, ok bool) {
-	s := jsonScanner{data: body}
+// objectInts reads the JSON object obj and stores its integer members named
+// in names into out: bit i of found is set when names[i] is present as a
+// non-negative integer. Other members, nested objects included, are
+// skipped. ok is false when obj is not a valid object.
+func objectInts(obj []byte, names []string, out []int64) (found uint32, ok bool) {
+	s := jsonScanner{data: obj}
 	if s.peek() != jsonObject {
 		return 0, false
 	}
-	err := s.object([]string{key}, func(k string) error {
-		if k == "" || s.peek() != jsonObject {
+	err := s.object(names, func(k string) error {
+		i := 0
+		for i < len(names) && names[i] != k {
+			i++
+		}
+		if i == len(names) || s.peek() != jsonNumber {
 			return s.skip(nil)
 		}
-		err := s.object(names, func(k string) error {
-			i := 0
-			for i < len(names) && names[i] != k {
-				i++
-			}
-			if i == len(names) || s.peek() != jsonNumber {
-				return s.skip(nil)
-			}
-			raw, err := s.number()
-			if v, isInt := parseJSONInt(raw); err == nil && isInt && v >= 0 {
-				out[i] = v
-				found |= 1 << i
-			}
-			return err
-		})
-		if err != nil {
-			return err
+		raw, err := s.number()
+		if v, isInt := parseJSONInt(raw); err == nil && isInt && v >= 0 {
+			out[i] = v
+			found |= 1 << i
 		}
-		return errStopWalk // the member is read: stop here
+		return err
 	})
-	return found, err == errStopWalk
+	return found, err == nil
 }
-
-// errStopWalk ends a walk early; it never reaches a caller.
-var errStopWalk = &badRequestError{msg: "stop"}

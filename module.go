@@ -166,6 +166,11 @@ type Handler struct {
 	// DryRun decides, logs and meters, but never rejects.
 	DryRun bool `json:"dry_run,omitempty"`
 
+	// Retry configures the upstream retry loop; absent = the defaults
+	// (4 retries, 1s base, 60s max, 0.2 jitter, 429 500 502 503 504 529,
+	// 2m in all). {"off": true} disables it.
+	Retry *RetryConfig `json:"retry,omitempty"`
+
 	logger    *zap.Logger
 	zone      *zone
 	format    format
@@ -174,6 +179,7 @@ type Handler struct {
 	models    map[string]*Model  // exact names
 	globs     []*Model           // glob patterns, longest first
 	headersOn bool
+	retry     *retryPolicy // nil: retries off
 }
 
 // CaddyModule returns the Caddy module information.
@@ -198,6 +204,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.DefaultMaxOutput = defaultMaxOutput
 	}
 	h.headersOn = h.Headers == nil || *h.Headers
+	h.retry = h.Retry.policy()
 	switch h.Format {
 	case "", "auto":
 		h.format = formatNone
@@ -257,6 +264,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // Validate rejects impossible values, naming the field.
 func (h *Handler) Validate() error {
 	if err := h.Limits.validate(""); err != nil {
+		return err
+	}
+	if err := h.Retry.validate(); err != nil {
 		return err
 	}
 	if h.MaxBody < 0 {

@@ -1,6 +1,10 @@
 package llmratelimit
 
-import "fmt"
+import (
+	"bytes"
+	"fmt"
+	"strings"
+)
 
 // This file knows OpenAI's wire format: the request bodies of chat
 // completions, completions, Responses and embeddings, the usage object of
@@ -51,7 +55,7 @@ func parseOpenAI(s *jsonScanner, tc *textCounter, info *requestInfo) (part, erro
 		case "stream":
 			info.Stream, err = boolField(s, "stream")
 		case "stream_options":
-			info.IncludeUsage, err = openAIStreamOptions(s)
+			info.IncludeUsage, err = openAIStreamOptions(s, info)
 		default:
 			err = s.skip(nil)
 		}
@@ -70,10 +74,11 @@ func parseOpenAI(s *jsonScanner, tc *textCounter, info *requestInfo) (part, erro
 	return sumParts(slots[:]), nil
 }
 
-func openAIStreamOptions(s *jsonScanner) (includeUsage bool, err error) {
+func openAIStreamOptions(s *jsonScanner, info *requestInfo) (includeUsage bool, err error) {
 	if ok, err := s.nullOr(jsonObject, "stream_options", "an object"); !ok {
 		return false, err
 	}
+	info.HasStreamOptions = true
 	err = s.object(streamOptionsKeys, func(key string) (err error) {
 		if key != "include_usage" {
 			return s.skip(nil)
@@ -312,20 +317,70 @@ var (
 
 var openAIUsageNames = []string{"prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"}
 
-// openAIUsage reads usage.prompt_tokens/completion_tokens (chat,
-// completions, embeddings) or usage.input_tokens/output_tokens (Responses).
-func openAIUsage(body []byte) (usage, bool) {
-	var v [4]int64
-	found, ok := memberInts(body, "usage", openAIUsageNames, v[:])
+// openAIUsage combines the members of a usage object read by openAIUsageNames:
+// prompt_tokens/completion_tokens (chat, completions, embeddings) or
+// input_tokens/output_tokens (Responses).
+func openAIUsage(v []int64, found uint32) (usage, bool) {
 	switch {
-	case !ok:
-		return usage{}, false
 	case found&0b0011 != 0:
 		return usage{Input: v[0], Output: v[1]}, true
 	case found&0b1100 != 0:
 		return usage{Input: v[2], Output: v[3]}, true
 	}
 	return usage{}, false
+}
+
+// needsIncludeUsage tells a streaming chat or completions request that did
+// not ask for its usage: the handler asks for it (injectIncludeUsage) and
+// strips the extra chunk again. Responses streams always end with their
+// usage in response.completed.
+func needsIncludeUsage(path string, info *requestInfo) bool {
+	if !info.Stream || info.HasStreamOptions {
+		return false
+	}
+	path = strings.TrimSuffix(path, "/")
+	return strings.HasSuffix(path, "/chat/completions") || strings.HasSuffix(path, "/v1/completions")
+}
+
+// injectIncludeUsage asks an OpenAI streaming request for its usage: it
+// adds "stream_options":{"include_usage":true} to the top-level object of a
+// body that has no stream_options. The body is valid JSON (parseRequest
+// read it).
+func injectIncludeUsage(body []byte) []byte {
+	i := bytes.IndexByte(body, '{')
+	if i < 0 {
+		return body
+	}
+	const member = `"stream_options":{"include_usage":true}`
+	out := make([]byte, 0, len(body)+len(member)+1)
+	out = append(out, body[:i+1]...)
+	out = append(out, member...)
+	if j := skipSpace(body, i+1); j < len(body) && body[j] != '}' {
+		out = append(out, ',')
+	}
+	return append(out, body[i+1:]...)
+}
+
+// isUsageOnlyChunk tells the extra chunk that include_usage adds at the end
+// of a chat stream: "choices":[] with a usage object.
+func isUsageOnlyChunk(event []byte) bool {
+	if lastObjectAfterKey(event, []byte(`"usage"`)) == nil {
+		return false
+	}
+	i := bytes.Index(event, []byte(`"choices"`))
+	if i < 0 {
+		return false
+	}
+	j := skipSpace(event, i+len(`"choices"`))
+	if j >= len(event) || event[j] != ':' {
+		return false
+	}
+	j = skipSpace(event, j+1)
+	if j >= len(event) || event[j] != '[' {
+		return false
+	}
+	j = skipSpace(event, j+1)
+	return j < len(event) && event[j] == ']'
 }
 
 // appendOpenAIError appends OpenAI's error body:

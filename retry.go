@@ -1,15 +1,244 @@
 package llmratelimit
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
-// This file holds what the handler tells clients about retrying. The
-// upstream retry loop (jittered backoff on upstream 429s inside the proxy
-// chain) builds on it.
+// This file is the upstream retry loop: when the next handler (normally
+// reverse_proxy) answers a retryable status before any byte reached the
+// client, the response is thrown away and the request sent again after a
+// jittered wait that honours the upstream's hints. Caddy's own
+// lb_retry_match retries at a fixed interval with no jitter and no
+// Retry-After, and hands the client a bare 429 when it gives up; this loop
+// exists to close that gap.
+
+// RetryConfig configures the upstream retry loop.
+type RetryConfig struct {
+	// Off disables retries (and the zone's cooldown gate).
+	Off bool `json:"off,omitempty"`
+	// Attempts is the number of retries after the first try. Default 4.
+	Attempts *int `json:"attempts,omitempty"`
+	// Base is the first backoff wait when the upstream gives no hint; it
+	// doubles with each retry. Default 1s.
+	Base caddy.Duration `json:"base,omitempty"`
+	// Max caps one backoff wait. Default 60s.
+	Max caddy.Duration `json:"max,omitempty"`
+	// Jitter is the spread of each wait, 0..1: a hinted wait is stretched
+	// by up to this fraction, a backoff wait moved by ± it. Default 0.2.
+	Jitter *float64 `json:"jitter,omitempty"`
+	// Statuses are the upstream statuses that are retried. Default 429 500
+	// 502 503 504 529.
+	Statuses []int `json:"statuses,omitempty"`
+	// MaxTotal bounds the time spent waiting and retrying one request;
+	// past it the last upstream response is handed to the client. Default
+	// 2m.
+	MaxTotal caddy.Duration `json:"max_total,omitempty"`
+}
+
+var defaultRetryStatuses = []int{429, 500, 502, 503, 504, 529}
+
+// retryPolicy is a RetryConfig with its defaults applied.
+type retryPolicy struct {
+	attempts  int
+	base, max time.Duration
+	jitter    float64
+	statuses  []int
+	maxTotal  time.Duration
+}
+
+func (rc *RetryConfig) policy() *retryPolicy {
+	if rc != nil && rc.Off {
+		return nil
+	}
+	p := &retryPolicy{attempts: 4, base: time.Second, max: time.Minute, jitter: 0.2,
+		statuses: defaultRetryStatuses, maxTotal: 2 * time.Minute}
+	if rc == nil {
+		return p
+	}
+	if rc.Attempts != nil {
+		p.attempts = *rc.Attempts
+	}
+	if rc.Base > 0 {
+		p.base = time.Duration(rc.Base)
+	}
+	if rc.Max > 0 {
+		p.max = time.Duration(rc.Max)
+	}
+	if rc.Jitter != nil {
+		p.jitter = *rc.Jitter
+	}
+	if len(rc.Statuses) > 0 {
+		p.statuses = rc.Statuses
+	}
+	if rc.MaxTotal > 0 {
+		p.maxTotal = time.Duration(rc.MaxTotal)
+	}
+	return p
+}
+
+func (rc *RetryConfig) validate() error {
+	if rc == nil || rc.Off {
+		return nil
+	}
+	if rc.Attempts != nil && (*rc.Attempts < 0 || *rc.Attempts > 100) {
+		return fmt.Errorf("retry attempts: must be 0..100, got %d", *rc.Attempts)
+	}
+	if rc.Base < 0 || rc.Max < 0 || rc.MaxTotal < 0 {
+		return fmt.Errorf("retry base, max and max_total must not be negative")
+	}
+	if rc.Jitter != nil && (math.IsNaN(*rc.Jitter) || *rc.Jitter < 0 || *rc.Jitter > 1) {
+		return fmt.Errorf("retry jitter: must be within 0..1, got %v", *rc.Jitter)
+	}
+	for _, s := range rc.Statuses {
+		if s < 400 || s > 599 {
+			return fmt.Errorf("retry statuses: %d is not an error status (400..599)", s)
+		}
+	}
+	return nil
+}
+
+func (p *retryPolicy) retryable(status int) bool {
+	for _, s := range p.statuses {
+		if s == status {
+			return true
+		}
+	}
+	return false
+}
+
+// randFloat is the retry loop's random source, in [0, 1). Tests replace it.
+var randFloat = rand.Float64
+
+// backoff is the wait before retry n (0-based) without a hint:
+// base·2^n capped at max, moved by ± jitter.
+func (p *retryPolicy) backoff(n int) time.Duration {
+	d := float64(p.base) * math.Pow(2, float64(n))
+	d = math.Min(d, float64(p.max))
+	d *= 1 + p.jitter*(2*randFloat()-1)
+	return time.Duration(d)
+}
+
+// stretch jitters a hinted wait upwards only: hint × (1 + U(0, jitter)).
+func (p *retryPolicy) stretch(hint time.Duration) time.Duration {
+	return time.Duration(float64(hint) * (1 + p.jitter*randFloat()))
+}
+
+var recordBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// forward calls the next handler, retrying per the policy. body is the
+// buffered request body (nil when there is none to re-send); canRetry says
+// whether the request can be sent again at all.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, body []byte, canRetry bool, rf format) error {
+	p := h.retry
+	if p == nil || !canRetry {
+		return next.ServeHTTP(w, r)
+	}
+	start := now()
+	deadline := start.Add(p.maxTotal)
+	if d, ok := r.Context().Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+
+	// A closed cooldown gate holds every request of the zone, first tries
+	// included: one upstream hint, not a herd of 429s.
+	if err := h.zone.gate.wait(r.Context(), p, deadline); err != nil {
+		if errors.Is(err, errGateTooLong) {
+			return h.replyCooldown(w, rf, h.zone.gate.remaining())
+		}
+		return err
+	}
+
+	before := w.Header().Clone()
+	buf := recordBufs.Get().(*bytes.Buffer)
+	defer recordBufs.Put(buf)
+	for attempt := 1; ; attempt++ {
+		buf.Reset()
+		last := attempt > p.attempts
+		rec := caddyhttp.NewResponseRecorder(w, buf, func(status int, _ http.Header) bool {
+			return !last && p.retryable(status)
+		})
+		if attempt > 1 {
+			w.Header().Set("x-llm-ratelimit-attempts", strconv.Itoa(attempt))
+			restoreBody(r, body)
+		}
+		err := next.ServeHTTP(rec, r)
+		status := rec.Status()
+		var he caddyhttp.HandlerError
+		switch {
+		case rec.Buffered():
+			// A retryable status, nothing sent to the client yet.
+		case err != nil && status == 0 && errors.As(err, &he) && !last && p.retryable(he.StatusCode):
+			// The proxy failed before answering (e.g. 502 dial error).
+			status = he.StatusCode
+		default:
+			return err // streamed through, or not retryable
+		}
+
+		hint, hinted := retryHint(rec.Header(), buf.Bytes(), now())
+		if status == http.StatusTooManyRequests && !retryableBody(buf.Bytes()) {
+			w.Header().Set("x-should-retry", "false")
+			return h.handThrough(rec, err, attempt)
+		}
+		var wait time.Duration
+		if hinted {
+			wait = p.stretch(hint)
+			h.zone.gate.close(now().Add(hint))
+		} else {
+			wait = p.backoff(attempt - 1)
+		}
+		if now().Add(wait).After(deadline) {
+			h.logger.Info("giving up on upstream retries",
+				zap.Int("status", status), zap.Int("attempts", attempt), zap.Duration("next_wait", wait))
+			return h.handThrough(rec, err, attempt)
+		}
+		h.logger.Debug("retrying upstream", zap.Int("status", status), zap.Int("attempt", attempt),
+			zap.Duration("wait", wait), zap.Bool("hinted", hinted))
+		resetHeader(w.Header(), before)
+		if err := sleep(r.Context(), wait); err != nil {
+			return err // the client went away
+		}
+	}
+}
+
+// handThrough gives the client the last upstream answer: the buffered
+// response unchanged (but for the attempts count), or the proxy's error.
+func (h *Handler) handThrough(rec caddyhttp.ResponseRecorder, err error, attempt int) error {
+	if attempt > 1 {
+		rec.Header().Set("x-llm-ratelimit-attempts", strconv.Itoa(attempt))
+	}
+	if !rec.Buffered() {
+		return err
+	}
+	return rec.WriteResponse()
+}
+
+// resetHeader puts the response header map back to its state before an
+// attempt, so that nothing of a thrown-away response (Content-Length,
+// Content-Type, Via, …) leaks into the next.
+func resetHeader(h, before http.Header) {
+	for k := range h {
+		if _, ok := before[k]; !ok {
+			delete(h, k)
+		}
+	}
+	for k, v := range before {
+		h[k] = v
+	}
+}
 
 // setRetryAdvice writes the retry headers of a 429: Retry-After in whole
 // seconds rounded up, retry-after-ms, and x-should-retry. A request that
@@ -26,4 +255,59 @@ func setRetryAdvice(hdr http.Header, wait time.Duration, never bool) {
 	hdr.Set("Retry-After", strconv.FormatInt((ms+999)/1000, 10))
 	hdr.Set("retry-after-ms", strconv.FormatInt(ms, 10))
 	hdr.Set("x-should-retry", "true")
+}
+
+// gate is a zone's cooldown gate: an upstream hint closes it until the
+// hinted time, and every request of the zone waits for it to open.
+type gate struct {
+	openAt atomic.Int64 // unix ns
+}
+
+var errGateTooLong = errors.New("cooldown gate stays closed past the request's deadline")
+
+// close keeps the gate closed until t at least.
+func (g *gate) close(t time.Time) {
+	n := t.UnixNano()
+	for {
+		cur := g.openAt.Load()
+		if n <= cur || g.openAt.CompareAndSwap(cur, n) {
+			return
+		}
+	}
+}
+
+func (g *gate) remaining() time.Duration {
+	return time.Duration(g.openAt.Load() - now().UnixNano())
+}
+
+// wait holds the caller while the gate is closed: until it opens, stretched
+// by the jitter so that the waiters do not all leave at once.
+func (g *gate) wait(ctx context.Context, p *retryPolicy, deadline time.Time) error {
+	for {
+		left := g.remaining()
+		if left <= 0 {
+			return nil
+		}
+		wait := p.stretch(left)
+		if now().Add(wait).After(deadline) {
+			return errGateTooLong
+		}
+		if err := sleep(ctx, wait); err != nil {
+			return err
+		}
+	}
+}
+
+// replyCooldown answers a request that cannot wait for the zone's cooldown
+// gate within its max_total or deadline.
+func (h *Handler) replyCooldown(w http.ResponseWriter, f format, wait time.Duration) error {
+	setRetryAdvice(w.Header(), wait, false)
+	msg := "The upstream asked to slow down; please try again in " + humanWait(wait) + "."
+	var body []byte
+	if f == formatAnthropic {
+		body = appendAnthropicError(nil, "rate_limit_error", msg)
+	} else {
+		body = appendOpenAIError(nil, "requests", "rate_limit_exceeded", msg)
+	}
+	return writeJSON(w, http.StatusTooManyRequests, body)
 }

@@ -7,23 +7,40 @@ import (
 )
 
 // usageTailSize bounds what the handler keeps of a response to find its
-// usage: providers put the usage object at the end of a JSON response, so
-// the last few KiB are enough, and the response itself streams through.
+// usage: providers put the usage object at the end of a JSON response (and
+// of a stream's data line), so the last few KiB are enough, and the
+// response itself streams through.
 const usageTailSize = 8 << 10
 
-// usageWriter passes the response through untouched, except that it sets
-// the x-ratelimit-* headers when the status is written (replacing the
-// upstream's), records the status, and keeps the tail of a successful JSON
-// response to read its usage.
+// maxHeldEvent bounds one SSE event held back while the handler decides
+// whether it is the usage-only chunk it must strip; a longer event is let
+// through as it is.
+const maxHeldEvent = 64 << 10
+
+// How the writer reads a response.
+const (
+	readNothing = iota
+	readJSON    // keep the tail, find the usage object at the end
+	readSSE     // read the usage from each data line as it passes
+)
+
+// usageWriter passes the response through, except that it sets the
+// x-ratelimit-* headers when the status is written (replacing the
+// upstream's), records the status, and reads the usage of a successful
+// response as it passes: from the tail of a JSON body, or from the data
+// lines of an event stream. With strip, it removes from a stream the
+// usage-only chunk that the handler asked for on the client's behalf.
 type usageWriter struct {
 	http.ResponseWriter
-	h       *Handler
-	f       format
-	req     quota // x-ratelimit-* as of the admission
-	tok     quota
-	status  int
-	capture bool
-	tail    []byte
+	h        *Handler
+	f        format
+	req, tok quota // x-ratelimit-* as of the admission
+	strip    bool  // the handler injected include_usage
+	status   int
+	mode     uint8
+	tail     []byte // JSON: the body's tail; SSE: the current line's tail
+	held     []byte // SSE with strip: the event being held back
+	acc      usageAcc
 }
 
 func (uw *usageWriter) WriteHeader(code int) {
@@ -39,8 +56,13 @@ func (uw *usageWriter) WriteHeader(code int) {
 		setQuotaHeaders(uw.Header(), uw.req, uw.tok)
 	}
 	if code >= 200 && code <= 299 && uw.f != formatNone {
-		mt, _, _ := mime.ParseMediaType(uw.Header().Get("Content-Type"))
-		uw.capture = mt == "application/json"
+		uw.acc.f = uw.f
+		switch mt, _, _ := mime.ParseMediaType(uw.Header().Get("Content-Type")); mt {
+		case "application/json":
+			uw.mode = readJSON
+		case "text/event-stream":
+			uw.mode = readSSE
+		}
 	}
 	uw.ResponseWriter.WriteHeader(code)
 }
@@ -49,8 +71,13 @@ func (uw *usageWriter) Write(p []byte) (int, error) {
 	if uw.status == 0 {
 		uw.WriteHeader(http.StatusOK)
 	}
-	if uw.capture {
+	switch {
+	case uw.mode == readJSON:
 		uw.keep(p)
+	case uw.mode == readSSE && uw.strip:
+		return uw.writeEvents(p)
+	case uw.mode == readSSE:
+		uw.scanLines(p)
 	}
 	return uw.ResponseWriter.Write(p)
 }
@@ -67,23 +94,94 @@ func (uw *usageWriter) keep(p []byte) {
 	uw.tail = append(uw.tail, p...)
 }
 
+// scanLines reads the usage from every complete data line of a stream.
+// Only the tail of a long line is kept: the usage is at its end.
+func (uw *usageWriter) scanLines(p []byte) {
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			uw.keep(p)
+			return
+		}
+		uw.keep(p[:i])
+		line := uw.tail
+		if bytes.Contains(line, usageKey) {
+			uw.acc.add(lastObjectAfterKey(line, usageKey))
+		}
+		uw.tail = uw.tail[:0]
+		p = p[i+1:]
+	}
+}
+
+// writeEvents holds back each event until it is complete, drops the
+// usage-only chunk the client did not ask for, and passes every other
+// event on unchanged.
+func (uw *usageWriter) writeEvents(p []byte) (int, error) {
+	uw.held = append(uw.held, p...)
+	for {
+		end := eventEnd(uw.held)
+		if end < 0 {
+			break
+		}
+		ev := uw.held[:end]
+		uw.scanLines(ev)
+		if !isUsageOnlyChunk(ev) {
+			if _, err := uw.ResponseWriter.Write(ev); err != nil {
+				return 0, err
+			}
+		}
+		uw.held = append(uw.held[:0], uw.held[end:]...)
+	}
+	if len(uw.held) > maxHeldEvent {
+		// Not an event stream we understand: let it through as it is.
+		uw.strip = false
+		err := uw.flushHeld()
+		return len(p), err
+	}
+	return len(p), nil
+}
+
+// flushHeld writes out what is held back (the end of a stream that did not
+// end with a blank line).
+func (uw *usageWriter) flushHeld() error {
+	if len(uw.held) == 0 {
+		return nil
+	}
+	uw.scanLines(uw.held)
+	_, err := uw.ResponseWriter.Write(uw.held)
+	uw.held = uw.held[:0]
+	return err
+}
+
+// eventEnd is the index just past the blank line that ends the first event
+// in b, or -1.
+func eventEnd(b []byte) int {
+	for i := 0; i < len(b); {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return -1
+		}
+		k := i + j + 1 // start of the next line
+		if k < len(b) && b[k] == '\n' {
+			return k + 1
+		}
+		if k+1 < len(b) && b[k] == '\r' && b[k+1] == '\n' {
+			return k + 2
+		}
+		i = k
+	}
+	return -1
+}
+
 // Unwrap lets http.ResponseController reach Flush and friends.
 func (uw *usageWriter) Unwrap() http.ResponseWriter { return uw.ResponseWriter }
 
-// usage reads the usage object from the kept tail of a JSON response.
+// usage is what the response said it cost, once it has passed.
 func (uw *usageWriter) usage() (usage, bool) {
-	if !uw.capture || len(uw.tail) == 0 {
-		return usage{}, false
+	if uw.mode == readJSON {
+		uw.acc.add(lastObjectAfterKey(uw.tail, usageKey))
 	}
-	obj := lastObjectAfterKey(uw.tail, []byte(`"usage"`))
-	if obj == nil {
-		return usage{}, false
-	}
-	doc := make([]byte, 0, len(obj)+10)
-	doc = append(doc, `{"usage":`...)
-	doc = append(doc, obj...)
-	doc = append(doc, '}')
-	return parseUsageJSON(uw.f, doc)
+	return uw.acc.usage()
 }
 
 // lastObjectAfterKey finds the last occurrence of key followed by ':' and a

@@ -28,11 +28,14 @@ func TestParseUsageJSON(t *testing.T) {
 		{"usage null", formatOpenAI, `{"usage":null}`, usage{}, false},
 		{"usage empty", formatAnthropic, `{"usage":{}}`, usage{}, false},
 		{"usage with other fields only", formatOpenAI, `{"usage":{"total_tokens":5}}`, usage{}, false},
-		{"usage nested only", formatOpenAI, `{"response":{"usage":{"input_tokens":1,"output_tokens":2}}}`, usage{}, false},
-		{"malformed before usage", formatOpenAI, `{"choices":[},"usage":{"prompt_tokens":1}}`, usage{}, false},
+		// The usage is read from the tail of a response that streams past, so
+		// the last usage object counts wherever it stands, and what comes
+		// before it is not judged.
+		{"usage nested (a Responses event)", formatOpenAI, `{"response":{"usage":{"input_tokens":1,"output_tokens":2}}}`, usage{Input: 1, Output: 2}, true},
+		{"malformed before usage", formatOpenAI, `{"choices":[},"usage":{"prompt_tokens":1}}`, usage{Input: 1}, true},
 		{"malformed usage", formatOpenAI, `{"usage":{"prompt_tokens":1,"completion_tokens":}}`, usage{}, false},
 		{"truncated", formatAnthropic, `{"usage":{"input_tokens":1`, usage{}, false},
-		{"not an object", formatOpenAI, `[{"usage":{"prompt_tokens":1}}]`, usage{}, false},
+		{"usage inside an array", formatOpenAI, `[{"usage":{"prompt_tokens":1}}]`, usage{Input: 1}, true},
 		{"empty body", formatOpenAI, ``, usage{}, false},
 		{"html error page", formatAnthropic, `<html>502 Bad Gateway</html>`, usage{}, false},
 		{"negative and fractional counts are ignored", formatOpenAI, `{"usage":{"prompt_tokens":-1,"completion_tokens":2.5}}`, usage{}, false},

@@ -23,6 +23,7 @@ const sweepInterval = time.Minute
 type zone struct {
 	name   string
 	shards [shardCount]shard
+	gate   gate // the upstream cooldown gate (retry.go)
 	done   chan struct{}
 }
 
