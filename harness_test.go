@@ -54,44 +54,22 @@ var (
 )
 
 // fakeClock is the package clock in tests: time passes only when a test
-// says, or when the code under test sleeps: a sleep moves the clock to its
-// own wake-up time at once (never backwards) and records the wait. With
-// block set, a sleep instead waits for its context, so that a test can
-// cancel a request in the middle of a wait.
+// says, or when the code under test sleeps. By default a sleep moves the
+// clock to its own wake-up time at once and records the wait. In manual
+// mode a sleep blocks until Advance passes its wake-up time (or its context
+// ends), so that a test can hold requests in a wait, count them and cancel
+// them.
 type fakeClock struct {
-	mu     sync.Mutex
-	t      time.Time
-	slept  []time.Duration
-	block  bool
-	asleep chan struct{} // with block: signalled when a sleep starts
+	mu       sync.Mutex
+	t        time.Time
+	slept    []time.Duration
+	manual   bool
+	sleepers []*sleeper
 }
 
-func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
-	c.mu.Lock()
-	if c.block {
-		ch := c.asleep
-		c.mu.Unlock()
-		if ch != nil {
-			ch <- struct{}{}
-		}
-		<-ctx.Done()
-		return ctx.Err()
-	}
-	c.slept = append(c.slept, d)
-	if wake := c.t.Add(d); wake.After(c.t) {
-		c.t = wake
-	}
-	c.mu.Unlock()
-	return ctx.Err()
-}
-
-// takeSleeps returns and forgets the waits slept so far.
-func (c *fakeClock) takeSleeps() []time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s := c.slept
-	c.slept = nil
-	return s
+type sleeper struct {
+	wake time.Time
+	done chan struct{}
 }
 
 func (c *fakeClock) Now() time.Time {
@@ -103,7 +81,77 @@ func (c *fakeClock) Now() time.Time {
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
+	kept := c.sleepers[:0]
+	for _, s := range c.sleepers {
+		if s.wake.After(c.t) {
+			kept = append(kept, s)
+		} else {
+			close(s.done)
+		}
+	}
+	c.sleepers = kept
 	c.mu.Unlock()
+}
+
+func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
+	c.mu.Lock()
+	c.slept = append(c.slept, d)
+	if !c.manual {
+		if d > 0 {
+			c.t = c.t.Add(d)
+		}
+		c.mu.Unlock()
+		return ctx.Err()
+	}
+	s := &sleeper{wake: c.t.Add(d), done: make(chan struct{})}
+	c.sleepers = append(c.sleepers, s)
+	c.mu.Unlock()
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		c.mu.Lock()
+		for i, o := range c.sleepers {
+			if o == s {
+				c.sleepers = append(c.sleepers[:i], c.sleepers[i+1:]...)
+				break
+			}
+		}
+		c.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// setManual switches manual mode for one test.
+func (c *fakeClock) setManual(t *testing.T) {
+	c.mu.Lock()
+	c.manual = true
+	c.mu.Unlock()
+	t.Cleanup(func() {
+		c.mu.Lock()
+		c.manual = false
+		for _, s := range c.sleepers {
+			close(s.done)
+		}
+		c.sleepers = nil
+		c.mu.Unlock()
+	})
+}
+
+// sleeping counts the sleeps waiting in manual mode.
+func (c *fakeClock) sleeping() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.sleepers)
+}
+
+// takeSleeps returns and forgets the waits slept so far.
+func (c *fakeClock) takeSleeps() []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.slept
+	c.slept = nil
+	return s
 }
 
 func TestMain(m *testing.M) {

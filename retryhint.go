@@ -33,7 +33,7 @@ var resetHints = [...]struct{ reset, remaining string }{
 func retryHint(h http.Header, body []byte, now time.Time) (time.Duration, bool) {
 	if v := h.Get("retry-after-ms"); v != "" {
 		if ms, err := strconv.ParseFloat(v, 64); err == nil {
-			if d, ok := sane(time.Duration(ms * float64(time.Millisecond))); ok {
+			if d, ok := saneSeconds(ms / 1000); ok {
 				return d, true
 			}
 		}
@@ -72,10 +72,19 @@ func sane(d time.Duration) (time.Duration, bool) {
 	return d, true
 }
 
+// saneSeconds converts a number of seconds to a hint, range-checked before
+// the conversion (NaN and out-of-range floats do not convert portably).
+func saneSeconds(secs float64) (time.Duration, bool) {
+	if !(secs >= 0 && secs <= maxHint.Seconds()) {
+		return 0, false
+	}
+	return time.Duration(secs * float64(time.Second)), true
+}
+
 // parseRetryAfter reads Retry-After: delay-seconds or an HTTP-date.
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	if secs, err := strconv.ParseFloat(v, 64); err == nil {
-		return sane(time.Duration(secs * float64(time.Second)))
+		return saneSeconds(secs)
 	}
 	if t, err := http.ParseTime(v); err == nil {
 		return sane(max(t.Sub(now), 0))
