@@ -175,6 +175,10 @@ var (
 
 var anthropicUsageNames = []string{"input_tokens", "cache_creation_input_tokens", "output_tokens"}
 
+// anthropicFinalEvent marks the stream event whose usage is final
+// (cumulative output_tokens).
+var anthropicFinalEvent = []byte(`"type":"message_delta"`)
+
 // anthropicUsage combines the members of a usage object read by
 // anthropicUsageNames: input_tokens + cache_creation_input_tokens (cache
 // reads do not count against ITPM), and output_tokens.

@@ -86,6 +86,9 @@ type usageAcc struct {
 	f     format
 	v     [4]int64
 	found uint32
+	// needsFinal: an Anthropic stream's usage counts only once its
+	// message_delta came (message_start's output_tokens is not the total).
+	needsFinal, final bool
 }
 
 // add reads one usage object.
@@ -112,6 +115,9 @@ func (a *usageAcc) add(obj []byte) {
 
 // usage is the accumulated usage; false when none was seen.
 func (a *usageAcc) usage() (usage, bool) {
+	if a.needsFinal && !a.final {
+		return usage{}, false
+	}
 	switch a.f {
 	case formatOpenAI:
 		return openAIUsage(a.v[:], a.found)

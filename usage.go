@@ -62,6 +62,7 @@ func (uw *usageWriter) WriteHeader(code int) {
 			uw.mode = readJSON
 		case "text/event-stream":
 			uw.mode = readSSE
+			uw.acc.needsFinal = uw.f == formatAnthropic
 		}
 	}
 	uw.ResponseWriter.WriteHeader(code)
@@ -107,6 +108,9 @@ func (uw *usageWriter) scanLines(p []byte) {
 		line := uw.tail
 		if bytes.Contains(line, usageKey) {
 			uw.acc.add(lastObjectAfterKey(line, usageKey))
+			if bytes.Contains(line, anthropicFinalEvent) {
+				uw.acc.final = true
+			}
 		}
 		uw.tail = uw.tail[:0]
 		p = p[i+1:]
