@@ -36,7 +36,7 @@ func (l *upstreamLog) count() int {
 }
 
 func TestRetriesUpstream429WithHintsThenServesThe200(t *testing.T) {
-	mustLoad(t, "zone retry_hint\ntpm 100000")
+	mustLoad(t, "zone retry_hint\nrpm 10\ntpm 100000")
 	var log upstreamLog
 	setUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 		if log.record(r) <= 2 {
@@ -69,6 +69,10 @@ func TestRetriesUpstream429WithHintsThenServesThe200(t *testing.T) {
 	}
 	if log.count() != 3 || log.bodies[0] != chatBody || log.bodies[1] != chatBody || log.bodies[2] != chatBody {
 		t.Errorf("upstream saw %d bodies, want 3 identical: %q", log.count(), log.bodies)
+	}
+	// Three upstream calls, one debit of the key.
+	if r := send(t, "/v1/chat/completions", "sk-retry", chatBody); r.header.Get("x-ratelimit-remaining-requests") != "8" {
+		t.Errorf("remaining requests after the retried request and one more: %q, want 8", r.header.Get("x-ratelimit-remaining-requests"))
 	}
 	waits := clk.takeSleeps()
 	if len(waits) != 2 {
