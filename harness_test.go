@@ -163,7 +163,7 @@ func TestMain(m *testing.M) {
 		}
 		chatCompletion(w, r, 10, 5)
 	}))
-	cfg := fmt.Sprintf(`{"admin":{"listen":%q}}`, testAdmin)
+	cfg := fmt.Sprintf(`{"admin":{"listen":%q,"config":{"persist":false}}}`, testAdmin)
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		fmt.Fprintln(os.Stderr, "starting caddy:", err)
 		os.Exit(1)
