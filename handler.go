@@ -29,12 +29,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// 1. Key.
 	key := h.keyOf(r)
 	if key == "" {
+		drainBody(r)
 		return h.replyError(w, rf, errUnauthorized, "Missing API key: send it as 'Authorization: Bearer <key>' or in the x-api-key header.")
 	}
 	kh := hashKey(key)
 	tier, known := h.keys[kh]
 	if !known && h.RequireKnownKeys {
 		h.logger.Info("unknown api key", zap.String("key_id", kh.id()))
+		drainBody(r)
 		return h.replyError(w, rf, errUnauthorized, "Incorrect API key provided (key_id "+kh.id()+").")
 	}
 
@@ -212,9 +214,10 @@ func readBody(r *http.Request, max int64) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// maxDrain bounds how much of an over-large body is read and thrown away so
-// that the client, still sending, reads the 413 instead of a reset
-// connection. Past it the connection is closed.
+// maxDrain bounds how much of a body the handler reads and throws away
+// when it answers without using it (401, 413), so that the client, still
+// sending, reads the answer instead of a reset connection. Past it the
+// connection is closed.
 const maxDrain = 64 << 20
 
 func drainBody(r *http.Request) {
