@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -78,10 +79,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// 5. Admission.
-	lim := h.limitsFor(tier)
-	t, dec := h.zone.admit(kh, lim, d, now().UnixNano(), h.DryRun)
+	q := ask{kh: kh, lim: h.limitsFor(tier), up: h.up, d: d}
+	t, dec, waited, err := h.zone.admitOrWait(r.Context(), q, time.Duration(h.MaxWait), h.MaxQueue, h.DryRun)
+	if err != nil {
+		return nil // the client went away while waiting; it took nothing
+	}
 	if !dec.ok {
-		msg := rejectMessage(dec.verdict, d.model)
+		msg := rejectMessage(dec, d.model)
 		fields := h.decisionFields(kh, tier, &info, d,
 			zap.Duration("wait", dec.wait), zap.Bool("never_fits", dec.never), zap.String("reason", msg))
 		if !h.DryRun {
@@ -90,7 +94,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		h.logger.Info("would reject (dry_run)", fields...)
 	} else if ce := h.logger.Check(zap.DebugLevel, "allowed"); ce != nil {
-		ce.Write(h.decisionFields(kh, tier, &info, d)...)
+		ce.Write(h.decisionFields(kh, tier, &info, d, zap.Duration("queued", waited))...)
 	}
 
 	// 6. Forward. 8. Settle. 9. Release, on every path: a panic such as
@@ -102,7 +106,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			t.finish(now().UnixNano(), nil, false)
 		}
 	}()
-	err := h.forward(uw, r, next, body, canRetry, rf)
+	err = h.forward(uw, r, next, body, canRetry, rf, func() { t.chargeRetry(now().UnixNano()) })
 	if ferr := uw.flushHeld(); err == nil {
 		err = ferr
 	}

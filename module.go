@@ -12,6 +12,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -30,6 +31,7 @@ const (
 	defaultZone      = "default"
 	defaultMaxBody   = 16 << 20
 	defaultMaxOutput = 4096
+	defaultMaxQueue  = 10000
 )
 
 // Limits are per-minute limits. Each is a token bucket whose capacity is the
@@ -166,6 +168,20 @@ type Handler struct {
 	// DryRun decides, logs and meters, but never rejects.
 	DryRun bool `json:"dry_run,omitempty"`
 
+	// Upstream is the provider account's quota that every key of the zone
+	// shares: one set of buckets per zone, debited in the same
+	// all-or-nothing admission as the key's own, and by every retry.
+	Upstream *Limits `json:"upstream,omitempty"`
+
+	// MaxWait lets a request that does not fit now wait up to this long in
+	// the zone's fair queue instead of being rejected. Default 0: reject at
+	// once.
+	MaxWait caddy.Duration `json:"max_wait,omitempty"`
+
+	// MaxQueue bounds the requests waiting in a zone's queue; beyond it a
+	// request is rejected at once. Default 10000.
+	MaxQueue int `json:"max_queue,omitempty"`
+
 	// Retry configures the upstream retry loop; absent = the defaults
 	// (4 retries, 1s base, 60s max, 0.2 jitter, 429 500 502 503 504 529,
 	// 2m in all). {"off": true} disables it.
@@ -180,6 +196,7 @@ type Handler struct {
 	globs     []*Model           // glob patterns, longest first
 	headersOn bool
 	retry     *retryPolicy // nil: retries off
+	up        Limits       // the upstream quota; zero: none
 }
 
 // CaddyModule returns the Caddy module information.
@@ -205,6 +222,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.headersOn = h.Headers == nil || *h.Headers
 	h.retry = h.Retry.policy()
+	if h.Upstream != nil {
+		h.up = *h.Upstream
+	}
+	if h.MaxQueue == 0 {
+		h.MaxQueue = defaultMaxQueue
+	}
 	switch h.Format {
 	case "", "auto":
 		h.format = formatNone
@@ -268,6 +291,17 @@ func (h *Handler) Validate() error {
 	}
 	if err := h.Retry.validate(); err != nil {
 		return err
+	}
+	if h.Upstream != nil {
+		if err := h.Upstream.validate("upstream "); err != nil {
+			return err
+		}
+	}
+	if h.MaxWait < 0 {
+		return fmt.Errorf("max_wait: must not be negative, got %v", time.Duration(h.MaxWait))
+	}
+	if h.MaxQueue < 0 {
+		return fmt.Errorf("max_queue: must not be negative, got %d", h.MaxQueue)
 	}
 	if h.MaxBody < 0 {
 		return fmt.Errorf("max_body: must be positive, got %d", h.MaxBody)

@@ -73,11 +73,18 @@ var dimensionNames = [...]struct{ long, openaiType string }{
 
 // rejectMessage names the limit, the figure, what was used and requested,
 // and the wait.
-func rejectMessage(v verdict, m *Model) string {
+func rejectMessage(dec decision, m *Model) string {
+	v := dec.verdict
 	u := v.blocking
 	name := dimensionNames[u.dim].long
-	if u.scope == scopeModel && m != nil {
+	switch {
+	case u.scope == scopeModel && m != nil:
 		name += " for model " + m.Name
+	case u.scope == scopeUpstream:
+		name = "the shared upstream quota's " + name
+	}
+	if dec.queueFull {
+		return fmt.Sprintf("Rate limit reached on %s, and the wait queue is full. Please try again in %s.", name, humanWait(v.wait))
 	}
 	requested := int64(math.Ceil(u.need))
 	if v.never {

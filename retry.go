@@ -142,7 +142,8 @@ var recordBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // forward calls the next handler, retrying per the policy. body is the
 // buffered request body (nil when there is none to re-send); canRetry says
 // whether the request can be sent again at all.
-func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, body []byte, canRetry bool, rf format) error {
+// onRetry is called before each retry (a new upstream call).
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, body []byte, canRetry bool, rf format, onRetry func()) error {
 	p := h.retry
 	if p == nil || !canRetry {
 		return next.ServeHTTP(w, r)
@@ -174,6 +175,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		if attempt > 1 {
 			w.Header().Set("x-llm-ratelimit-attempts", strconv.Itoa(attempt))
 			restoreBody(r, body)
+			onRetry()
 		}
 		err := next.ServeHTTP(rec, r)
 		status := rec.Status()

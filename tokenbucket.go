@@ -78,6 +78,7 @@ type scope uint8
 const (
 	scopeKey scope = iota
 	scopeModel
+	scopeUpstream // the zone's shared upstream quota
 )
 
 // use is one bucket that a request debits in an admission.
@@ -106,7 +107,7 @@ type verdict struct {
 // admission is an all-or-nothing debit over the buckets that apply to one
 // request. It is built on the stack and used under the key's lock.
 type admission struct {
-	uses [8]use
+	uses [12]use
 	n    int
 }
 
@@ -121,6 +122,28 @@ func (a *admission) add(b *bucket, limit int64, need float64, d dimension, s sco
 // try debits every bucket if each can serve its need now; otherwise it
 // debits none and reports the wait and the blocking bucket.
 func (a *admission) try(now int64) verdict {
+	v := a.check(now)
+	if v.ok {
+		for i := 0; i < a.n; i++ {
+			a.uses[i].b.level -= a.uses[i].need
+		}
+	}
+	return v
+}
+
+// concurrencyFull is the verdict when a concurrency cap is reached: the
+// buckets are brought up to date for the headers, and the caller is told
+// to come back in a second.
+func (a *admission) concurrencyFull(now int64, limit int64, sc scope) verdict {
+	for i := 0; i < a.n; i++ {
+		a.uses[i].b.advance(now, a.uses[i].limit)
+	}
+	return verdict{wait: time.Second, blocking: use{limit: limit, need: 1, dim: dimConcurrency, scope: sc}}
+}
+
+// check decides without debiting: ok when every bucket can serve its need
+// now, else the wait and the blocking bucket.
+func (a *admission) check(now int64) verdict {
 	var v verdict
 	for i := 0; i < a.n; i++ {
 		u := &a.uses[i]
@@ -143,10 +166,6 @@ func (a *admission) try(now int64) verdict {
 			v.wait = 0
 		}
 		return v
-	}
-	for i := 0; i < a.n; i++ {
-		u := &a.uses[i]
-		u.b.level -= u.need
 	}
 	v.ok = true
 	return v

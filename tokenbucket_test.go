@@ -110,8 +110,8 @@ func TestSweepDropsOnlyIdleFullKeys(t *testing.T) {
 	defer z.Destruct()
 	lim := Limits{RPM: 60}
 	t0 := int64(100 * sec)
-	busy, _ := z.admit(hashKey("busy"), lim, demand{}, t0, false)
-	idle, _ := z.admit(hashKey("idle"), lim, demand{}, t0, false)
+	busy, _ := z.admit(ask{kh: hashKey("busy"), lim: lim}, t0, false, false)
+	idle, _ := z.admit(ask{kh: hashKey("idle"), lim: lim}, t0, false, false)
 	idle.finish(t0, nil, false)
 	if n := z.sweep(t0 + sec/2); n != 0 {
 		t.Fatalf("swept %d keys whose buckets are not full", n)

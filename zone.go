@@ -24,7 +24,15 @@ type zone struct {
 	name   string
 	shards [shardCount]shard
 	gate   gate // the upstream cooldown gate (retry.go)
-	done   chan struct{}
+	queue  waitQueue
+
+	// The shared upstream quota, taken only by zones that configure one,
+	// after the key's shard lock.
+	upMu       sync.Mutex
+	upstream   limitBuckets
+	upInflight int64
+
+	done chan struct{}
 }
 
 type shard struct {
@@ -50,6 +58,7 @@ type keyState struct {
 
 func newZone(name string) *zone {
 	z := &zone{name: name, done: make(chan struct{})}
+	z.queue.z = z
 	for i := range z.shards {
 		z.shards[i].keys = make(map[keyHash]*keyState)
 	}
@@ -60,6 +69,7 @@ func newZone(name string) *zone {
 // Destruct stops the sweeper when the last config using the zone lets go.
 func (z *zone) Destruct() error {
 	close(z.done)
+	z.queue.close()
 	return nil
 }
 
@@ -124,71 +134,97 @@ type demand struct {
 	model   *Model // nil when no model block applies
 }
 
-// ticket is an admitted (or dry-run-forwarded) request's hold on its key:
-// what it reserved, and the concurrency slot it must give back.
+// ask is one request's claim on a zone: whose it is, the limits that apply
+// to it and what it needs.
+type ask struct {
+	kh  keyHash
+	lim Limits // the key's (its tier or the defaults)
+	up  Limits // the zone's shared upstream quota; zero: none
+	d   demand
+}
+
+// ticket is an admitted (or dry-run-forwarded) request's hold on its key
+// and on the upstream quota: what it reserved, and the concurrency slots it
+// must give back.
 type ticket struct {
+	z       *zone
 	s       *shard
 	ks      *keyState
 	mb      *limitBuckets // key × model buckets, or nil
-	lim     Limits
-	d       demand
+	a       ask
+	upHeld  bool // holds an upstream concurrency slot and reservation
 	debited bool // false for a request that dry_run let through
 }
 
 // decision is the outcome of zone.admit.
 type decision struct {
 	verdict
-	req, tok quota // for the x-ratelimit-* headers
+	req, tok  quota // for the x-ratelimit-* headers
+	queueFull bool  // turned away because max_queue requests already wait
 }
 
-// admit decides a request for a key in one step under the key's shard lock:
-// the concurrency cap, then all-or-nothing over the key's buckets and the
-// key × model buckets. When the request fits, its reservation is debited
-// and a slot taken. With dryRun a request that does not fit still gets a
-// slot (it will be forwarded) but debits nothing.
-func (z *zone) admit(kh keyHash, lim Limits, d demand, nowNs int64, dryRun bool) (ticket, decision) {
-	s := z.shard(kh)
+// admit decides a request in one step under its key's shard lock (and the
+// zone's upstream lock when an upstream quota applies): the concurrency
+// caps, then all-or-nothing over the key's buckets, the key × model buckets
+// and the upstream buckets. When the request fits, its reservation is
+// debited and its slots taken. With dryRun a request that does not fit
+// still gets its slots (it will be forwarded) but debits nothing. With
+// peek nothing changes: the decision is only computed.
+func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
+	s := z.shard(q.kh)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ks := s.keys[kh]
+	useUp := q.up.any() || q.up.Concurrent > 0
+	if useUp {
+		z.upMu.Lock()
+		defer z.upMu.Unlock()
+	}
+	ks := s.keys[q.kh]
 	if ks == nil {
 		ks = new(keyState)
-		s.keys[kh] = ks
+		s.keys[q.kh] = ks
 	}
-	t := ticket{s: s, ks: ks, lim: lim, d: d}
+	t := ticket{z: z, s: s, ks: ks, a: q, upHeld: useUp}
 	var a admission
-	addBuckets(&a, &ks.limitBuckets, lim, d, scopeKey)
-	if d.model != nil {
+	addBuckets(&a, &ks.limitBuckets, q.lim, q.d, scopeKey)
+	if q.d.model != nil {
 		if ks.models == nil {
 			ks.models = make(map[string]*limitBuckets, 1)
 		}
-		t.mb = ks.models[d.model.Name]
+		t.mb = ks.models[q.d.model.Name]
 		if t.mb == nil {
 			t.mb = new(limitBuckets)
-			ks.models[d.model.Name] = t.mb
+			ks.models[q.d.model.Name] = t.mb
 		}
-		addBuckets(&a, t.mb, d.model.Limits, d, scopeModel)
+		addBuckets(&a, t.mb, q.d.model.Limits, q.d, scopeModel)
+	}
+	if useUp {
+		addBuckets(&a, &z.upstream, q.up, q.d, scopeUpstream)
 	}
 
 	var dec decision
-	if lim.Concurrent > 0 && ks.inflight >= lim.Concurrent {
-		for i := 0; i < a.n; i++ {
-			a.uses[i].b.advance(nowNs, a.uses[i].limit)
-		}
-		dec.verdict = verdict{
-			wait:      time.Second,
-			blocking:  use{limit: lim.Concurrent, need: 1, dim: dimConcurrency},
-			available: 0,
-		}
-	} else {
+	switch {
+	case q.lim.Concurrent > 0 && ks.inflight >= q.lim.Concurrent:
+		dec.verdict = a.concurrencyFull(nowNs, q.lim.Concurrent, scopeKey)
+	case q.up.Concurrent > 0 && z.upInflight >= q.up.Concurrent:
+		dec.verdict = a.concurrencyFull(nowNs, q.up.Concurrent, scopeUpstream)
+	case peek:
+		dec.verdict = a.check(nowNs)
+	default:
 		dec.verdict = a.try(nowNs)
 	}
 	dec.req, dec.tok = a.quotas()
+	if peek {
+		return ticket{}, dec
+	}
 	if dec.ok || dryRun {
 		ks.inflight++
+		if useUp {
+			z.upInflight++
+		}
 		t.debited = dec.ok
 	}
-	ks.touch(lim, t.mb, d.model)
+	ks.touch(q.lim, t.mb, q.d.model)
 	return t, dec
 }
 
@@ -199,13 +235,24 @@ func addBuckets(a *admission, lb *limitBuckets, lim Limits, d demand, sc scope) 
 	a.add(&lb.otpm, lim.OTPM, d.out, dimOutput, sc)
 }
 
-// finish settles a ticket and gives its slot back. With u != nil the token
-// buckets are settled to the actual usage (a refund or a late charge, which
-// may leave debt); with refund the whole token reservation goes back (the
-// request still counts); with neither the reservation stands.
+// finish settles a ticket and gives its slots back. With u != nil the
+// token buckets are settled to the actual usage (a refund or a late charge,
+// which may leave debt); with refund the whole token reservation goes back
+// (the request still counts); with neither the reservation stands. Waiters
+// of the zone are then told that capacity may have come back.
 func (t *ticket) finish(nowNs int64, u *usage, refund bool) {
+	t.settle(nowNs, u, refund)
+	t.z.queue.wake()
+}
+
+func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	t.s.mu.Lock()
 	defer t.s.mu.Unlock()
+	if t.upHeld {
+		t.z.upMu.Lock()
+		defer t.z.upMu.Unlock()
+		t.z.upInflight--
+	}
 	t.ks.inflight--
 	if !t.debited {
 		return
@@ -213,21 +260,35 @@ func (t *ticket) finish(nowNs int64, u *usage, refund bool) {
 	var dIn, dOut float64 // tokens to give back (negative: to take)
 	switch {
 	case refund:
-		dIn, dOut = t.d.in, t.d.out
+		dIn, dOut = t.a.d.in, t.a.d.out
 	case u != nil:
-		dIn, dOut = t.d.in-float64(u.Input), t.d.out-float64(u.Output)
+		dIn, dOut = t.a.d.in-float64(u.Input), t.a.d.out-float64(u.Output)
 	default:
 		return
 	}
-	settle(&t.ks.limitBuckets, t.lim, nowNs, dIn, dOut)
+	settle(&t.ks.limitBuckets, t.a.lim, nowNs, dIn, dOut)
 	if t.mb != nil {
-		settle(t.mb, t.d.model.Limits, nowNs, dIn, dOut)
+		settle(t.mb, t.a.d.model.Limits, nowNs, dIn, dOut)
+	}
+	if t.upHeld {
+		settle(&t.z.upstream, t.a.up, nowNs, dIn, dOut)
 	}
 	var ml *Model
 	if t.mb != nil {
-		ml = t.d.model
+		ml = t.a.d.model
 	}
-	t.ks.touch(t.lim, t.mb, ml)
+	t.ks.touch(t.a.lim, t.mb, ml)
+}
+
+// chargeRetry counts one more upstream call against the upstream's request
+// bucket: a retry is a new call. Its tokens are the ones already reserved.
+func (t *ticket) chargeRetry(nowNs int64) {
+	if !t.upHeld || !t.debited || t.a.up.RPM <= 0 {
+		return
+	}
+	t.z.upMu.Lock()
+	t.z.upstream.rpm.add(nowNs, t.a.up.RPM, -1)
+	t.z.upMu.Unlock()
 }
 
 func settle(lb *limitBuckets, lim Limits, nowNs int64, dIn, dOut float64) {

@@ -1,0 +1,232 @@
+package llmratelimit
+
+import (
+	"math"
+	"path"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// The nested blocks of llm_ratelimit: tier, model, upstream and retry.
+
+// parseRetry reads "retry off" or "retry { attempts base max jitter
+// statuses max_total }"; the cursor is on "retry".
+func (h *Handler) parseRetry(d *caddyfile.Dispenser) error {
+	rc := new(RetryConfig)
+	h.Retry = rc
+	if d.NextArg() {
+		if d.Val() != "off" {
+			return d.Errf("retry: want \"off\" or a block, got %q", d.Val())
+		}
+		rc.Off = true
+		return noBlock(d, "retry off")
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] {
+			return d.Errf("retry %s: given twice", sub)
+		}
+		seen[sub] = true
+		switch sub {
+		case "attempts":
+			v, err := oneArg(d, "retry attempts")
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > 100 {
+				return d.Errf("retry attempts: want an integer 0..100, got %q", v)
+			}
+			rc.Attempts = &n
+		case "base", "max", "max_total":
+			v, err := oneArg(d, "retry "+sub)
+			if err != nil {
+				return err
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("retry %s: want a positive duration such as 1s, got %q", sub, v)
+			}
+			switch sub {
+			case "base":
+				rc.Base = caddy.Duration(dur)
+			case "max":
+				rc.Max = caddy.Duration(dur)
+			default:
+				rc.MaxTotal = caddy.Duration(dur)
+			}
+		case "jitter":
+			v, err := oneArg(d, "retry jitter")
+			if err != nil {
+				return err
+			}
+			j, err := strconv.ParseFloat(v, 64)
+			if err != nil || math.IsNaN(j) || j < 0 || j > 1 {
+				return d.Errf("retry jitter: want a number within 0..1, got %q", v)
+			}
+			rc.Jitter = &j
+		case "statuses":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("retry statuses: want one or more status codes")
+			}
+			for _, a := range args {
+				code, err := strconv.Atoi(a)
+				if err != nil || code < 400 || code > 599 {
+					return d.Errf("retry statuses: %q is not an error status (400..599)", a)
+				}
+				rc.Statuses = append(rc.Statuses, code)
+			}
+		default:
+			return d.Errf("retry: unknown subdirective %q", sub)
+		}
+		if err := noBlock(d, "retry "+sub); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseUpstream reads "upstream { <limits> }"; the cursor is on
+// "upstream".
+func (h *Handler) parseUpstream(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	var l Limits
+	if err := parseBlock(d, "upstream", limitSetters(d, "upstream", &l, "rpm", "tpm", "itpm", "otpm", "concurrent")); err != nil {
+		return err
+	}
+	h.Upstream = &l
+	return nil
+}
+
+// parseTier reads "tier <name> { <limits> }"; the cursor is on "tier".
+func (h *Handler) parseTier(d *caddyfile.Dispenser) error {
+	name, err := oneArg(d, "tier")
+	if err != nil {
+		return err
+	}
+	if name == "" {
+		return d.Err("tier: a tier needs a name")
+	}
+	if _, dup := h.Tiers[name]; dup {
+		return d.Errf("tier %s: defined twice", name)
+	}
+	where := "tier " + name
+	var l Limits
+	if err := parseBlock(d, where, limitSetters(d, where, &l, "rpm", "tpm", "itpm", "otpm", "concurrent")); err != nil {
+		return err
+	}
+	if h.Tiers == nil {
+		h.Tiers = make(map[string]Limits)
+	}
+	h.Tiers[name] = l
+	return nil
+}
+
+// parseModel reads "model <name|glob> { ... }"; the cursor is on "model".
+func (h *Handler) parseModel(d *caddyfile.Dispenser) error {
+	name, err := oneArg(d, "model")
+	if err != nil {
+		return err
+	}
+	if name == "" {
+		return d.Err("model: a model needs a name")
+	}
+	for _, m := range h.Models {
+		if m.Name == name {
+			return d.Errf("model %s: defined twice", name)
+		}
+	}
+	if _, err := path.Match(name, ""); err != nil {
+		return d.Errf("model %s: bad glob pattern: %v", name, err)
+	}
+	where := "model " + name
+	m := Model{Name: name}
+	subs := limitSetters(d, where, &m.Limits, "rpm", "tpm", "itpm", "otpm")
+	for sub, field := range map[string]*int64{
+		"context_window": &m.ContextWindow,
+		"max_output":     &m.MaxOutput,
+		"image_tokens":   &m.ImageTokens,
+	} {
+		subs[sub] = func() (err error) {
+			*field, err = positiveInt(d, where+": "+sub)
+			return err
+		}
+	}
+	subs["token_ratio"] = func() error {
+		v, err := oneArg(d, where+": token_ratio")
+		if err != nil {
+			return err
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(f > 0) || math.IsInf(f, 0) || f > 100 {
+			return d.Errf("%s: token_ratio: must be a positive number up to 100, got %q", where, v)
+		}
+		m.TokenRatio = f
+		return nil
+	}
+	if err := parseBlock(d, where, subs); err != nil {
+		return err
+	}
+	h.Models = append(h.Models, m)
+	return nil
+}
+
+// limitSetters returns a parser for each named limit that stores into l.
+func limitSetters(d *caddyfile.Dispenser, where string, l *Limits, names ...string) map[string]func() error {
+	subs := make(map[string]func() error, len(names))
+	for _, name := range names {
+		subs[name] = func() error {
+			n, err := positiveInt(d, where+": "+name)
+			if err != nil {
+				return err
+			}
+			setLimit(l, name, n)
+			return nil
+		}
+	}
+	return subs
+}
+
+// parseBlock walks the block that must follow a tier or model line, calling
+// the parser of each subdirective and rejecting repeats, nested tier or
+// model blocks and anything else it does not know.
+func parseBlock(d *caddyfile.Dispenser, where string, subs map[string]func() error) error {
+	line, file := d.Line(), d.File()
+	nesting := d.Nesting()
+	opened := d.NextBlock(nesting)
+	if !opened && !isEmptyBlockEnd(d, line, file) {
+		return d.Errf("%s: expected a block { ... } after the name", where)
+	}
+	seen := make(map[string]bool)
+	for ; opened; opened = d.NextBlock(nesting) {
+		sub := d.Val()
+		parse, ok := subs[sub]
+		if !ok {
+			switch sub {
+			case "tier", "model":
+				return d.Errf("%s: a %s block cannot be nested inside another block; put it at the top level of llm_ratelimit", where, sub)
+			case "concurrent":
+				return d.Errf("%s: concurrent is not supported per model", where)
+			default:
+				return d.Errf("%s: unknown subdirective %q", where, sub)
+			}
+		}
+		if seen[sub] {
+			return d.Errf("%s: %s: given twice", where, sub)
+		}
+		seen[sub] = true
+		if err := parse(); err != nil {
+			return err
+		}
+		if err := noBlock(d, where+": "+sub); err != nil {
+			return err
+		}
+	}
+	return nil
+}
