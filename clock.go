@@ -12,9 +12,9 @@ import (
 // sleeping.
 type clock interface {
 	Now() time.Time
-	// Sleep waits for d or until ctx is done, whichever comes first, and
-	// returns ctx.Err() in the second case.
-	Sleep(ctx context.Context, d time.Duration) error
+	// SleepUntil waits until t or until ctx is done, whichever comes
+	// first, and returns ctx.Err() in the second case.
+	SleepUntil(ctx context.Context, t time.Time) error
 }
 
 var clockHook atomic.Pointer[clock]
@@ -29,16 +29,22 @@ func now() time.Time {
 
 // sleep waits on the package clock for d, or until ctx is done.
 func sleep(ctx context.Context, d time.Duration) error {
+	return sleepUntil(ctx, now().Add(d))
+}
+
+// sleepUntil waits on the package clock until t, or until ctx is done.
+func sleepUntil(ctx context.Context, t time.Time) error {
 	if c := clockHook.Load(); c != nil {
-		return (*c).Sleep(ctx, d)
+		return (*c).SleepUntil(ctx, t)
 	}
+	d := time.Until(t)
 	if d <= 0 {
 		return ctx.Err()
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
 	select {
-	case <-t.C:
+	case <-timer.C:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

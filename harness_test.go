@@ -93,17 +93,19 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
+func (c *fakeClock) SleepUntil(ctx context.Context, wake time.Time) error {
 	c.mu.Lock()
-	c.slept = append(c.slept, d)
-	if !c.manual {
-		if d > 0 {
-			c.t = c.t.Add(d)
-		}
+	c.slept = append(c.slept, wake.Sub(c.t))
+	if !wake.After(c.t) {
 		c.mu.Unlock()
 		return ctx.Err()
 	}
-	s := &sleeper{wake: c.t.Add(d), done: make(chan struct{})}
+	if !c.manual {
+		c.t = wake
+		c.mu.Unlock()
+		return ctx.Err()
+	}
+	s := &sleeper{wake: wake, done: make(chan struct{})}
 	c.sleepers = append(c.sleepers, s)
 	c.mu.Unlock()
 	select {

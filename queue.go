@@ -62,7 +62,11 @@ func (z *zone) admitOrWait(ctx context.Context, q ask, maxWait time.Duration, ma
 	}
 	wq := &z.queue
 	wq.mu.Lock()
-	if wq.n == 0 {
+	// A request may pass the queue only when it cannot take anything from
+	// a waiter: nobody waits, or its key has no waiters and it shares no
+	// upstream quota with them.
+	_, keyWaits := wq.keys[q.kh]
+	if wq.n == 0 || (!keyWaits && !q.up.any() && q.up.Concurrent == 0) {
 		t, dec = z.admit(q, start.UnixNano(), false, false)
 		if dec.ok || dec.never {
 			wq.mu.Unlock()
@@ -109,8 +113,8 @@ func (z *zone) admitOrWait(ctx context.Context, q ask, maxWait time.Duration, ma
 // ahead of it: its key's waiters, and, on the shared upstream quota, one
 // request of every other waiting key per round until its turn.
 func (wq *waitQueue) predict(q ask, dec decision, nowNs int64) time.Duration {
-	if dec.blocking.dim == dimConcurrency {
-		return dec.wait // freed slots wake the queue; no better guess
+	if dec.ok || dec.blocking.limit <= 0 || dec.blocking.dim == dimConcurrency {
+		return dec.wait // it fits now, or freed slots wake the queue: no better guess
 	}
 	own := wq.keys[q.kh]
 	rounds := 1
@@ -268,11 +272,11 @@ func (wq *waitQueue) dispatchLocked(nowNs int64) {
 	for _, k := range wq.ring {
 		next = min(next, k.list[0].deadline)
 	}
-	wq.arm(next, nowNs)
+	wq.arm(next)
 }
 
 // arm sets the queue's one timer to fire at `at` (unix ns).
-func (wq *waitQueue) arm(at, nowNs int64) {
+func (wq *waitQueue) arm(at int64) {
 	if wq.n == 0 || at == math.MaxInt64 {
 		wq.disarm()
 		return
@@ -284,7 +288,7 @@ func (wq *waitQueue) arm(at, nowNs int64) {
 	ctx, cancel := context.WithCancel(context.Background())
 	wq.timerAt, wq.timerCancel = at, cancel
 	go func() {
-		if sleep(ctx, time.Duration(at-nowNs)) == nil {
+		if sleepUntil(ctx, time.Unix(0, at)) == nil {
 			wq.mu.Lock()
 			if wq.timerAt == at {
 				wq.timerAt, wq.timerCancel = 0, nil
