@@ -106,6 +106,15 @@ func TestAdaptsEverySubdirective(t *testing.T) {
 		default_max_output 2048
 		headers off
 		dry_run
+		upstream {
+			rpm 1000
+			tpm 1000000
+			itpm 800000
+			otpm 200000
+			concurrent 64
+		}
+		max_wait 30s
+		max_queue 500
 		retry {
 			attempts 6
 			base 500ms
@@ -178,6 +187,9 @@ func TestAdaptsEverySubdirective(t *testing.T) {
 		DefaultMaxOutput: 2048,
 		Headers:          &off,
 		DryRun:           true,
+		Upstream:         &Limits{RPM: 1000, TPM: 1000000, ITPM: 800000, OTPM: 200000, Concurrent: 64},
+		MaxWait:          caddy.Duration(30 * time.Second),
+		MaxQueue:         500,
 		Retry: &RetryConfig{
 			Attempts: &attempts,
 			Base:     caddy.Duration(500 * time.Millisecond),
@@ -353,6 +365,16 @@ func TestRejectsBadConfigsWithLine(t *testing.T) {
 	}{
 		{name: "unknown subdirective", block: "burst 10",
 			want: []string{`unknown subdirective "burst"`, "Caddyfile:3"}},
+		{name: "upstream with an argument", block: "upstream openai {\n\trpm 1\n}",
+			want: []string{"wrong argument count", "Caddyfile:3"}},
+		{name: "upstream unknown limit", block: "upstream {\n\tburst 5\n}",
+			want: []string{"upstream", `unknown subdirective "burst"`, "Caddyfile:4"}},
+		{name: "upstream negative rpm", block: "upstream {\n\trpm -5\n}",
+			want: []string{"upstream", "rpm", "Caddyfile:4"}},
+		{name: "max_wait not a duration", block: "max_wait forever",
+			want: []string{"max_wait", "forever", "Caddyfile:3"}},
+		{name: "max_queue zero", block: "max_queue 0",
+			want: []string{"max_queue", "Caddyfile:3"}},
 		{name: "retry neither off nor a block", block: "retry on",
 			want: []string{`retry: want "off" or a block`, "Caddyfile:3"}},
 		{name: "retry jitter outside 0..1", block: "retry {\n\tjitter 1.5\n}",
