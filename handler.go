@@ -29,8 +29,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// 1. Key.
 	key := h.keyOf(r)
+	m := h.zone.m
 	if key == "" {
 		drainBody(r)
+		m.outcomes[outcomeUnauthorized].Inc()
 		return h.replyError(w, rf, errUnauthorized, "Missing API key: send it as 'Authorization: Bearer <key>' or in the x-api-key header.")
 	}
 	kh := hashKey(key)
@@ -38,6 +40,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !known && h.RequireKnownKeys {
 		h.logger.Info("unknown api key", zap.String("key_id", kh.id()))
 		drainBody(r)
+		m.outcomes[outcomeUnauthorized].Inc()
 		return h.replyError(w, rf, errUnauthorized, "Incorrect API key provided (key_id "+kh.id()+").")
 	}
 
@@ -50,6 +53,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		var err error
 		body, err = readBody(r, h.MaxBody)
 		if err != nil {
+			m.outcomes[outcomeInvalid].Inc()
 			if errors.Is(err, errBodyTooLarge) {
 				drainBody(r)
 				return h.replyError(w, rf, errTooLarge, fmt.Sprintf("Request body exceeds the limit of %d bytes.", h.MaxBody))
@@ -57,6 +61,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return h.replyError(w, rf, errInvalid, "Could not read the request body: "+err.Error())
 		}
 		if err := parseRequest(f, body, &info); err != nil {
+			m.outcomes[outcomeInvalid].Inc()
 			return h.replyError(w, rf, errInvalid, "Invalid request body: "+err.Error())
 		}
 		if f == formatOpenAI && needsIncludeUsage(r.URL.Path, &info) {
@@ -68,18 +73,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// in front of this handler re-compresses for the client.
 		r.Header.Del("Accept-Encoding")
 	}
-	m := h.modelFor(info.Model)
-	d := h.demandFor(&info, m, f, r.URL.Path)
+	mb := h.modelFor(info.Model)
+	d := h.demandFor(&info, mb, f, r.URL.Path)
 
 	// 4. Context window.
-	if m != nil && m.ContextWindow > 0 && d.in+d.out > float64(m.ContextWindow) {
+	if mb != nil && mb.ContextWindow > 0 && d.in+d.out > float64(mb.ContextWindow) {
+		m.outcomes[outcomeInvalid].Inc()
 		return h.replyError(w, rf, errContextLength, fmt.Sprintf(
 			"This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the messages, %d in the completion). Please reduce the length of the messages or completion.",
-			m.ContextWindow, int64(d.in+d.out), int64(d.in), int64(d.out)))
+			mb.ContextWindow, int64(d.in+d.out), int64(d.in), int64(d.out)))
 	}
 
 	// 5. Admission.
-	q := ask{kh: kh, lim: h.limitsFor(tier), up: h.up, d: d}
+	q := ask{kh: kh, tier: tier, lim: h.limitsFor(tier), up: h.up, d: d}
 	t, dec, waited, err := h.zone.admitOrWait(r.Context(), q, time.Duration(h.MaxWait), h.MaxQueue, h.DryRun)
 	if err != nil {
 		return nil // the client went away while waiting; it took nothing
@@ -89,13 +95,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		fields := h.decisionFields(kh, tier, &info, d,
 			zap.Duration("wait", dec.wait), zap.Bool("never_fits", dec.never), zap.String("reason", msg))
 		if !h.DryRun {
-			h.logger.Info("rejected", fields...)
+			m.outcomes[outcomeRejected].Inc()
+			h.logger.Info("rejected", append(fields, zap.String("outcome", outcomeRejected))...)
 			return h.reply429(w, rf, dec, msg)
 		}
-		h.logger.Info("would reject (dry_run)", fields...)
-	} else if ce := h.logger.Check(zap.DebugLevel, "allowed"); ce != nil {
-		ce.Write(h.decisionFields(kh, tier, &info, d, zap.Duration("queued", waited))...)
+		m.outcomes[outcomeDryRunRejected].Inc()
+		h.logger.Info("would reject (dry_run)", append(fields, zap.String("outcome", outcomeDryRunRejected))...)
+	} else {
+		outcome := outcomeAllowed
+		if waited > 0 {
+			outcome = outcomeQueued
+			m.queueWait.Observe(waited.Seconds())
+		}
+		m.outcomes[outcome].Inc()
+		if ce := h.logger.Check(zap.DebugLevel, "allowed"); ce != nil {
+			ce.Write(h.decisionFields(kh, tier, &info, d, zap.String("outcome", outcome), zap.Duration("queued", waited))...)
+		}
 	}
+	m.estIn.Add(d.in)
+	m.resOut.Add(d.out)
 
 	// 6. Forward. 8. Settle. 9. Release, on every path: a panic such as
 	// http.ErrAbortHandler keeps the reservation but frees the slot.
@@ -115,6 +133,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case uw.status < 200 || uw.status > 299:
 		t.finish(now().UnixNano(), nil, true)
 	case ok:
+		m.settled(d.in, u)
 		t.finish(now().UnixNano(), &u, false)
 	default:
 		t.finish(now().UnixNano(), nil, false)

@@ -195,10 +195,16 @@ func chatCompletion(w http.ResponseWriter, r *http.Request, prompt, completion i
 // siteConfig is a Caddyfile with the gateway site on testGateway:
 // llm_ratelimit with the given body, then reverse_proxy to the upstream.
 func siteConfig(directiveBody string) string {
+	return siteConfigWith("", directiveBody)
+}
+
+// siteConfigWith is siteConfig with more global options.
+func siteConfigWith(globals, directiveBody string) string {
 	return fmt.Sprintf(`{
 	admin %s
 	auto_https off
 	persist_config off
+%s
 }
 http://%s {
 	llm_ratelimit {
@@ -206,7 +212,7 @@ http://%s {
 	}
 	reverse_proxy %s
 }
-`, testAdmin, nextGateway(), directiveBody, upstream.Listener.Addr().String())
+`, testAdmin, globals, nextGateway(), directiveBody, upstream.Listener.Addr().String())
 }
 
 // load posts a Caddyfile to the admin API's /load, as a reload does, and

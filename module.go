@@ -274,6 +274,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
 	z, _, err := zones.LoadOrNew(h.Zone, func() (caddy.Destructor, error) {
 		return newZone(h.Zone), nil
 	})
@@ -424,4 +427,5 @@ var (
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+	_ caddy.AdminRouter           = (*adminAPI)(nil)
 )

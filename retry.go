@@ -209,6 +209,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		}
 		h.logger.Debug("retrying upstream", zap.Int("status", status), zap.Int("attempt", attempt),
 			zap.Duration("wait", wait), zap.Bool("hinted", hinted))
+		h.zone.m.retry(h.Zone, status)
 		resetHeader(w.Header(), before)
 		if err := sleep(r.Context(), wait); err != nil {
 			return err // the client went away

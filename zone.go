@@ -2,6 +2,7 @@ package llmratelimit
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -31,6 +32,10 @@ type zone struct {
 	upMu       sync.Mutex
 	upstream   limitBuckets
 	upInflight int64
+	upLimits   Limits // as of the last request, for stats
+
+	inFlight atomic.Int64 // requests holding a slot, for the gauge
+	m        *zoneMetrics
 
 	done chan struct{}
 }
@@ -54,10 +59,11 @@ type keyState struct {
 	models   map[string]*limitBuckets // per key × model block name
 	inflight int64
 	idleAt   int64 // unix ns when every bucket is full again
+	stats    keyStats
 }
 
 func newZone(name string) *zone {
-	z := &zone{name: name, done: make(chan struct{})}
+	z := &zone{name: name, done: make(chan struct{}), m: newZoneMetrics(name)}
 	z.queue.z = z
 	for i := range z.shards {
 		z.shards[i].keys = make(map[keyHash]*keyState)
@@ -137,10 +143,11 @@ type demand struct {
 // ask is one request's claim on a zone: whose it is, the limits that apply
 // to it and what it needs.
 type ask struct {
-	kh  keyHash
-	lim Limits // the key's (its tier or the defaults)
-	up  Limits // the zone's shared upstream quota; zero: none
-	d   demand
+	kh   keyHash
+	tier string // for stats
+	lim  Limits // the key's (its tier or the defaults)
+	up   Limits // the zone's shared upstream quota; zero: none
+	d    demand
 }
 
 // ticket is an admitted (or dry-run-forwarded) request's hold on its key
@@ -200,6 +207,7 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 	}
 	if useUp {
 		addBuckets(&a, &z.upstream, q.up, q.d, scopeUpstream)
+		z.upLimits = q.up
 	}
 
 	var dec decision
@@ -222,7 +230,9 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		if useUp {
 			z.upInflight++
 		}
+		z.inFlight.Add(1)
 		t.debited = dec.ok
+		ks.stats.admitted(nowNs, q)
 	}
 	ks.touch(q.lim, t.mb, q.d.model)
 	return t, dec
@@ -254,6 +264,8 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 		t.z.upInflight--
 	}
 	t.ks.inflight--
+	t.z.inFlight.Add(-1)
+	t.ks.stats.finished(nowNs, t.a.d, u, refund)
 	if !t.debited {
 		return
 	}

@@ -1,0 +1,138 @@
+package llmratelimit
+
+import (
+	"errors"
+	"strconv"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The metrics are created once per process and registered into the
+// registry of every config that provisions a handler, so that their values
+// survive config reloads. No label ever holds a key.
+var (
+	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "requests_total",
+		Help: "Requests decided by llm_ratelimit, by outcome: allowed, queued (admitted after waiting), rejected, dry_run_rejected, unauthorized, invalid.",
+	}, []string{"zone", "outcome"})
+	metricTokens = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "tokens_total",
+		Help: "Tokens of admitted requests: estimated_input and reserved_output at admission, actual_input and actual_output from the upstream's usage.",
+	}, []string{"zone", "kind"})
+	metricRetries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "upstream_retries_total",
+		Help: "Upstream answers that were retried, by the status that was retried.",
+	}, []string{"zone", "status"})
+	metricQueueWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "queue_wait_seconds",
+		Help:    "Time admitted requests waited in the queue (max_wait).",
+		Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120},
+	}, []string{"zone"})
+	metricEstimateRatio = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "estimate_ratio",
+		Help:    "Actual input tokens (upstream usage) divided by the estimated input tokens, per settled request.",
+		Buckets: []float64{0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 1, 1.05, 1.1, 1.2, 1.3, 1.5, 2, 4},
+	}, []string{"zone"})
+	metricKeysDesc = prometheus.NewDesc("caddy_llm_ratelimit_keys",
+		"Keys a zone holds state for (idle keys whose buckets are full are dropped).", []string{"zone"}, nil)
+	metricInFlightDesc = prometheus.NewDesc("caddy_llm_ratelimit_in_flight",
+		"Requests of a zone admitted and not yet finished.", []string{"zone"}, nil)
+)
+
+// Outcomes of requests_total.
+const (
+	outcomeAllowed        = "allowed"
+	outcomeQueued         = "queued"
+	outcomeRejected       = "rejected"
+	outcomeDryRunRejected = "dry_run_rejected"
+	outcomeUnauthorized   = "unauthorized"
+	outcomeInvalid        = "invalid"
+)
+
+// zoneCollector reports the keys and in-flight gauges of every live zone
+// when scraped, so the hot path never touches them.
+type zoneCollector struct{}
+
+func (zoneCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- metricKeysDesc
+	ch <- metricInFlightDesc
+}
+
+func (zoneCollector) Collect(ch chan<- prometheus.Metric) {
+	zones.Range(func(k, v any) bool {
+		z := v.(*zone)
+		ch <- prometheus.MustNewConstMetric(metricKeysDesc, prometheus.GaugeValue, float64(z.keyCount()), z.name)
+		ch <- prometheus.MustNewConstMetric(metricInFlightDesc, prometheus.GaugeValue, float64(z.inFlight.Load()), z.name)
+		return true
+	})
+}
+
+var collectors = []prometheus.Collector{
+	metricRequests, metricTokens, metricRetries, metricQueueWait, metricEstimateRatio, zoneCollector{},
+}
+
+// registerMetrics puts the package's collectors into a config's registry.
+// A collector already there (another handler of the same config) is fine.
+func registerMetrics(reg prometheus.Registerer) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range collectors {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// zoneMetrics are a zone's metric children, resolved once so that the hot
+// path does no label lookups.
+type zoneMetrics struct {
+	outcomes                     map[string]prometheus.Counter
+	estIn, resOut, actIn, actOut prometheus.Counter
+	queueWait, estimateRatio     prometheus.Observer
+	retriesMu                    sync.Mutex
+	retries                      map[int]prometheus.Counter
+}
+
+func newZoneMetrics(zone string) *zoneMetrics {
+	m := &zoneMetrics{
+		outcomes:      make(map[string]prometheus.Counter),
+		estIn:         metricTokens.WithLabelValues(zone, "estimated_input"),
+		resOut:        metricTokens.WithLabelValues(zone, "reserved_output"),
+		actIn:         metricTokens.WithLabelValues(zone, "actual_input"),
+		actOut:        metricTokens.WithLabelValues(zone, "actual_output"),
+		queueWait:     metricQueueWait.WithLabelValues(zone),
+		estimateRatio: metricEstimateRatio.WithLabelValues(zone),
+		retries:       make(map[int]prometheus.Counter),
+	}
+	for _, o := range []string{outcomeAllowed, outcomeQueued, outcomeRejected, outcomeDryRunRejected, outcomeUnauthorized, outcomeInvalid} {
+		m.outcomes[o] = metricRequests.WithLabelValues(zone, o)
+	}
+	return m
+}
+
+// retry counts one retried upstream status.
+func (m *zoneMetrics) retry(zone string, status int) {
+	m.retriesMu.Lock()
+	c := m.retries[status]
+	if c == nil {
+		c = metricRetries.WithLabelValues(zone, strconv.Itoa(status))
+		m.retries[status] = c
+	}
+	m.retriesMu.Unlock()
+	c.Inc()
+}
+
+// settled records what an admitted request really used.
+func (m *zoneMetrics) settled(estimatedIn float64, u usage) {
+	m.actIn.Add(float64(u.Input))
+	m.actOut.Add(float64(u.Output))
+	if estimatedIn > 0 {
+		m.estimateRatio.Observe(float64(u.Input) / estimatedIn)
+	}
+}

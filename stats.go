@@ -1,0 +1,170 @@
+package llmratelimit
+
+import (
+	"math"
+	"sort"
+	"time"
+)
+
+// keyStats is what the admin API shows of a key beyond its buckets. It is
+// a few counters, no per-request history: the last minute is estimated
+// from this minute's and the previous minute's counts.
+type keyStats struct {
+	tier                          string
+	rpm, tpm                      int64 // the limits of its last request
+	requests, inTokens, outTokens int64 // since the key's state was created
+	minute                        int64 // the unix minute cur counts
+	curReq, prevReq               int64
+	curTok, prevTok               int64
+}
+
+// roll moves the minute window to now's minute.
+func (s *keyStats) roll(nowNs int64) {
+	m := nowNs / int64(time.Minute)
+	switch {
+	case m == s.minute:
+	case m == s.minute+1:
+		s.prevReq, s.prevTok = s.curReq, s.curTok
+		s.curReq, s.curTok, s.minute = 0, 0, m
+	default:
+		s.prevReq, s.prevTok, s.curReq, s.curTok, s.minute = 0, 0, 0, 0, m
+	}
+}
+
+func (s *keyStats) admitted(nowNs int64, q ask) {
+	s.roll(nowNs)
+	s.tier, s.rpm, s.tpm = q.tier, q.lim.RPM, q.lim.TPM
+	s.requests++
+	s.curReq++
+}
+
+// finished counts a request's tokens: the actual usage when known, none
+// when refunded, else its reservation.
+func (s *keyStats) finished(nowNs int64, d demand, u *usage, refund bool) {
+	var in, out int64
+	switch {
+	case refund:
+	case u != nil:
+		in, out = u.Input, u.Output
+	default:
+		in, out = int64(d.in), int64(d.out)
+	}
+	s.roll(nowNs)
+	s.inTokens += in
+	s.outTokens += out
+	s.curTok += in + out
+}
+
+// lastMinute estimates the count over the sliding last minute.
+func (s *keyStats) lastMinute(nowNs int64, cur, prev int64) int64 {
+	m := nowNs / int64(time.Minute)
+	switch {
+	case m == s.minute:
+		frac := float64(nowNs%int64(time.Minute)) / float64(time.Minute)
+		return cur + int64(math.Round(float64(prev)*(1-frac)))
+	case m == s.minute+1:
+		frac := float64(nowNs%int64(time.Minute)) / float64(time.Minute)
+		return int64(math.Round(float64(cur) * (1 - frac)))
+	}
+	return 0
+}
+
+// KeyStats is one key in the admin API's stats.
+type KeyStats struct {
+	KeyID              string `json:"key_id"`
+	Tier               string `json:"tier"`
+	RPMAvailable       *int64 `json:"rpm_available"` // null: no rpm limit
+	TPMAvailable       *int64 `json:"tpm_available"` // null: no tpm limit
+	InFlight           int64  `json:"in_flight"`
+	RequestsLastMinute int64  `json:"requests_last_minute"`
+	TokensLastMinute   int64  `json:"tokens_last_minute"`
+	RequestsTotal      int64  `json:"requests_total"`
+	InputTokensTotal   int64  `json:"input_tokens_total"`
+	OutputTokensTotal  int64  `json:"output_tokens_total"`
+}
+
+// UpstreamStats is a zone's shared upstream quota in the stats.
+type UpstreamStats struct {
+	RPMAvailable  *int64 `json:"rpm_available"`
+	TPMAvailable  *int64 `json:"tpm_available"`
+	ITPMAvailable *int64 `json:"itpm_available"`
+	OTPMAvailable *int64 `json:"otpm_available"`
+	InFlight      int64  `json:"in_flight"`
+}
+
+// ZoneStats is one zone in the stats.
+type ZoneStats struct {
+	Keys        []KeyStats    `json:"keys"`
+	Upstream    UpstreamStats `json:"upstream"`
+	QueueLength int           `json:"queue_length"`
+}
+
+// available is a bucket's level now, rounded down, without changing it;
+// nil when there is no limit.
+func available(b bucket, limit, nowNs int64) *int64 {
+	if limit <= 0 {
+		return nil
+	}
+	v := floorNonNeg(b.advance(nowNs, limit))
+	return &v
+}
+
+// stats is a snapshot of the zone: its keys sorted by key_id.
+func (z *zone) stats(nowNs int64) ZoneStats {
+	out := ZoneStats{Keys: []KeyStats{}, QueueLength: z.queue.length()}
+	for i := range z.shards {
+		s := &z.shards[i]
+		s.mu.Lock()
+		for kh, ks := range s.keys {
+			out.Keys = append(out.Keys, ks.snapshot(kh, nowNs))
+		}
+		s.mu.Unlock()
+	}
+	sort.Slice(out.Keys, func(i, j int) bool { return out.Keys[i].KeyID < out.Keys[j].KeyID })
+	z.upMu.Lock()
+	lim := z.upLimits
+	out.Upstream = UpstreamStats{
+		RPMAvailable:  available(z.upstream.rpm, lim.RPM, nowNs),
+		TPMAvailable:  available(z.upstream.tpm, lim.TPM, nowNs),
+		ITPMAvailable: available(z.upstream.itpm, lim.ITPM, nowNs),
+		OTPMAvailable: available(z.upstream.otpm, lim.OTPM, nowNs),
+		InFlight:      z.upInflight,
+	}
+	z.upMu.Unlock()
+	return out
+}
+
+// keyStats returns one key's stats; false when the zone holds no state
+// for it.
+func (z *zone) keyStats(keyID string, nowNs int64) (KeyStats, bool) {
+	for i := range z.shards {
+		s := &z.shards[i]
+		s.mu.Lock()
+		for kh, ks := range s.keys {
+			if kh.id() == keyID {
+				st := ks.snapshot(kh, nowNs)
+				s.mu.Unlock()
+				return st, true
+			}
+		}
+		s.mu.Unlock()
+	}
+	return KeyStats{}, false
+}
+
+// snapshot is called under the key's shard lock.
+func (ks *keyState) snapshot(kh keyHash, nowNs int64) KeyStats {
+	st := &ks.stats
+	return KeyStats{
+		KeyID:              kh.id(),
+		Tier:               st.tier,
+		RPMAvailable:       available(ks.rpm, st.rpm, nowNs),
+		TPMAvailable:       available(ks.tpm, st.tpm, nowNs),
+		InFlight:           ks.inflight,
+		RequestsLastMinute: st.lastMinute(nowNs, st.curReq, st.prevReq),
+		TokensLastMinute:   st.lastMinute(nowNs, st.curTok, st.prevTok),
+		RequestsTotal:      st.requests,
+		InputTokensTotal:   st.inTokens,
+		OutputTokensTotal:  st.outTokens,
+	}
+}
