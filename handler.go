@@ -138,6 +138,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	default:
 		t.finish(now().UnixNano(), nil, false)
 	}
+	uw.release()
 	return err
 }
 
@@ -214,7 +215,8 @@ func (l Limits) any() bool { return l.RPM > 0 || l.TPM > 0 || l.ITPM > 0 || l.OT
 
 var errBodyTooLarge = errors.New("request body too large")
 
-// readBody reads at most max bytes of the body.
+// readBody reads at most max bytes of the body: in one allocation when the
+// length is known.
 func readBody(r *http.Request, max int64) ([]byte, error) {
 	if r.ContentLength > max {
 		return nil, errBodyTooLarge
@@ -222,11 +224,18 @@ func readBody(r *http.Request, max int64) ([]byte, error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, nil
 	}
-	size := int64(512)
-	if r.ContentLength > 0 {
-		size = r.ContentLength + 1
+	if cl := r.ContentLength; cl > 0 {
+		buf := make([]byte, cl+1) // one more byte tells a body longer than declared
+		n, err := io.ReadFull(r.Body, buf)
+		switch {
+		case err == io.ErrUnexpectedEOF || err == io.EOF:
+			return buf[:n], nil // the whole body, as declared or shorter
+		case err != nil:
+			return nil, err
+		}
+		return nil, errors.New("request body longer than its Content-Length")
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, size))
+	var buf bytes.Buffer
 	n, err := buf.ReadFrom(io.LimitReader(r.Body, max+1))
 	if err != nil {
 		return nil, err
@@ -253,10 +262,26 @@ func drainBody(r *http.Request) {
 // every re-send: Body, ContentLength and GetBody. Expect and chunked
 // transfer encoding no longer apply.
 func restoreBody(r *http.Request, body []byte) {
-	r.Body = io.NopCloser(bytes.NewReader(body))
+	rb := &replayBody{body: body}
+	rb.Reset(body)
+	r.Body = rb
 	r.ContentLength = int64(len(body))
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.GetBody = rb.fresh
 	r.TransferEncoding = nil
 	r.Header.Del("Expect")
 	r.Header.Del("Transfer-Encoding")
+}
+
+// replayBody is a buffered request body that can hand out fresh copies.
+type replayBody struct {
+	bytes.Reader
+	body []byte
+}
+
+func (*replayBody) Close() error { return nil }
+
+func (rb *replayBody) fresh() (io.ReadCloser, error) {
+	n := &replayBody{body: rb.body}
+	n.Reset(rb.body)
+	return n, nil
 }

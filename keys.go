@@ -14,7 +14,13 @@ import (
 // handler holds, logs and shows only keyHash.id().
 type keyHash [sha256.Size]byte
 
-func hashKey(key string) keyHash { return sha256.Sum256([]byte(key)) }
+func hashKey(key string) keyHash {
+	var buf [256]byte
+	if len(key) <= len(buf) {
+		return sha256.Sum256(append(buf[:0], key...)) // no allocation
+	}
+	return sha256.Sum256([]byte(key))
+}
 
 // id is the key_id: the first 12 hex characters of sha256(key).
 func (k keyHash) id() string { return hex.EncodeToString(k[:6]) }

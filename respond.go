@@ -129,30 +129,72 @@ func (h *Handler) reply429(w http.ResponseWriter, f format, dec decision, msg st
 	return writeJSON(w, http.StatusTooManyRequests, body)
 }
 
+// The x-ratelimit-* header names, in canonical form so that they are set
+// without canonicalising (and allocating) on every response.
+var quotaHeaderNames = [2][3]string{
+	{"X-Ratelimit-Limit-Requests", "X-Ratelimit-Remaining-Requests", "X-Ratelimit-Reset-Requests"},
+	{"X-Ratelimit-Limit-Tokens", "X-Ratelimit-Remaining-Tokens", "X-Ratelimit-Reset-Tokens"},
+}
+
 // setQuotaHeaders writes the x-ratelimit-* headers, replacing any of the
-// same name. A kind with no bucket gets none.
+// same name. A kind with no bucket gets none. All six values share one
+// string and one slice: two allocations per response.
 func setQuotaHeaders(hdr http.Header, req, tok quota) {
-	for _, q := range [...]struct {
-		q                       quota
-		limit, remaining, reset string
-	}{
-		{req, "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"},
-		{tok, "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"},
-	} {
-		if !q.q.set {
+	if !req.set && !tok.set {
+		return
+	}
+	var buf [192]byte
+	var ends [6]int
+	b := buf[:0]
+	for i, q := range [2]quota{req, tok} {
+		if !q.set {
+			ends[3*i], ends[3*i+1], ends[3*i+2] = len(b), len(b), len(b)
 			continue
 		}
-		hdr.Set(q.limit, strconv.FormatInt(q.q.limit, 10))
-		hdr.Set(q.remaining, strconv.FormatInt(q.q.remaining, 10))
-		hdr.Set(q.reset, resetString(q.q.reset))
+		b = strconv.AppendInt(b, q.limit, 10)
+		ends[3*i] = len(b)
+		b = strconv.AppendInt(b, q.remaining, 10)
+		ends[3*i+1] = len(b)
+		b = appendReset(b, q.reset)
+		ends[3*i+2] = len(b)
+	}
+	all := string(b)
+	vals := make([]string, 6)
+	start := 0
+	for i, q := range [2]quota{req, tok} {
+		for j := 0; j < 3; j++ {
+			end := ends[3*i+j]
+			if q.set {
+				vals[3*i+j] = all[start:end]
+				hdr[quotaHeaderNames[i][j]] = vals[3*i+j : 3*i+j+1 : 3*i+j+1]
+			}
+			start = end
+		}
 	}
 }
 
 // resetString is a Go duration rounded up to the millisecond, as OpenAI
 // sends it ("1.2s", "6m0s", "12ms").
-func resetString(d time.Duration) string {
+func resetString(d time.Duration) string { return string(appendReset(nil, d)) }
+
+// appendReset appends resetString(d) without allocating below a minute.
+func appendReset(b []byte, d time.Duration) []byte {
 	if d <= 0 {
-		return "0s"
+		return append(b, "0s"...)
 	}
-	return (((d + time.Millisecond - 1) / time.Millisecond) * time.Millisecond).String()
+	ms := int64((d + time.Millisecond - 1) / time.Millisecond)
+	switch {
+	case ms < 1000:
+		return append(strconv.AppendInt(b, ms, 10), "ms"...)
+	case ms < 60000:
+		b = strconv.AppendInt(b, ms/1000, 10)
+		if frac := ms % 1000; frac != 0 {
+			b = append(b, '.', byte('0'+frac/100), byte('0'+frac/10%10), byte('0'+frac%10))
+			for b[len(b)-1] == '0' {
+				b = b[:len(b)-1]
+			}
+		}
+		return append(b, 's')
+	}
+	return append(b, (time.Duration(ms) * time.Millisecond).String()...)
 }

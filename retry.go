@@ -163,7 +163,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		return err
 	}
 
-	before := w.Header().Clone()
+	before := snapshotHeader(w.Header())
 	buf := recordBufs.Get().(*bytes.Buffer)
 	defer recordBufs.Put(buf)
 	for attempt := 1; ; attempt++ {
@@ -210,7 +210,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		h.logger.Debug("retrying upstream", zap.Int("status", status), zap.Int("attempt", attempt),
 			zap.Duration("wait", wait), zap.Bool("hinted", hinted))
 		h.zone.m.retry(h.Zone, status)
-		resetHeader(w.Header(), before)
+		before.restore(w.Header())
 		if err := sleep(r.Context(), wait); err != nil {
 			return err // the client went away
 		}
@@ -229,17 +229,41 @@ func (h *Handler) handThrough(rec caddyhttp.ResponseRecorder, err error, attempt
 	return rec.WriteResponse()
 }
 
-// resetHeader puts the response header map back to its state before an
-// attempt, so that nothing of a thrown-away response (Content-Length,
-// Content-Type, Via, …) leaks into the next.
-func resetHeader(h, before http.Header) {
-	for k := range h {
-		if _, ok := before[k]; !ok {
-			delete(h, k)
-		}
+// headerSnapshot remembers a response header map's entries before an
+// attempt, without copying them (up to 8 entries; more are cloned), so that
+// restore can put the map back and nothing of a thrown-away response
+// (Content-Length, Content-Type, Via, …) leaks into the next.
+type headerSnapshot struct {
+	n  int
+	kv [8]struct {
+		k string
+		v []string
 	}
-	for k, v := range before {
-		h[k] = v
+	clone http.Header
+}
+
+func snapshotHeader(h http.Header) (s headerSnapshot) {
+	if len(h) > len(s.kv) {
+		s.clone = h.Clone()
+		return s
+	}
+	for k, v := range h {
+		s.kv[s.n].k, s.kv[s.n].v = k, v[:len(v):len(v)]
+		s.n++
+	}
+	return s
+}
+
+func (s *headerSnapshot) restore(h http.Header) {
+	clear(h)
+	if s.clone != nil {
+		for k, v := range s.clone {
+			h[k] = v
+		}
+		return
+	}
+	for i := 0; i < s.n; i++ {
+		h[s.kv[i].k] = s.kv[i].v
 	}
 }
 

@@ -124,3 +124,16 @@ func TestSweepDropsOnlyIdleFullKeys(t *testing.T) {
 		t.Fatalf("after finishing: swept %d, left %d", n, z.keyCount())
 	}
 }
+
+func TestResetStringMatchesGoDurations(t *testing.T) {
+	for _, d := range []time.Duration{0, time.Nanosecond, 12 * time.Millisecond, 999*time.Millisecond + 1, time.Second,
+		1200 * time.Millisecond, 18642 * time.Millisecond, 59956 * time.Millisecond, 59999*time.Millisecond + 1, time.Minute, 6 * time.Minute, 90 * time.Minute} {
+		want := "0s"
+		if d > 0 {
+			want = (((d + time.Millisecond - 1) / time.Millisecond) * time.Millisecond).String()
+		}
+		if got := resetString(d); got != want {
+			t.Errorf("resetString(%v) = %q, want %q", d, got, want)
+		}
+	}
+}

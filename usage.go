@@ -2,8 +2,9 @@ package llmratelimit
 
 import (
 	"bytes"
-	"mime"
 	"net/http"
+	"strings"
+	"sync"
 )
 
 // usageTailSize bounds what the handler keeps of a response to find its
@@ -57,7 +58,7 @@ func (uw *usageWriter) WriteHeader(code int) {
 	}
 	if code >= 200 && code <= 299 && uw.f != formatNone {
 		uw.acc.f = uw.f
-		switch mt, _, _ := mime.ParseMediaType(uw.Header().Get("Content-Type")); mt {
+		switch mediaType(uw.Header().Get("Content-Type")) {
 		case "application/json":
 			uw.mode = readJSON
 		case "text/event-stream":
@@ -83,8 +84,26 @@ func (uw *usageWriter) Write(p []byte) (int, error) {
 	return uw.ResponseWriter.Write(p)
 }
 
+// mediaType is a Content-Type without its parameters, lower-cased only
+// when it has to be.
+func mediaType(ct string) string {
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = strings.TrimSpace(ct)
+	for i := 0; i < len(ct); i++ {
+		if 'A' <= ct[i] && ct[i] <= 'Z' {
+			return strings.ToLower(ct)
+		}
+	}
+	return ct
+}
+
 // keep appends p to the tail, dropping the oldest bytes past usageTailSize.
 func (uw *usageWriter) keep(p []byte) {
+	if uw.tail == nil {
+		uw.tail = tailPool.Get().(*[usageTailSize]byte)[:0]
+	}
 	if len(p) >= usageTailSize {
 		uw.tail = append(uw.tail[:0], p[len(p)-usageTailSize:]...)
 		return
@@ -175,6 +194,17 @@ func eventEnd(b []byte) int {
 		i = k
 	}
 	return -1
+}
+
+// tailPool holds the tails' buffers: a tail never grows past usageTailSize.
+var tailPool = sync.Pool{New: func() any { return new([usageTailSize]byte) }}
+
+// release gives the writer's buffers back; it is not used afterwards.
+func (uw *usageWriter) release() {
+	if cap(uw.tail) == usageTailSize {
+		tailPool.Put((*[usageTailSize]byte)(uw.tail[:usageTailSize]))
+	}
+	uw.tail = nil
 }
 
 // Unwrap lets http.ResponseController reach Flush and friends.

@@ -1,0 +1,277 @@
+package llmratelimit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// chatBody13k is a ~1.3 KB chat request, the size the overhead target uses.
+var chatBody13k = []byte(`{"model":"gpt-4o","max_tokens":512,"temperature":0.2,"messages":[{"role":"system","content":"You are a careful assistant that answers questions about Go programs concisely and correctly."},{"role":"user","content":"` +
+	strings.Repeat("Explain how a token bucket limits both requests and tokens per minute. ", 15) + `"}]}`)
+
+const upstreamJSON = `{"id":"chatcmpl-1","object":"chat.completion","created":1741569952,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"A token bucket refills continuously."},"finish_reason":"stop"}],"usage":{"prompt_tokens":260,"completion_tokens":9,"total_tokens":269}}`
+
+// provisioned returns a handler provisioned outside a running Caddy, in its
+// own zone.
+func provisioned(b testing.TB, h *Handler) *Handler {
+	b.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	b.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = h.Cleanup() })
+	return h
+}
+
+type nextJSON struct{}
+
+func (nextJSON) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	_, _ = io.Copy(io.Discard, r.Body)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := io.WriteString(w, upstreamJSON)
+	return err
+}
+
+// discardWriter is a ResponseWriter that keeps nothing but a header map.
+type discardWriter struct{ h http.Header }
+
+func (d *discardWriter) Header() http.Header         { return d.h }
+func (d *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (d *discardWriter) WriteHeader(int)             {}
+
+// BenchmarkHandlerOverhead is the plugin's own cost per request, without
+// the network or reverse_proxy: key → body → estimate → admit → a next
+// handler answering JSON with usage → settle, over 1,000 rotating keys.
+func BenchmarkHandlerOverhead(b *testing.B) {
+	setClock(nil)
+	b.Cleanup(func() { setClock(clk) })
+	h := provisioned(b, &Handler{Zone: "bench-overhead", Limits: Limits{RPM: 1 << 40, TPM: 1 << 50, Concurrent: 1 << 20}})
+	h.logger = zap.NewNop() // Caddy's default level is INFO: admitted requests log nothing
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("Bearer sk-bench-%04d-abcdefghijklmnopqrstuvwxyz", i)
+	}
+	var next caddyhttp.Handler = nextJSON{}
+	w := &discardWriter{h: make(http.Header, 8)}
+	req := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", nil)
+	body := bytes.NewReader(chatBody13k)
+	b.SetBytes(int64(len(chatBody13k)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		body.Reset(chatBody13k)
+		r := req.Clone(req.Context())
+		r.Body = io.NopCloser(body)
+		r.ContentLength = int64(len(chatBody13k))
+		r.Header.Set("Authorization", keys[i%len(keys)])
+		clear(w.h)
+		if err := h.ServeHTTP(w, r, next); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkAdmitSettle is one admission and its settle for one key.
+func BenchmarkAdmitSettle(b *testing.B) {
+	z := newZone("bench-admit")
+	defer z.Destruct()
+	q := ask{kh: hashKey("sk-one"), lim: Limits{RPM: 1 << 40, TPM: 1 << 50, ITPM: 1 << 50, OTPM: 1 << 50, Concurrent: 1 << 20}, d: demand{in: 300, out: 512}}
+	u := usage{Input: 280, Output: 40}
+	t0 := time.Now().UnixNano()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		tk, dec := z.admit(q, t0+int64(i), false, false)
+		if !dec.ok {
+			b.Fatal("rejected")
+		}
+		tk.finish(t0+int64(i), &u, false)
+	}
+}
+
+// BenchmarkAdmitSettleParallel runs admissions of many keys on every
+// processor: with the key map sharded, throughput scales with GOMAXPROCS.
+func BenchmarkAdmitSettleParallel(b *testing.B) {
+	z := newZone("bench-admit-parallel")
+	defer z.Destruct()
+	keys := make([]keyHash, 4096)
+	for i := range keys {
+		keys[i] = hashKey(fmt.Sprint("sk-", i))
+	}
+	lim := Limits{RPM: 1 << 40, TPM: 1 << 50}
+	u := usage{Input: 280, Output: 40}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			i++
+			q := ask{kh: keys[i%len(keys)], lim: lim, d: demand{in: 300, out: 512}}
+			nowNs := time.Now().UnixNano()
+			tk, dec := z.admit(q, nowNs, false, false)
+			if dec.ok {
+				tk.finish(nowNs, &u, false)
+			}
+		}
+	})
+}
+
+// BenchmarkAdmitSettle1MKeys admits over a million keys, and reports the
+// heap each idle key costs.
+func BenchmarkAdmitSettle1MKeys(b *testing.B) {
+	const n = 1 << 20
+	z := newZone("bench-1m")
+	defer z.Destruct()
+	keys := make([]keyHash, n)
+	for i := range keys {
+		keys[i] = hashKey(fmt.Sprint("sk-", i))
+	}
+	lim := Limits{RPM: 1000, TPM: 1000000}
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	t0 := time.Now().UnixNano()
+	for i, kh := range keys {
+		tk, _ := z.admit(ask{kh: kh, lim: lim, d: demand{in: 300, out: 512}}, t0+int64(i), false, false)
+		tk.finish(t0+int64(i), nil, false)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-B/idle-key")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		kh := keys[i%n]
+		tk, dec := z.admit(ask{kh: kh, lim: lim, d: demand{in: 300, out: 512}}, t0+int64(n+i), false, false)
+		if dec.ok {
+			tk.finish(t0+int64(n+i), nil, false)
+		}
+	}
+}
+
+// toolsBody builds a chat body of about size bytes with tool definitions.
+func toolsBody(size int) []byte {
+	var b strings.Builder
+	b.WriteString(`{"model":"gpt-4o","tools":[`)
+	for i := 0; i < 8; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"type":"function","function":{"name":"tool_%d","description":"Looks up records of kind %d by id and returns them as JSON.","parameters":{"type":"object","properties":{"id":{"type":"string","description":"The record id."},"limit":{"type":"integer"}},"required":["id"]}}}`, i, i)
+	}
+	b.WriteString(`],"messages":[`)
+	for i := 0; b.Len() < size; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"role":"user","content":"Message %d: the gateway estimates tokens from the text the model reads, \"quoted\" and escaped\n, without a tokenizer."}`, i)
+	}
+	b.WriteString(`],"max_tokens":1024}`)
+	return []byte(b.String())
+}
+
+// typedChat is what a gateway that unmarshals bodies would decode into.
+type typedChat struct {
+	Model    string `json:"model"`
+	Messages []struct {
+		Role    string          `json:"role"`
+		Content json.RawMessage `json:"content"`
+	} `json:"messages"`
+	Tools     []json.RawMessage `json:"tools"`
+	MaxTokens *int64            `json:"max_tokens"`
+	N         *int64            `json:"n"`
+	Stream    bool              `json:"stream"`
+}
+
+// BenchmarkEstimateVsUnmarshal compares the estimator with json.Unmarshal
+// into typed structs of the same bodies, in the same run.
+func BenchmarkEstimateVsUnmarshal(b *testing.B) {
+	for _, size := range []int{1300, 10 << 10, 100 << 10} {
+		body := toolsBody(size)
+		if size == 1300 {
+			body = chatBody13k
+		}
+		b.Run(fmt.Sprintf("estimate/%dB", len(body)), func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			var info requestInfo
+			for i := 0; i < b.N; i++ {
+				if err := parseRequest(formatOpenAI, body, &info); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("json.Unmarshal/%dB", len(body)), func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				var v typedChat
+				if err := json.Unmarshal(body, &v); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkUsageFromSSE passes a chat stream through the usage reader: 200
+// content events and the final usage chunk.
+func BenchmarkUsageFromSSE(b *testing.B) {
+	var s strings.Builder
+	for i := 0; i < 200; i++ {
+		fmt.Fprintf(&s, "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"token %d \"}}],\"usage\":null}\n\n", i)
+	}
+	s.WriteString("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":200}}\n\ndata: [DONE]\n\n")
+	stream := []byte(s.String())
+	events := bytes.SplitAfter(stream, []byte("\n\n"))
+	h := &Handler{headersOn: false}
+	b.SetBytes(int64(len(stream)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		uw := usageWriter{ResponseWriter: &discardWriter{h: http.Header{"Content-Type": {"text/event-stream"}}}, h: h, f: formatOpenAI}
+		uw.WriteHeader(200)
+		for _, ev := range events {
+			_, _ = uw.Write(ev)
+		}
+		if u, ok := uw.usage(); !ok || u.Output != 200 {
+			b.Fatal("no usage")
+		}
+	}
+}
+
+// BenchmarkUsageFromJSONTail reads the usage of a 9 KB JSON answer as it
+// passes in 4 KB writes.
+func BenchmarkUsageFromJSONTail(b *testing.B) {
+	answer := []byte(`{"id":"x","choices":[{"message":{"content":"` + strings.Repeat("word ", 1800) + `"}}],"usage":{"prompt_tokens":20,"completion_tokens":1800}}`)
+	h := &Handler{headersOn: false}
+	b.SetBytes(int64(len(answer)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		uw := usageWriter{ResponseWriter: &discardWriter{h: http.Header{"Content-Type": {"application/json"}}}, h: h, f: formatOpenAI}
+		uw.WriteHeader(200)
+		for p := answer; len(p) > 0; {
+			n := min(4096, len(p))
+			_, _ = uw.Write(p[:n])
+			p = p[n:]
+		}
+		if u, ok := uw.usage(); !ok || u.Output != 1800 {
+			b.Fatal("no usage")
+		}
+	}
+}
+
