@@ -217,7 +217,7 @@ http://%s {
 
 // load posts a Caddyfile to the admin API's /load, as a reload does, and
 // returns the error body when Caddy refuses it.
-func load(t *testing.T, caddyfile string) error {
+func load(t testing.TB, caddyfile string) error {
 	t.Helper()
 	var resp *http.Response
 	var err error
@@ -244,7 +244,7 @@ func load(t *testing.T, caddyfile string) error {
 }
 
 // mustLoad loads the gateway with the given llm_ratelimit body.
-func mustLoad(t *testing.T, directiveBody string) {
+func mustLoad(t testing.TB, directiveBody string) {
 	t.Helper()
 	if err := load(t, siteConfig(directiveBody)); err != nil {
 		t.Fatal(err)

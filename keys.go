@@ -22,6 +22,15 @@ func hashKey(key string) keyHash {
 	return sha256.Sum256([]byte(key))
 }
 
+// keyPrefix is the first half of a keyHash: what the zones key their maps
+// by (128 bits do not collide), half the memory of the whole hash.
+type keyPrefix [16]byte
+
+func (k keyHash) prefix() keyPrefix { return keyPrefix(k[:16]) }
+
+// id is the key_id: the first 12 hex characters of sha256(key).
+func (k keyPrefix) id() string { return hex.EncodeToString(k[:6]) }
+
 // id is the key_id: the first 12 hex characters of sha256(key).
 func (k keyHash) id() string { return hex.EncodeToString(k[:6]) }
 

@@ -63,7 +63,7 @@ func (zoneCollector) Collect(ch chan<- prometheus.Metric) {
 	zones.Range(func(k, v any) bool {
 		z := v.(*zone)
 		ch <- prometheus.MustNewConstMetric(metricKeysDesc, prometheus.GaugeValue, float64(z.keyCount()), z.name)
-		ch <- prometheus.MustNewConstMetric(metricInFlightDesc, prometheus.GaugeValue, float64(z.inFlight.Load()), z.name)
+		ch <- prometheus.MustNewConstMetric(metricInFlightDesc, prometheus.GaugeValue, float64(z.inFlight()), z.name)
 		return true
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,6 +24,9 @@ type waitQueue struct {
 	ring []*keyWaiters // keys with waiters, in round-robin order
 	next int           // the ring position whose turn it is
 	n    int           // waiters in all
+	// waiting mirrors n for readers without the lock: a finishing request
+	// looks at it and takes the lock only when somebody waits.
+	waiting atomic.Int64
 
 	timerAt     int64 // unix ns; 0: no timer
 	timerCancel context.CancelFunc
@@ -156,6 +160,7 @@ func (wq *waitQueue) push(w *waiter) {
 		k.need[i] += n
 	}
 	wq.n++
+	wq.waiting.Store(int64(wq.n))
 }
 
 // remove takes a waiter out, wherever it stands.
@@ -171,6 +176,7 @@ func (wq *waitQueue) remove(w *waiter) {
 				k.need[j] -= n
 			}
 			wq.n--
+			wq.waiting.Store(int64(wq.n))
 			break
 		}
 	}
@@ -206,6 +212,7 @@ func (wq *waitQueue) decide(k *keyWaiters, t ticket, dec decision) {
 		k.need[j] -= n
 	}
 	wq.n--
+	wq.waiting.Store(int64(wq.n))
 	w.t, w.dec = t, dec
 	close(w.done)
 	if len(k.list) == 0 {
@@ -215,6 +222,9 @@ func (wq *waitQueue) decide(k *keyWaiters, t ticket, dec decision) {
 
 // wake re-runs the queue after capacity may have come back.
 func (wq *waitQueue) wake() {
+	if wq.waiting.Load() == 0 {
+		return
+	}
 	wq.mu.Lock()
 	if wq.n > 0 {
 		wq.dispatchLocked(now().UnixNano())

@@ -14,7 +14,7 @@ type keyStats struct {
 	rpm, tpm                      int64 // the limits of its last request
 	requests, inTokens, outTokens int64 // since the key's state was created
 	minute                        int64 // the unix minute cur counts
-	curReq, prevReq               int64
+	curReq, prevReq               int32
 	curTok, prevTok               int64
 }
 
@@ -153,7 +153,7 @@ func (z *zone) keyStats(keyID string, nowNs int64) (KeyStats, bool) {
 }
 
 // snapshot is called under the key's shard lock.
-func (ks *keyState) snapshot(kh keyHash, nowNs int64) KeyStats {
+func (ks *keyState) snapshot(kh keyPrefix, nowNs int64) KeyStats {
 	st := &ks.stats
 	return KeyStats{
 		KeyID:              kh.id(),
@@ -161,7 +161,7 @@ func (ks *keyState) snapshot(kh keyHash, nowNs int64) KeyStats {
 		RPMAvailable:       available(ks.rpm, st.rpm, nowNs),
 		TPMAvailable:       available(ks.tpm, st.tpm, nowNs),
 		InFlight:           ks.inflight,
-		RequestsLastMinute: st.lastMinute(nowNs, st.curReq, st.prevReq),
+		RequestsLastMinute: st.lastMinute(nowNs, int64(st.curReq), int64(st.prevReq)),
 		TokensLastMinute:   st.lastMinute(nowNs, st.curTok, st.prevTok),
 		RequestsTotal:      st.requests,
 		InputTokensTotal:   st.inTokens,

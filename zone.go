@@ -2,7 +2,6 @@ package llmratelimit
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -34,15 +33,14 @@ type zone struct {
 	upInflight int64
 	upLimits   Limits // as of the last request, for stats
 
-	inFlight atomic.Int64 // requests holding a slot, for the gauge
-	m        *zoneMetrics
+	m *zoneMetrics
 
 	done chan struct{}
 }
 
 type shard struct {
 	mu   sync.Mutex
-	keys map[keyHash]*keyState
+	keys map[keyPrefix]*keyState
 	_    [40]byte // keep shards on separate cache lines
 }
 
@@ -66,7 +64,7 @@ func newZone(name string) *zone {
 	z := &zone{name: name, done: make(chan struct{}), m: newZoneMetrics(name)}
 	z.queue.z = z
 	for i := range z.shards {
-		z.shards[i].keys = make(map[keyHash]*keyState)
+		z.shards[i].keys = make(map[keyPrefix]*keyState)
 	}
 	go z.sweeper()
 	return z
@@ -123,12 +121,27 @@ func (z *zone) keyCount() int {
 	return n
 }
 
+// inFlight counts the zone's requests in flight, over every shard: for the
+// gauge, read when scraped rather than kept per request.
+func (z *zone) inFlight() int64 {
+	var n int64
+	for i := range z.shards {
+		s := &z.shards[i]
+		s.mu.Lock()
+		for _, ks := range s.keys {
+			n += ks.inflight
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
 // inflight reports a key's requests in flight (0 for an unknown key).
 func (z *zone) inflight(kh keyHash) int64 {
 	s := z.shard(kh)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ks, ok := s.keys[kh]; ok {
+	if ks, ok := s.keys[kh.prefix()]; ok {
 		return ks.inflight
 	}
 	return 0
@@ -186,10 +199,10 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		z.upMu.Lock()
 		defer z.upMu.Unlock()
 	}
-	ks := s.keys[q.kh]
+	ks := s.keys[q.kh.prefix()]
 	if ks == nil {
 		ks = new(keyState)
-		s.keys[q.kh] = ks
+		s.keys[q.kh.prefix()] = ks
 	}
 	t := ticket{z: z, s: s, ks: ks, a: q, upHeld: useUp}
 	var a admission
@@ -230,7 +243,6 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		if useUp {
 			z.upInflight++
 		}
-		z.inFlight.Add(1)
 		t.debited = dec.ok
 		ks.stats.admitted(nowNs, q)
 	}
@@ -264,7 +276,6 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 		t.z.upInflight--
 	}
 	t.ks.inflight--
-	t.z.inFlight.Add(-1)
 	t.ks.stats.finished(nowNs, t.a.d, u, refund)
 	if !t.debited {
 		return

@@ -1,0 +1,214 @@
+// Command overhead measures what llm_ratelimit adds to Caddy's CPU per
+// request. It builds this repository's Caddy, starts it twice as child
+// processes — plain reverse_proxy, and llm_ratelimit + reverse_proxy — in
+// front of an in-process mock upstream, drives both in interleaved rounds
+// with keep-alive connections, ~1.3 KB chat bodies and 1,000 rotating keys,
+// and prints per round and config: req/s, p50/p99 latency and the child's
+// CPU µs per request (from /proc/<pid>/stat), then the median plugin/plain
+// ratio and its spread.
+//
+//	go run ./bench/overhead [-rounds 5] [-requests 20000] [-conns 16]
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+var (
+	rounds   = flag.Int("rounds", 5, "interleaved rounds")
+	requests = flag.Int("requests", 20000, "requests per config per round")
+	conns    = flag.Int("conns", 16, "concurrent keep-alive connections")
+	keys     = flag.Int("keys", 1000, "rotating API keys")
+)
+
+var body = []byte(`{"model":"gpt-4o","max_tokens":512,"temperature":0.2,"messages":[{"role":"system","content":"You are a careful assistant that answers questions about Go programs concisely and correctly."},{"role":"user","content":"` +
+	strings.Repeat("Explain how a token bucket limits both requests and tokens per minute. ", 15) + `"}]}`)
+
+const answer = `{"id":"chatcmpl-1","object":"chat.completion","created":1741569952,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"A token bucket refills continuously."},"finish_reason":"stop"}],"usage":{"prompt_tokens":260,"completion_tokens":9,"total_tokens":269}}`
+
+type child struct {
+	name string
+	addr string
+	cmd  *exec.Cmd
+}
+
+func main() {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "llm-overhead-")
+	check(err)
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "caddy")
+	fmt.Println("building ./cmd/caddy ...")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	check(build.Run())
+
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	check(err)
+	go func() {
+		_ = http.Serve(up, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, answer)
+		}))
+	}()
+
+	plain := start(bin, dir, "plain", "", up.Addr().String())
+	plugin := start(bin, dir, "plugin", "llm_ratelimit {\n\t\trpm 100000000\n\t\ttpm 100000000000\n\t\tconcurrent 100000\n\t}", up.Addr().String())
+	defer plain.cmd.Process.Kill()
+	defer plugin.cmd.Process.Kill()
+
+	keyHeaders := make([]string, *keys)
+	for i := range keyHeaders {
+		keyHeaders[i] = fmt.Sprintf("Bearer sk-overhead-%04d-0123456789abcdefghijklmnop", i)
+	}
+	// Warm both up: connections, JIT-free Go still has caches and pools.
+	for _, c := range []*child{plain, plugin} {
+		drive(c, 2000, keyHeaders)
+	}
+	fmt.Printf("%d rounds x %d requests per config, %d connections, %d keys, %d-byte bodies\n", *rounds, *requests, *conns, *keys, len(body))
+	fmt.Printf("%-6s %-7s %9s %9s %9s %12s\n", "round", "config", "req/s", "p50", "p99", "CPU µs/req")
+	var ratios []float64
+	cpu := map[string][]float64{}
+	for r := 1; r <= *rounds; r++ {
+		order := []*child{plain, plugin}
+		if r%2 == 0 {
+			order = []*child{plugin, plain}
+		}
+		perReq := map[string]float64{}
+		for _, c := range order {
+			before := cpuTime(c.cmd.Process.Pid)
+			rps, p50, p99 := drive(c, *requests, keyHeaders)
+			us := float64(cpuTime(c.cmd.Process.Pid)-before) / float64(time.Microsecond) / float64(*requests)
+			perReq[c.name] = us
+			cpu[c.name] = append(cpu[c.name], us)
+			fmt.Printf("%-6d %-7s %9.0f %9v %9v %12.1f\n", r, c.name, rps, p50.Round(time.Microsecond), p99.Round(time.Microsecond), us)
+		}
+		ratios = append(ratios, perReq["plugin"]/perReq["plain"])
+	}
+	sort.Float64s(ratios)
+	fmt.Printf("median CPU µs/req: plain %.1f, plugin %.1f (added %.1f µs)\n",
+		median(cpu["plain"]), median(cpu["plugin"]), median(cpu["plugin"])-median(cpu["plain"]))
+	fmt.Printf("plugin/plain CPU ratio: median %.3f, spread %.3f .. %.3f\n", median(ratios), ratios[0], ratios[len(ratios)-1])
+}
+
+func start(bin, dir, name, directive, upstream string) *child {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	check(err)
+	addr := l.Addr().String()
+	l.Close()
+	cfg := fmt.Sprintf(`{
+	admin off
+	persist_config off
+	auto_https off
+	log {
+		level ERROR
+	}
+}
+http://%s {
+	%s
+	reverse_proxy %s {
+		transport http {
+			keepalive_idle_conns_per_host 256
+		}
+	}
+}
+`, addr, directive, upstream)
+	path := filepath.Join(dir, name+".Caddyfile")
+	check(os.WriteFile(path, []byte(cfg), 0o600))
+	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Stderr = os.Stderr
+	check(cmd.Start())
+	for i := 0; i < 100; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return &child{name: name, addr: addr, cmd: cmd}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	check(fmt.Errorf("%s did not start", name))
+	return nil
+}
+
+// drive sends n requests over *conns keep-alive connections.
+func drive(c *child, n int, keyHeaders []string) (rps float64, p50, p99 time.Duration) {
+	tr := &http.Transport{MaxIdleConnsPerHost: *conns, MaxConnsPerHost: *conns}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	var next atomic.Int64
+	lat := make([]time.Duration, n)
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for w := 0; w < *conns; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				req, _ := http.NewRequest(http.MethodPost, "http://"+c.addr+"/v1/chat/completions", bytes.NewReader(body))
+				req.Header.Set("Authorization", keyHeaders[i%len(keyHeaders)])
+				req.Header.Set("Content-Type", "application/json")
+				s := time.Now()
+				resp, err := client.Do(req)
+				if err != nil {
+					check(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					check(fmt.Errorf("%s: status %d", c.name, resp.StatusCode))
+				}
+				lat[i] = time.Since(s)
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(t0)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return float64(n) / el.Seconds(), lat[n/2], lat[n*99/100]
+}
+
+// cpuTime is a process's user + system CPU time, from /proc/<pid>/stat.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	check(err)
+	// Fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	const ticksPerSecond = 100 // CLK_TCK on Linux
+	return time.Duration(utime+stime) * time.Second / ticksPerSecond
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
