@@ -277,7 +277,6 @@ func BenchmarkUsageFromJSONTail(b *testing.B) {
 	}
 }
 
-
 // BenchmarkThroughCaddy sends ~1.3 KB chat requests through the in-process
 // Caddy (llm_ratelimit + reverse_proxy) over keep-alive connections: for
 // profiling the plugin inside the real server (-cpuprofile).
