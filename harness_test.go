@@ -346,3 +346,14 @@ func sha256Hex(s string) string {
 	kh := hashKey(s)
 	return hex.EncodeToString(kh[:])
 }
+
+// inflight reports a key's requests in flight (0 for an unknown key).
+func (z *zone) inflight(kh keyHash) int64 {
+	s := z.shard(kh)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ks, ok := s.keys[kh.prefix()]; ok {
+		return ks.inflight
+	}
+	return 0
+}

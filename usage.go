@@ -213,7 +213,7 @@ func (uw *usageWriter) Unwrap() http.ResponseWriter { return uw.ResponseWriter }
 // usage is what the response said it cost, once it has passed.
 func (uw *usageWriter) usage() (usage, bool) {
 	if uw.mode == readJSON {
-		uw.acc.add(lastObjectAfterKey(uw.tail, usageKey))
+		return parseUsageJSON(uw.f, uw.tail)
 	}
 	return uw.acc.usage()
 }

@@ -136,17 +136,6 @@ func (z *zone) inFlight() int64 {
 	return n
 }
 
-// inflight reports a key's requests in flight (0 for an unknown key).
-func (z *zone) inflight(kh keyHash) int64 {
-	s := z.shard(kh)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ks, ok := s.keys[kh.prefix()]; ok {
-		return ks.inflight
-	}
-	return 0
-}
-
 // demand is what one request asks of the buckets, after estimation.
 type demand struct {
 	in, out float64
