@@ -179,6 +179,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_wait: want a duration such as 30s, got %q", v)
 			}
 			h.MaxWait = caddy.Duration(dur)
+		case "max_keys":
+			n, err := positiveInt(d, sub)
+			if err != nil {
+				return err
+			}
+			h.MaxKeys = int(n)
 		case "max_queue":
 			n, err := positiveInt(d, sub)
 			if err != nil {

@@ -115,6 +115,7 @@ func TestAdaptsEverySubdirective(t *testing.T) {
 		}
 		max_wait 30s
 		max_queue 500
+		max_keys 5000
 		retry {
 			attempts 6
 			base 500ms
@@ -190,6 +191,7 @@ func TestAdaptsEverySubdirective(t *testing.T) {
 		Upstream:         &Limits{RPM: 1000, TPM: 1000000, ITPM: 800000, OTPM: 200000, Concurrent: 64},
 		MaxWait:          caddy.Duration(30 * time.Second),
 		MaxQueue:         500,
+		MaxKeys:          5000,
 		Retry: &RetryConfig{
 			Attempts: &attempts,
 			Base:     caddy.Duration(500 * time.Millisecond),

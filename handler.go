@@ -85,7 +85,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// 5. Admission.
-	q := ask{kh: kh, tier: tier, lim: h.limitsFor(tier), up: h.up, d: d}
+	q := ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), up: h.up, d: d}
 	t, dec, waited, err := h.zone.admitOrWait(r.Context(), q, time.Duration(h.MaxWait), h.MaxQueue, h.DryRun)
 	if err != nil {
 		return nil // the client went away while waiting; it took nothing

@@ -32,6 +32,7 @@ const (
 	defaultMaxBody   = 16 << 20
 	defaultMaxOutput = 4096
 	defaultMaxQueue  = 10000
+	defaultMaxKeys   = 100000
 )
 
 // Limits are per-minute limits. Each is a token bucket whose capacity is the
@@ -182,6 +183,13 @@ type Handler struct {
 	// request is rejected at once. Default 10000.
 	MaxQueue int `json:"max_queue,omitempty"`
 
+	// MaxKeys bounds the keys a zone holds state for, against key floods.
+	// Keys named by api_key or keys_file, and keys that already have
+	// state, are always served; a new unknown key past the bound gets a
+	// 429 until the sweeper releases idle keys. Default 100000 (about
+	// 25 MB); -1 for no bound.
+	MaxKeys int `json:"max_keys,omitempty"`
+
 	// Retry configures the upstream retry loop; absent = the defaults
 	// (4 retries, 1s base, 60s max, 0.2 jitter, 429 500 502 503 504 529,
 	// 2m in all). {"off": true} disables it.
@@ -227,6 +235,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxQueue == 0 {
 		h.MaxQueue = defaultMaxQueue
+	}
+	if h.MaxKeys == 0 {
+		h.MaxKeys = defaultMaxKeys
 	}
 	switch h.Format {
 	case "", "auto":
@@ -302,6 +313,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxWait < 0 {
 		return fmt.Errorf("max_wait: must not be negative, got %v", time.Duration(h.MaxWait))
+	}
+	if h.MaxKeys < -1 {
+		return fmt.Errorf("max_keys: must be positive, or -1 for no bound, got %d", h.MaxKeys)
 	}
 	if h.MaxQueue < 0 {
 		return fmt.Errorf("max_queue: must not be negative, got %d", h.MaxQueue)

@@ -117,8 +117,8 @@ func (z *zone) admitOrWait(ctx context.Context, q ask, maxWait time.Duration, ma
 // ahead of it: its key's waiters, and, on the shared upstream quota, one
 // request of every other waiting key per round until its turn.
 func (wq *waitQueue) predict(q ask, dec decision, nowNs int64) time.Duration {
-	if dec.ok || dec.blocking.limit <= 0 || dec.blocking.dim == dimConcurrency {
-		return dec.wait // it fits now, or freed slots wake the queue: no better guess
+	if dec.ok || dec.blocking.limit <= 0 || int(dec.blocking.dim) >= len(keyWaiters{}.need) {
+		return dec.wait // it fits now, or freed slots or keys wake the queue: no better guess
 	}
 	own := wq.keys[q.kh]
 	rounds := 1

@@ -69,6 +69,7 @@ var dimensionNames = [...]struct{ long, openaiType string }{
 	dimInput:       {"input tokens per min (ITPM)", "input_tokens"},
 	dimOutput:      {"output tokens per min (OTPM)", "output_tokens"},
 	dimConcurrency: {"concurrent requests", "concurrency"},
+	dimKeys:        {"active API keys", "requests"},
 }
 
 // rejectMessage names the limit, the figure, what was used and requested,
@@ -90,6 +91,10 @@ func rejectMessage(dec decision, m *Model) string {
 	if v.never {
 		return fmt.Sprintf("request too large for %s: Limit %d, Requested %d. The request can never fit within this limit; reduce its input or max_tokens.",
 			name, u.limit, requested)
+	}
+	if u.dim == dimKeys {
+		return fmt.Sprintf("Too many active API keys in this gateway (limit %d): new keys are served again once idle ones are released. Please try again in %s.",
+			u.limit, humanWait(v.wait))
 	}
 	if u.dim == dimConcurrency {
 		return fmt.Sprintf("Rate limit reached on %s: Limit %d, In flight %d, Requested 1. Please try again in %s.",

@@ -70,6 +70,7 @@ const (
 	dimInput
 	dimOutput
 	dimConcurrency
+	dimKeys // the zone's max_keys
 )
 
 // scope says whose bucket a limit belongs to.

@@ -2,6 +2,7 @@ package llmratelimit
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -33,7 +34,8 @@ type zone struct {
 	upInflight int64
 	upLimits   Limits // as of the last request, for stats
 
-	m *zoneMetrics
+	m     *zoneMetrics
+	nkeys atomic.Int64 // keys with state, against max_keys
 
 	done chan struct{}
 }
@@ -101,6 +103,7 @@ func (z *zone) sweep(now int64) (dropped int) {
 		for kh, ks := range s.keys {
 			if ks.inflight == 0 && ks.idleAt <= now {
 				delete(s.keys, kh)
+				z.nkeys.Add(-1)
 				dropped++
 			}
 		}
@@ -145,11 +148,13 @@ type demand struct {
 // ask is one request's claim on a zone: whose it is, the limits that apply
 // to it and what it needs.
 type ask struct {
-	kh   keyHash
-	tier string // for stats
-	lim  Limits // the key's (its tier or the defaults)
-	up   Limits // the zone's shared upstream quota; zero: none
-	d    demand
+	kh      keyHash
+	known   bool   // named by api_key or keys_file: never turned away by max_keys
+	maxKeys int    // the zone's cap on keys with state; 0: none
+	tier    string // for stats
+	lim     Limits // the key's (its tier or the defaults)
+	up      Limits // the zone's shared upstream quota; zero: none
+	d       demand
 }
 
 // ticket is an admitted (or dry-run-forwarded) request's hold on its key
@@ -190,8 +195,14 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 	}
 	ks := s.keys[q.kh.prefix()]
 	if ks == nil {
+		if !q.known && q.maxKeys > 0 && z.nkeys.Load() >= int64(q.maxKeys) {
+			// A key flood: no state for one more unknown key until the
+			// sweeper frees some. Keys with state and configured keys go on.
+			return ticket{}, decision{verdict: verdict{wait: sweepInterval, blocking: use{limit: int64(q.maxKeys), dim: dimKeys}}}
+		}
 		ks = new(keyState)
 		s.keys[q.kh.prefix()] = ks
+		z.nkeys.Add(1)
 	}
 	t := ticket{z: z, s: s, ks: ks, a: q, upHeld: useUp}
 	var a admission
