@@ -50,6 +50,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	strip := false // include_usage was injected: strip the extra chunk
 	canRetry := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
 	if f != formatNone {
+		if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+			drainBody(r)
+			m.outcomes[outcomeInvalid].Inc()
+			return h.replyError(w, rf, errInvalid, "Compressed request bodies (Content-Encoding: "+ce+") are not supported: send the JSON body uncompressed.")
+		}
 		var err error
 		body, err = readBody(r, h.MaxBody)
 		if err != nil {
