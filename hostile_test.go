@@ -104,4 +104,3 @@ func TestHostileRequestsGetADefinedAnswer(t *testing.T) {
 		})
 	}
 }
-
