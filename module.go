@@ -12,6 +12,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -204,6 +205,7 @@ type Handler struct {
 	globs     []*Model           // glob patterns, longest first
 	headersOn bool
 	retry     *retryPolicy // nil: retries off
+	released  *atomic.Bool // Cleanup has given the zone back
 	up        Limits       // the upstream quota; zero: none
 }
 
@@ -295,6 +297,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.zone = z.(*zone)
+	h.released = new(atomic.Bool)
 	return nil
 }
 
@@ -374,11 +377,13 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases the zone this handler took in Provision.
+// Cleanup releases the zone this handler took in Provision, once. The
+// handler keeps its pointer: on a reload Caddy cleans up the old config
+// while its servers still finish their requests, and those requests still
+// use the zone (which lives on in the pool for the new config).
 func (h *Handler) Cleanup() error {
-	if h.zone != nil {
+	if h.zone != nil && h.released.CompareAndSwap(false, true) {
 		_, err := zones.Delete(h.Zone)
-		h.zone = nil
 		return err
 	}
 	return nil
