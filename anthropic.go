@@ -1,6 +1,9 @@
 package llmratelimit
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+)
 
 // This file knows Anthropic's wire format: the Messages API request body,
 // the usage object of its responses, and Anthropic's error body.
@@ -186,7 +189,11 @@ func anthropicUsage(v []int64, found uint32) (usage, bool) {
 	if found&0b101 == 0 {
 		return usage{}, false
 	}
-	return usage{Input: v[0] + v[1], Output: v[2]}, true
+	in := v[0] + v[1]
+	if in < v[0] { // both are non-negative: a wrap is an overflow
+		in = math.MaxInt64
+	}
+	return usage{Input: in, Output: v[2]}, true
 }
 
 // appendAnthropicError appends Anthropic's error body:

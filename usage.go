@@ -141,20 +141,22 @@ func (uw *usageWriter) scanLines(p []byte) {
 // event on unchanged.
 func (uw *usageWriter) writeEvents(p []byte) (int, error) {
 	uw.held = append(uw.held, p...)
+	start := 0
 	for {
-		end := eventEnd(uw.held)
+		end := eventEnd(uw.held[start:])
 		if end < 0 {
 			break
 		}
-		ev := uw.held[:end]
+		ev := uw.held[start : start+end]
 		uw.scanLines(ev)
 		if !isUsageOnlyChunk(ev) {
 			if _, err := uw.ResponseWriter.Write(ev); err != nil {
 				return 0, err
 			}
 		}
-		uw.held = append(uw.held[:0], uw.held[end:]...)
+		start += end
 	}
+	uw.held = append(uw.held[:0], uw.held[start:]...) // one shift per write
 	if len(uw.held) > maxHeldEvent {
 		// Not an event stream we understand: let it through as it is.
 		uw.strip = false

@@ -2,6 +2,7 @@ package llmratelimit
 
 import (
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 )
@@ -35,6 +36,7 @@ func TestParseUsageJSON(t *testing.T) {
 		{"malformed before usage", formatOpenAI, `{"choices":[},"usage":{"prompt_tokens":1}}`, usage{Input: 1}, true},
 		{"malformed usage", formatOpenAI, `{"usage":{"prompt_tokens":1,"completion_tokens":}}`, usage{}, false},
 		{"truncated", formatAnthropic, `{"usage":{"input_tokens":1`, usage{}, false},
+		{"anthropic input plus cache writes saturates", formatAnthropic, `{"usage":{"input_tokens":9223372036854775807,"cache_creation_input_tokens":1,"output_tokens":1}}`, usage{Input: math.MaxInt64, Output: 1}, true},
 		{"usage inside an array", formatOpenAI, `[{"usage":{"prompt_tokens":1}}]`, usage{Input: 1}, true},
 		{"empty body", formatOpenAI, ``, usage{}, false},
 		{"html error page", formatAnthropic, `<html>502 Bad Gateway</html>`, usage{}, false},
