@@ -97,3 +97,15 @@ func TestKeyFloodAnswersNewKeysWith429OverHTTP(t *testing.T) {
 		t.Fatalf("a configured key was turned away: %d", r.status)
 	}
 }
+
+func TestDryRunPastMaxKeysForwardsAndHoldsNothing(t *testing.T) {
+	mustLoad(t, "zone flood_dry\nrpm 10\nmax_keys 1\ndry_run")
+	for _, k := range []string{"sk-dry-a", "sk-dry-b", "sk-dry-b"} {
+		if r := send(t, "/v1/chat/completions", k, chatBody); r.status != 200 {
+			t.Fatalf("%s: %d %s", k, r.status, r.body)
+		}
+	}
+	if n := zoneOf(t, "flood_dry").keyCount(); n != 1 {
+		t.Errorf("keys %d, want 1 (max_keys)", n)
+	}
+}

@@ -263,6 +263,9 @@ func addBuckets(a *admission, lb *limitBuckets, lim Limits, d demand, sc scope) 
 // (the request still counts); with neither the reservation stands. Waiters
 // of the zone are then told that capacity may have come back.
 func (t *ticket) finish(nowNs int64, u *usage, refund bool) {
+	if t.s == nil {
+		return // nothing was taken (a dry_run request past max_keys)
+	}
 	t.settle(nowNs, u, refund)
 	t.z.queue.wake()
 }
