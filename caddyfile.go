@@ -66,6 +66,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			continue
+		case "store":
+			if seen[sub] {
+				return d.Errf("%s: given twice", sub)
+			}
+			seen[sub] = true
+			if err := h.parseStore(d); err != nil {
+				return err
+			}
+			continue
 		case "upstream":
 			if seen[sub] {
 				return d.Errf("%s: given twice", sub)

@@ -230,3 +230,53 @@ func parseBlock(d *caddyfile.Dispenser, where string, subs map[string]func() err
 	}
 	return nil
 }
+
+// parseStore reads "store redis { address url prefix fail timeout }"; the
+// cursor is on "store".
+func (h *Handler) parseStore(d *caddyfile.Dispenser) error {
+	if !d.NextArg() || d.Val() != "redis" {
+		return d.Errf("store: want \"redis\", got %q", d.Val())
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	rc := new(RedisConfig)
+	h.Store = &StoreConfig{Redis: rc}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if seen[sub] {
+			return d.Errf("store redis %s: given twice", sub)
+		}
+		seen[sub] = true
+		v, err := oneArg(d, "store redis "+sub)
+		if err != nil {
+			return err
+		}
+		switch sub {
+		case "address":
+			rc.Address = v
+		case "url":
+			rc.URL = v
+		case "prefix":
+			rc.Prefix = v
+		case "fail":
+			if v != "open" && v != "closed" {
+				return d.Errf("store redis fail: must be open or closed, got %q", v)
+			}
+			rc.Fail = v
+		case "timeout":
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("store redis timeout: want a positive duration, got %q", v)
+			}
+			rc.Timeout = caddy.Duration(dur)
+		default:
+			return d.Errf("store redis: unknown subdirective %q", sub)
+		}
+	}
+	if rc.Address == "" && rc.URL == "" {
+		return d.Err("store redis: address or url is required")
+	}
+	return nil
+}

@@ -116,6 +116,12 @@ func TestAdaptsEverySubdirective(t *testing.T) {
 		max_wait 30s
 		max_queue 500
 		max_keys 5000
+		store redis {
+			address 127.0.0.1:6379
+			prefix gw:
+			fail closed
+			timeout 50ms
+		}
 		retry {
 			attempts 6
 			base 500ms
@@ -192,6 +198,7 @@ func TestAdaptsEverySubdirective(t *testing.T) {
 		MaxWait:          caddy.Duration(30 * time.Second),
 		MaxQueue:         500,
 		MaxKeys:          5000,
+		Store:            &StoreConfig{Redis: &RedisConfig{Address: "127.0.0.1:6379", Prefix: "gw:", Fail: "closed", Timeout: caddy.Duration(50 * time.Millisecond)}},
 		Retry: &RetryConfig{
 			Attempts: &attempts,
 			Base:     caddy.Duration(500 * time.Millisecond),
@@ -373,6 +380,12 @@ func TestRejectsBadConfigsWithLine(t *testing.T) {
 			want: []string{"upstream", `unknown subdirective "burst"`, "Caddyfile:4"}},
 		{name: "upstream negative rpm", block: "upstream {\n\trpm -5\n}",
 			want: []string{"upstream", "rpm", "Caddyfile:4"}},
+		{name: "store other than redis", block: "store memcached {\n\taddress x:1\n}",
+			want: []string{`store: want "redis"`, "Caddyfile:3"}},
+		{name: "store redis fail mode", block: "store redis {\n\taddress x:1\n\tfail maybe\n}",
+			want: []string{"store redis fail", "maybe", "Caddyfile:5"}},
+		{name: "store redis without an address", block: "store redis {\n\tprefix p\n}",
+			want: []string{"address or url is required", "Caddyfile:"}},
 		{name: "max_wait not a duration", block: "max_wait forever",
 			want: []string{"max_wait", "forever", "Caddyfile:3"}},
 		{name: "max_queue zero", block: "max_queue 0",

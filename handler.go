@@ -91,7 +91,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// 5. Admission.
 	q := ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), up: h.up, d: d}
-	t, dec, waited, err := h.zone.admitOrWait(r.Context(), q, time.Duration(h.MaxWait), h.MaxQueue, h.DryRun)
+	var t ticket
+	var dec decision
+	var waited time.Duration
+	var err error
+	if h.rs != nil {
+		t, dec, waited, err = h.admitShared(r.Context(), q)
+	} else {
+		t, dec, waited, err = h.zone.admitOrWait(r.Context(), q, time.Duration(h.MaxWait), h.MaxQueue, h.DryRun)
+	}
+	if errors.Is(err, errStoreDown) {
+		return h.replyStoreDown(w, rf)
+	}
 	if err != nil {
 		return nil // the client went away while waiting; it took nothing
 	}

@@ -34,6 +34,10 @@ var (
 		Help:    "Actual input tokens (upstream usage) divided by the estimated input tokens, per settled request.",
 		Buckets: []float64{0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 1, 1.05, 1.1, 1.2, 1.3, 1.5, 2, 4},
 	}, []string{"zone"})
+	metricStoreErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "store_errors_total",
+		Help: "Calls to the shared store (Redis) that failed; with fail open the request was decided on this instance's own buckets.",
+	}, []string{"zone"})
 	metricKeysDesc = prometheus.NewDesc("caddy_llm_ratelimit_keys",
 		"Keys a zone holds state for (idle keys whose buckets are full are dropped).", []string{"zone"}, nil)
 	metricInFlightDesc = prometheus.NewDesc("caddy_llm_ratelimit_in_flight",
@@ -69,7 +73,7 @@ func (zoneCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 var collectors = []prometheus.Collector{
-	metricRequests, metricTokens, metricRetries, metricQueueWait, metricEstimateRatio, zoneCollector{},
+	metricRequests, metricTokens, metricRetries, metricQueueWait, metricEstimateRatio, metricStoreErrors, zoneCollector{},
 }
 
 // registerMetrics puts the package's collectors into a config's registry.
@@ -95,6 +99,7 @@ type zoneMetrics struct {
 	outcomes                     map[string]prometheus.Counter
 	estIn, resOut, actIn, actOut prometheus.Counter
 	queueWait, estimateRatio     prometheus.Observer
+	storeErrors                  prometheus.Counter
 	retriesMu                    sync.Mutex
 	retries                      map[int]prometheus.Counter
 }
@@ -108,6 +113,7 @@ func newZoneMetrics(zone string) *zoneMetrics {
 		actOut:        metricTokens.WithLabelValues(zone, "actual_output"),
 		queueWait:     metricQueueWait.WithLabelValues(zone),
 		estimateRatio: metricEstimateRatio.WithLabelValues(zone),
+		storeErrors:   metricStoreErrors.WithLabelValues(zone),
 		retries:       make(map[int]prometheus.Counter),
 	}
 	for _, o := range []string{outcomeAllowed, outcomeQueued, outcomeRejected, outcomeDryRunRejected, outcomeUnauthorized, outcomeInvalid} {

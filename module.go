@@ -191,6 +191,10 @@ type Handler struct {
 	// 25 MB); -1 for no bound.
 	MaxKeys int `json:"max_keys,omitempty"`
 
+	// Store shares the buckets and concurrency slots of the zone between
+	// gateway instances (Redis). Without it, state stays in this process.
+	Store *StoreConfig `json:"store,omitempty"`
+
 	// Retry configures the upstream retry loop; absent = the defaults
 	// (4 retries, 1s base, 60s max, 0.2 jitter, 429 500 502 503 504 529,
 	// 2m in all). {"off": true} disables it.
@@ -206,6 +210,7 @@ type Handler struct {
 	headersOn bool
 	retry     *retryPolicy // nil: retries off
 	released  *atomic.Bool // Cleanup has given the zone back
+	rs        *redisStore  // the shared store, or nil
 	up        Limits       // the upstream quota; zero: none
 }
 
@@ -287,6 +292,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 
+	if h.Store != nil && h.Store.Redis != nil {
+		rs, err := loadRedisStore(h.Store.Redis, h.logger)
+		if err != nil {
+			return err
+		}
+		h.rs = rs
+	}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
@@ -316,6 +328,16 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxWait < 0 {
 		return fmt.Errorf("max_wait: must not be negative, got %v", time.Duration(h.MaxWait))
+	}
+	if h.Store != nil && h.Store.Redis != nil {
+		switch h.Store.Redis.Fail {
+		case "", "open", "closed":
+		default:
+			return fmt.Errorf("store redis fail: must be open or closed, got %q", h.Store.Redis.Fail)
+		}
+		if h.Store.Redis.Address == "" && h.Store.Redis.URL == "" {
+			return fmt.Errorf("store redis: address or url is required")
+		}
 	}
 	if h.MaxKeys < -1 {
 		return fmt.Errorf("max_keys: must be positive, or -1 for no bound, got %d", h.MaxKeys)
@@ -383,6 +405,9 @@ func (h *Handler) Validate() error {
 // use the zone (which lives on in the pool for the new config).
 func (h *Handler) Cleanup() error {
 	if h.zone != nil && h.released.CompareAndSwap(false, true) {
+		if h.rs != nil {
+			_, _ = stores.Delete(h.rs.poolKey)
+		}
 		_, err := zones.Delete(h.Zone)
 		return err
 	}

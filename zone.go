@@ -161,6 +161,7 @@ type ask struct {
 // and on the upstream quota: what it reserved, and the concurrency slots it
 // must give back.
 type ticket struct {
+	rt      *redisTicket // the request's hold in the shared store, if any
 	z       *zone
 	s       *shard
 	ks      *keyState
@@ -263,6 +264,10 @@ func addBuckets(a *admission, lb *limitBuckets, lim Limits, d demand, sc scope) 
 // (the request still counts); with neither the reservation stands. Waiters
 // of the zone are then told that capacity may have come back.
 func (t *ticket) finish(nowNs int64, u *usage, refund bool) {
+	if t.rt != nil {
+		t.rt.finish(t.a.d, u, refund)
+		return
+	}
 	if t.s == nil {
 		return // nothing was taken (a dry_run request past max_keys)
 	}

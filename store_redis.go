@@ -1,0 +1,376 @@
+package llmratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// StoreConfig moves a zone's buckets and concurrency slots to a shared
+// store, so that several gateway instances enforce one limit.
+type StoreConfig struct {
+	// Redis is the only store so far.
+	Redis *RedisConfig `json:"redis,omitempty"`
+}
+
+// RedisConfig configures the Redis store.
+type RedisConfig struct {
+	// Address is host:port of the Redis server.
+	Address string `json:"address,omitempty"`
+	// URL is a redis:// URL, instead of Address.
+	URL string `json:"url,omitempty"`
+	// Prefix starts every Redis key. Default "llm_ratelimit:".
+	Prefix string `json:"prefix,omitempty"`
+	// Fail is what happens when Redis cannot be reached: "open" (default)
+	// admits on this instance's own buckets and counts
+	// caddy_llm_ratelimit_store_errors_total; "closed" answers 503.
+	Fail string `json:"fail,omitempty"`
+	// Timeout bounds each call to Redis. Default 100ms.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+}
+
+// leaseTTL is how long a concurrency slot held in Redis lives if its
+// instance dies before giving it back.
+var leaseTTL = 10 * time.Minute
+
+// admitScript makes the whole admission decision on Redis's own clock:
+// every bucket (continuous token buckets stored as level + time) must serve
+// its need and every lease set must have room, or nothing changes. It
+// returns {ok, never, wait_us, blocking bucket, full lease set, levels...}.
+var admitScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local nb, nl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local levels, wait, blocking, never = {}, 0, 0, 0
+for i = 1, nb do
+  local limit, need = tonumber(ARGV[1 + 2*i]), tonumber(ARGV[2 + 2*i])
+  local h = redis.call('HMGET', KEYS[i], 'l', 't')
+  local level = limit
+  if h[1] then
+    level = math.min(limit, tonumber(h[1]) + (now - tonumber(h[2])) * limit / 60000000)
+  end
+  levels[i] = level
+  if need > limit then
+    if never == 0 then never, blocking = 1, i end
+  elseif never == 0 and level < need then
+    local w = (need - level) * 60000000 / limit
+    if w > wait then wait, blocking = w, i end
+  end
+end
+local base, full = 2 + 2*nb, 0
+if never == 0 and wait == 0 then
+  for j = 1, nl do
+    local k = KEYS[nb + j]
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+    if redis.call('ZCARD', k) >= tonumber(ARGV[base + 3*j - 2]) then full = j break end
+  end
+end
+local out
+if never == 1 or wait > 0 or full > 0 then
+  out = {0, never, tostring(math.ceil(wait)), blocking, full}
+else
+  for i = 1, nb do
+    local limit, need = tonumber(ARGV[1 + 2*i]), tonumber(ARGV[2 + 2*i])
+    levels[i] = levels[i] - need
+    redis.call('HSET', KEYS[i], 'l', tostring(levels[i]), 't', tostring(now))
+    redis.call('PEXPIRE', KEYS[i], math.ceil((limit - levels[i]) * 60000 / limit) + 1000)
+  end
+  for j = 1, nl do
+    local k, ttl = KEYS[nb + j], tonumber(ARGV[base + 3*j])
+    redis.call('ZADD', k, now + ttl, ARGV[base + 3*j - 1])
+    redis.call('PEXPIRE', k, math.ceil(ttl / 1000) + 1000)
+  end
+  out = {1, 0, '0', 0, 0}
+end
+for i = 1, nb do out[#out + 1] = tostring(levels[i]) end
+return out
+`)
+
+// settleScript gives tokens back (or takes more, into debt) and releases
+// the request's leases.
+var settleScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local nb, nl = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 1, nb do
+  local limit, delta = tonumber(ARGV[1 + 2*i]), tonumber(ARGV[2 + 2*i])
+  if delta ~= 0 then
+    local h = redis.call('HMGET', KEYS[i], 'l', 't')
+    local level = limit
+    if h[1] then
+      level = math.min(limit, tonumber(h[1]) + (now - tonumber(h[2])) * limit / 60000000)
+    end
+    level = math.min(limit, level + delta)
+    redis.call('HSET', KEYS[i], 'l', tostring(level), 't', tostring(now))
+    redis.call('PEXPIRE', KEYS[i], math.ceil((limit - level) * 60000 / limit) + 1000)
+  end
+end
+for j = 1, nl do redis.call('ZREM', KEYS[nb + j], ARGV[2 + 2*nb + j]) end
+return 1
+`)
+
+// redisStore is a handler's connection to the shared store.
+type redisStore struct {
+	client   *redis.Client
+	prefix   string
+	failOpen bool
+	timeout  time.Duration
+	logger   *zap.Logger
+	lastWarn atomic.Int64
+	leaseSeq atomic.Uint64
+	instance string
+	poolKey  string
+}
+
+func newRedisStore(c *RedisConfig, logger *zap.Logger) (*redisStore, error) {
+	var opts *redis.Options
+	switch {
+	case c.URL != "":
+		o, err := redis.ParseURL(c.URL)
+		if err != nil {
+			return nil, fmt.Errorf("store redis url: %v", err)
+		}
+		opts = o
+	case c.Address != "":
+		opts = &redis.Options{Addr: c.Address}
+	default:
+		return nil, errors.New("store redis: address or url is required")
+	}
+	timeout := time.Duration(c.Timeout)
+	if timeout <= 0 {
+		timeout = 100 * time.Millisecond
+	}
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = timeout, timeout, timeout
+	opts.MaxRetries = 0
+	prefix := c.Prefix
+	if prefix == "" {
+		prefix = "llm_ratelimit:"
+	}
+	var id [6]byte
+	kh := hashKey(fmt.Sprint(time.Now().UnixNano(), &id))
+	return &redisStore{client: redis.NewClient(opts), prefix: prefix, failOpen: c.Fail != "closed",
+		timeout: timeout, logger: logger, instance: kh.id()}, nil
+}
+
+// redisTicket is an admitted request's hold on the shared store.
+type redisTicket struct {
+	rs       *redisStore
+	keys     []string // bucket keys, then lease keys
+	nb       int
+	limits   []int64
+	dims     []dimension
+	leaseIDs []string
+}
+
+// redisAdmit decides a request on Redis. The error is a store failure.
+func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket, decision, error) {
+	base := rs.prefix + zoneName + ":"
+	var uses []use
+	var keys []string
+	add := func(prefix string, lim Limits, sc scope) {
+		for _, b := range [...]struct {
+			name  string
+			limit int64
+			need  float64
+			dim   dimension
+		}{{"rpm", lim.RPM, 1, dimRequests}, {"tpm", lim.TPM, q.d.in + q.d.out, dimTokens}, {"itpm", lim.ITPM, q.d.in, dimInput}, {"otpm", lim.OTPM, q.d.out, dimOutput}} {
+			if b.limit > 0 {
+				uses = append(uses, use{limit: b.limit, need: b.need, dim: b.dim, scope: sc})
+				keys = append(keys, prefix+b.name)
+			}
+		}
+	}
+	keyBase := base + q.kh.id() + ":"
+	add(keyBase, q.lim, scopeKey)
+	if q.d.model != nil {
+		add(keyBase+"m:"+q.d.model.Name+":", q.d.model.Limits, scopeModel)
+	}
+	add(base+"upstream:", q.up, scopeUpstream)
+	nb := len(keys)
+	args := []any{nb, 0}
+	for _, u := range uses {
+		args = append(args, u.limit, strconv.FormatFloat(math.Ceil(u.need), 'f', -1, 64))
+	}
+	var leaseLimits []int64
+	var leaseScopes []scope
+	var leaseIDs []string
+	for _, l := range [...]struct {
+		key   string
+		limit int64
+		sc    scope
+	}{{keyBase + "leases", q.lim.Concurrent, scopeKey}, {base + "upstream:leases", q.up.Concurrent, scopeUpstream}} {
+		if l.limit > 0 {
+			id := rs.instance + ":" + strconv.FormatUint(rs.leaseSeq.Add(1), 10)
+			keys = append(keys, l.key)
+			leaseLimits = append(leaseLimits, l.limit)
+			leaseScopes = append(leaseScopes, l.sc)
+			leaseIDs = append(leaseIDs, id)
+			args = append(args, l.limit, id, leaseTTL.Microseconds())
+		}
+	}
+	args[1] = len(leaseIDs)
+
+	cctx, cancel := context.WithTimeout(ctx, rs.timeout)
+	defer cancel()
+	res, err := admitScript.Run(cctx, rs.client, keys, args...).Slice()
+	if err != nil {
+		return ticket{}, decision{}, err
+	}
+	if len(res) != 5+nb {
+		return ticket{}, decision{}, fmt.Errorf("store redis: unexpected reply of %d values", len(res))
+	}
+	ok, _ := res[0].(int64)
+	never, _ := res[1].(int64)
+	waitUs, _ := strconv.ParseFloat(fmt.Sprint(res[2]), 64)
+	blocking, _ := res[3].(int64)
+	full, _ := res[4].(int64)
+	levels := make([]float64, nb)
+	for i := range levels {
+		levels[i], _ = strconv.ParseFloat(fmt.Sprint(res[5+i]), 64)
+	}
+	var dec decision
+	for i, u := range uses {
+		b := bucket{level: levels[i], at: 1}
+		if u.dim == dimRequests {
+			dec.req.consider(&b, u.limit)
+		} else {
+			dec.tok.consider(&b, u.limit)
+		}
+	}
+	switch {
+	case ok == 1:
+		dec.ok = true
+		rt := &redisTicket{rs: rs, keys: keys, nb: nb, leaseIDs: leaseIDs}
+		for _, u := range uses {
+			rt.limits = append(rt.limits, u.limit)
+			rt.dims = append(rt.dims, u.dim)
+		}
+		return ticket{rt: rt, a: q, debited: true}, dec, nil
+	case full > 0:
+		dec.verdict = verdict{wait: time.Second, blocking: use{limit: leaseLimits[full-1], need: 1, dim: dimConcurrency, scope: leaseScopes[full-1]}}
+	case blocking > 0:
+		u := uses[blocking-1]
+		dec.verdict = verdict{never: never == 1, wait: time.Duration(waitUs) * time.Microsecond, blocking: u, available: floorNonNeg(levels[blocking-1])}
+	}
+	return ticket{}, dec, nil
+}
+
+// finish settles the request's buckets in Redis and releases its leases.
+func (rt *redisTicket) finish(d demand, u *usage, refund bool) {
+	var dIn, dOut float64
+	switch {
+	case refund:
+		dIn, dOut = d.in, d.out
+	case u != nil:
+		dIn, dOut = d.in-float64(u.Input), d.out-float64(u.Output)
+	}
+	args := []any{rt.nb, len(rt.leaseIDs)}
+	for i, lim := range rt.limits {
+		var delta float64
+		switch rt.dims[i] {
+		case dimTokens:
+			delta = dIn + dOut
+		case dimInput:
+			delta = dIn
+		case dimOutput:
+			delta = dOut
+		}
+		args = append(args, lim, strconv.FormatFloat(delta, 'f', -1, 64))
+	}
+	for _, id := range rt.leaseIDs {
+		args = append(args, id)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rt.rs.timeout)
+	defer cancel()
+	if err := settleScript.Run(ctx, rt.rs.client, rt.keys, args...).Err(); err != nil {
+		rt.rs.warn("settling in redis failed; leases expire on their own", err)
+	}
+}
+
+// warn logs a store failure at most once every 10 seconds.
+func (rs *redisStore) warn(msg string, err error) {
+	nowNs := time.Now().UnixNano()
+	last := rs.lastWarn.Load()
+	if nowNs-last < int64(10*time.Second) || !rs.lastWarn.CompareAndSwap(last, nowNs) {
+		return
+	}
+	rs.logger.Warn(msg, zap.Error(err))
+}
+
+// stores shares one client per store config across config reloads: the
+// old config's requests still finish on it while the new config uses it.
+var stores = caddy.NewUsagePool()
+
+func loadRedisStore(c *RedisConfig, logger *zap.Logger) (*redisStore, error) {
+	key := fmt.Sprintf("%s|%s|%s|%s|%d", c.Address, c.URL, c.Prefix, c.Fail, c.Timeout)
+	v, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
+		rs, err := newRedisStore(c, logger)
+		if err != nil {
+			return nil, err
+		}
+		rs.poolKey = key
+		return rs, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*redisStore), nil
+}
+
+// Destruct closes the client when no config uses it any more.
+func (rs *redisStore) Destruct() error { return rs.client.Close() }
+
+var errStoreDown = errors.New("the shared store cannot be reached")
+
+// admitShared decides a request on the shared store. A request that does
+// not fit waits for the wait Redis computed and asks again, within
+// max_wait: no polling in between. When Redis cannot be reached, fail open
+// decides on this instance's own buckets (and counts the error), fail
+// closed returns errStoreDown.
+func (h *Handler) admitShared(ctx context.Context, q ask) (ticket, decision, time.Duration, error) {
+	start := now()
+	maxWait := time.Duration(h.MaxWait)
+	for {
+		t, dec, err := h.rs.admit(ctx, h.Zone, q)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ticket{}, decision{}, now().Sub(start), ctx.Err()
+			}
+			h.zone.m.storeErrors.Inc()
+			h.rs.warn("redis store unreachable: deciding "+map[bool]string{true: "on this instance alone (fail open)", false: "503 (fail closed)"}[h.rs.failOpen], err)
+			if !h.rs.failOpen {
+				return ticket{}, decision{}, 0, errStoreDown
+			}
+			return h.zone.admitOrWait(ctx, q, maxWait, h.MaxQueue, h.DryRun)
+		}
+		waited := now().Sub(start)
+		if dec.ok || dec.never || h.DryRun || maxWait <= 0 || waited+dec.wait > maxWait {
+			return t, dec, waited, nil
+		}
+		if err := sleep(ctx, dec.wait); err != nil {
+			return ticket{}, decision{}, now().Sub(start), err
+		}
+	}
+}
+
+// replyStoreDown is fail closed's answer: 503 in the provider's shape.
+func (h *Handler) replyStoreDown(w http.ResponseWriter, f format) error {
+	const msg = "The rate limiter's shared store is unreachable; please try again shortly."
+	var body []byte
+	if f == formatAnthropic {
+		body = appendAnthropicError(nil, "api_error", msg)
+	} else {
+		body = appendOpenAIError(nil, "server_error", "store_unavailable", msg)
+	}
+	setRetryAdvice(w.Header(), time.Second, false)
+	return writeJSON(w, http.StatusServiceUnavailable, body)
+}

@@ -1,0 +1,246 @@
+package llmratelimit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+// redisServer is a real redis-server process on a free port, with its own
+// temporary directory.
+type redisServer struct {
+	addr string
+	dir  string
+	cmd  *exec.Cmd
+}
+
+// startRedis starts redis-server for one test. Without the binary the test
+// is skipped, except in CI, where it fails.
+func startRedis(t testing.TB) *redisServer {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("redis-server is not on PATH; .ci/run installs it")
+		}
+		t.Skip("redis-server is not on PATH: install it (Debian: apt-get install redis-server) to run the Redis tests")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	rs := &redisServer{addr: addr, dir: t.TempDir()}
+	rs.start(t)
+	t.Cleanup(rs.stop)
+	return rs
+}
+
+func (s *redisServer) start(t testing.TB) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(s.addr)
+	s.cmd = exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.dir)
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: s.addr})
+	defer c.Close()
+	for i := 0; i < 200; i++ {
+		if c.Ping(context.Background()).Err() == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("redis-server did not start")
+}
+
+func (s *redisServer) stop() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+// redisHandler is a handler instance provisioned on its own, as a second
+// gateway instance would be, using the Redis store.
+func redisHandler(t testing.TB, addr, fail string, lim Limits) *Handler {
+	h := provisioned(t, &Handler{Zone: "redis-" + t.Name(), Limits: lim,
+		Store: &StoreConfig{Redis: &RedisConfig{Address: addr, Fail: fail, Prefix: "t:" + t.Name() + ":"}}})
+	h.logger = zap.NewNop()
+	return h
+}
+
+func serveOnce(h *Handler, key, body string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", bytes.NewBufferString(body))
+	r.Header.Set("Authorization", "Bearer "+key)
+	w := httptest.NewRecorder()
+	var next caddyhttp.Handler = nextJSON{}
+	_ = h.ServeHTTP(w, r, next)
+	return w
+}
+
+func TestTwoInstancesShareOneLimitThroughRedis(t *testing.T) {
+	setClock(nil)
+	t.Cleanup(func() { setClock(clk) })
+	srv := startRedis(t)
+	a := redisHandler(t, srv.addr, "open", Limits{RPM: 60})
+	b := redisHandler(t, srv.addr, "open", Limits{RPM: 60})
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < 200; i++ {
+		h := a
+		if i%2 == 1 {
+			h = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if serveOnce(h, "sk-shared", chatBody).Code == 200 {
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	refill := int64(time.Since(start).Seconds()) + 1 // rpm 60 refills one a second
+	if got := ok.Load(); got < 60 || got > 60+refill {
+		t.Fatalf("two instances admitted %d of 200 with rpm 60 (refill allowance %d)", got, refill)
+	}
+}
+
+func TestRedisAdmissionIsAllOrNothing(t *testing.T) {
+	srv := startRedis(t)
+	h := redisHandler(t, srv.addr, "open", Limits{RPM: 10, TPM: 1000})
+	body := `{"messages":[{"role":"user","content":"hi"}],"max_tokens":600}`
+	if w := serveOnce(h, "sk-atomic", body); w.Code != 200 {
+		t.Fatalf("first: %d", w.Code)
+	}
+	// Settled to the upstream's usage (269 tokens): room for one more 600.
+	if w := serveOnce(h, "sk-atomic", body); w.Code != 200 {
+		t.Fatalf("second: %d %s", w.Code, w.Body)
+	}
+	w := serveOnce(h, "sk-atomic", body)
+	if w.Code != 429 || !bytes.Contains(w.Body.Bytes(), []byte("tokens per min")) {
+		t.Fatalf("third: %d %s", w.Code, w.Body)
+	}
+	c := redis.NewClient(&redis.Options{Addr: srv.addr})
+	defer c.Close()
+	level, err := c.HGet(context.Background(), h.rs.prefix+h.Zone+":"+hashKey("sk-atomic").id()+":rpm", "l").Float64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if level < 8 || level > 8.1 {
+		t.Errorf("rpm level in Redis %v: the TPM rejection must not have taken a request (want 8 + refill)", level)
+	}
+	keys, _ := c.Keys(context.Background(), "*").Result()
+	for _, k := range keys {
+		if bytes.Contains([]byte(k), []byte("sk-atomic")) {
+			t.Errorf("a Redis key holds the raw API key: %s", k)
+		}
+	}
+}
+
+func TestRedisLeasesComeBackAfterTheirTTL(t *testing.T) {
+	srv := startRedis(t)
+	old := leaseTTL
+	leaseTTL = 300 * time.Millisecond
+	t.Cleanup(func() { leaseTTL = old })
+	h := redisHandler(t, srv.addr, "open", Limits{Concurrent: 1})
+	q := ask{kh: hashKey("sk-lease"), lim: h.Limits}
+	ctx := context.Background()
+	held, dec, err := h.rs.admit(ctx, h.Zone, q)
+	if err != nil || !dec.ok {
+		t.Fatalf("first: %v %+v", err, dec)
+	}
+	// This instance "dies" holding the slot: it never finishes.
+	if _, dec, _ := h.rs.admit(ctx, h.Zone, q); dec.ok || dec.blocking.dim != dimConcurrency {
+		t.Fatalf("second while the slot is held: %+v", dec)
+	}
+	time.Sleep(400 * time.Millisecond) // past the lease's TTL on Redis's clock
+	tk, dec, err := h.rs.admit(ctx, h.Zone, q)
+	if err != nil || !dec.ok {
+		t.Fatalf("after the TTL the slot must be free: %v %+v", err, dec)
+	}
+	// Normal completion gives the slot back at once.
+	tk.finish(0, nil, false)
+	tk2, dec, _ := h.rs.admit(ctx, h.Zone, q)
+	if !dec.ok {
+		t.Fatalf("after finishing the slot must be free: %+v", dec)
+	}
+	tk2.finish(0, nil, false)
+	_ = held
+}
+
+func TestRedisOutageFailsOpenOrClosedAndRecovers(t *testing.T) {
+	srv := startRedis(t)
+	open := redisHandler(t, srv.addr, "open", Limits{RPM: 2})
+	closed := redisHandler(t, srv.addr, "closed", Limits{RPM: 2})
+	if w := serveOnce(open, "sk-outage", chatBody); w.Code != 200 {
+		t.Fatalf("before the outage: %d", w.Code)
+	}
+	srv.stop()
+	errorsBefore := testutil.ToFloat64(open.zone.m.storeErrors)
+	if w := serveOnce(open, "sk-outage-2", chatBody); w.Code != 200 {
+		t.Fatalf("fail open during the outage: %d %s", w.Code, w.Body)
+	}
+	if got := testutil.ToFloat64(open.zone.m.storeErrors); got <= errorsBefore {
+		t.Errorf("store_errors_total did not rise: %v", got)
+	}
+	w := serveOnce(closed, "sk-outage", chatBody)
+	var e errorJSON
+	_ = json.Unmarshal(w.Body.Bytes(), &e)
+	if w.Code != 503 || e.Error.Code == nil || *e.Error.Code != "store_unavailable" || w.Header().Get("x-should-retry") != "true" {
+		t.Fatalf("fail closed during the outage: %d %v %s", w.Code, w.Header(), w.Body)
+	}
+	// Redis comes back on the same address: shared limiting resumes
+	// without restarting anything. (Its data is gone: a fresh bucket.)
+	srv.start(t)
+	for i := 0; i < 2; i++ {
+		if w := serveOnce(closed, "sk-after", chatBody); w.Code != 200 {
+			t.Fatalf("after recovery %d: %d %s", i, w.Code, w.Body)
+		}
+	}
+	if w := serveOnce(open, "sk-after", chatBody); w.Code != 429 {
+		t.Fatalf("the other instance must see the shared bucket again: %d", w.Code)
+	}
+}
+
+// BenchmarkRedisAdmission is an admission and its settle through Redis on
+// loopback, reporting p50/p99 latency; compare BenchmarkAdmitSettle.
+func BenchmarkRedisAdmission(b *testing.B) {
+	srv := startRedis(b)
+	h := redisHandler(b, srv.addr, "open", Limits{RPM: 1 << 40, TPM: 1 << 50, Concurrent: 1 << 20})
+	q := ask{kh: hashKey("sk-bench"), lim: h.Limits, d: demand{in: 300, out: 512}}
+	ctx := context.Background()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		tk, dec, err := h.rs.admit(ctx, h.Zone, q)
+		if err != nil || !dec.ok {
+			b.Fatal(err, dec)
+		}
+		tk.finish(0, &usage{Input: 280, Output: 40}, false)
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
