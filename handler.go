@@ -135,8 +135,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// http.ErrAbortHandler keeps the reservation but frees the slot.
 	uw := &usageWriter{ResponseWriter: w, h: h, f: f, req: dec.req, tok: dec.tok, strip: strip}
 	settled := false
+	settle := func() {
+		if settled {
+			return
+		}
+		settled = true
+		switch u, ok := uw.usage(); {
+		case uw.status < 200 || uw.status > 299:
+			t.finish(now().UnixNano(), nil, true)
+		case ok:
+			m.settled(d.in, u)
+			t.finish(now().UnixNano(), &u, false)
+		default:
+			t.finish(now().UnixNano(), nil, false)
+		}
+	}
+	// A successful answer is settled as soon as its end is seen, before
+	// its last bytes go out: a client that sends its next request the
+	// moment it has read this one sees the settled buckets.
+	uw.onEnd = settle
 	defer func() {
 		if !settled {
+			settled = true
 			t.finish(now().UnixNano(), nil, false)
 		}
 	}()
@@ -144,16 +164,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if ferr := uw.flushHeld(); err == nil {
 		err = ferr
 	}
-	settled = true
-	switch u, ok := uw.usage(); {
-	case uw.status < 200 || uw.status > 299:
-		t.finish(now().UnixNano(), nil, true)
-	case ok:
-		m.settled(d.in, u)
-		t.finish(now().UnixNano(), &u, false)
-	default:
-		t.finish(now().UnixNano(), nil, false)
-	}
+	settle()
 	uw.release()
 	return err
 }

@@ -3,6 +3,7 @@ package llmratelimit
 import (
 	"bytes"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -42,6 +43,10 @@ type usageWriter struct {
 	tail     []byte // JSON: the body's tail; SSE: the current line's tail
 	held     []byte // SSE with strip: the event being held back
 	acc      usageAcc
+	onEnd    func() // called once the answer's end is seen, before its last bytes go out
+	length   int64  // the answer's Content-Length; -1 when unknown
+	written  int64
+	ended    bool // the end of a stream ([DONE], message_stop, response.completed) was read
 }
 
 func (uw *usageWriter) WriteHeader(code int) {
@@ -55,6 +60,12 @@ func (uw *usageWriter) WriteHeader(code int) {
 	uw.status = code
 	if uw.h.headersOn {
 		setQuotaHeaders(uw.Header(), uw.req, uw.tok)
+	}
+	uw.length = -1
+	if cl := uw.Header().Get("Content-Length"); cl != "" {
+		if n, err := strconv.ParseInt(cl, 10, 64); err == nil {
+			uw.length = n
+		}
 	}
 	if code >= 200 && code <= 299 && uw.f != formatNone {
 		uw.acc.f = uw.f
@@ -76,12 +87,35 @@ func (uw *usageWriter) Write(p []byte) (int, error) {
 	switch {
 	case uw.mode == readJSON:
 		uw.keep(p)
+		if uw.length >= 0 && uw.written+int64(len(p)) >= uw.length {
+			uw.end()
+		}
 	case uw.mode == readSSE && uw.strip:
 		return uw.writeEvents(p)
 	case uw.mode == readSSE:
 		uw.scanLines(p)
+		if uw.ended {
+			uw.end()
+		}
 	}
+	uw.written += int64(len(p))
 	return uw.ResponseWriter.Write(p)
+}
+
+// end settles the request, once, before the last bytes go out.
+func (uw *usageWriter) end() {
+	if uw.onEnd != nil {
+		f := uw.onEnd
+		uw.onEnd = nil
+		f()
+	}
+}
+
+// isStreamEnd tells the line that ends a stream: OpenAI's "data: [DONE]",
+// Anthropic's message_stop, the Responses API's response.completed.
+func isStreamEnd(line []byte) bool {
+	return bytes.Equal(bytes.TrimSpace(line), []byte("data: [DONE]")) ||
+		(bytes.HasPrefix(line, []byte("data:")) && (bytes.Contains(line, []byte(`"type":"message_stop"`)) || bytes.Contains(line, []byte(`"type":"response.completed"`))))
 }
 
 // mediaType is a Content-Type without its parameters, lower-cased only
@@ -125,6 +159,9 @@ func (uw *usageWriter) scanLines(p []byte) {
 		}
 		uw.keep(p[:i])
 		line := uw.tail
+		if isStreamEnd(line) {
+			uw.ended = true
+		}
 		if bytes.Contains(line, usageKey) {
 			uw.acc.add(lastObjectAfterKey(line, usageKey))
 			if bytes.Contains(line, anthropicFinalEvent) {
@@ -149,6 +186,9 @@ func (uw *usageWriter) writeEvents(p []byte) (int, error) {
 		}
 		ev := uw.held[start : start+end]
 		uw.scanLines(ev)
+		if uw.ended {
+			uw.end()
+		}
 		if !isUsageOnlyChunk(ev) {
 			if _, err := uw.ResponseWriter.Write(ev); err != nil {
 				return 0, err
