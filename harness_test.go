@@ -357,3 +357,17 @@ func (z *zone) inflight(kh keyHash) int64 {
 	}
 	return 0
 }
+
+// after429 answers the first request with a 429 that hints a 5 ms wait,
+// and every later one with next. It counts the calls.
+func after429(calls *atomic.Int32, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("retry-after-ms", "5")
+			w.WriteHeader(429)
+			return
+		}
+		next(w, r)
+	}
+}

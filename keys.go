@@ -32,7 +32,7 @@ func (k keyHash) prefix() keyPrefix { return keyPrefix(k[:16]) }
 func (k keyPrefix) id() string { return hex.EncodeToString(k[:6]) }
 
 // id is the key_id: the first 12 hex characters of sha256(key).
-func (k keyHash) id() string { return hex.EncodeToString(k[:6]) }
+func (k keyHash) id() string { return k.prefix().id() }
 
 // parseKeySpec reads an api_key / keys_file key: a raw key or
 // "sha256:<64 hex digits>".

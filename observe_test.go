@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -41,16 +42,8 @@ func metricValue(t *testing.T, text, name, labels string) float64 {
 
 func TestMetricsCountAndSurviveReloads(t *testing.T) {
 	mustLoad(t, "zone metrics\nrpm 3")
-	var calls int
-	setUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		calls++
-		if calls == 1 {
-			w.Header().Set("retry-after-ms", "5")
-			w.WriteHeader(429)
-			return
-		}
-		chatCompletion(w, r, 8, 2)
-	})
+	var calls atomic.Int32
+	setUpstream(t, after429(&calls, func(w http.ResponseWriter, r *http.Request) { chatCompletion(w, r, 8, 2) }))
 	send(t, "/v1/chat/completions", "sk-metrics", chatBody)       // retried once, then allowed
 	send(t, "/v1/chat/completions", "sk-metrics", chatBody)       // allowed
 	send(t, "/v1/chat/completions", "sk-metrics", chatBody)       // allowed

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -41,8 +42,7 @@ func anthropicClient(key string) anthropic.Client {
 
 // providerUpstream answers like both providers, streamed or not.
 func providerUpstream(w http.ResponseWriter, r *http.Request) {
-	body := make([]byte, r.ContentLength)
-	_, _ = r.Body.Read(body)
+	body, _ := io.ReadAll(r.Body)
 	stream := strings.Contains(string(body), `"stream":true`)
 	switch {
 	case strings.HasSuffix(r.URL.Path, "/messages") && stream:
@@ -202,14 +202,7 @@ func TestSDKsSeeTypedErrorsAndRetryAsTheGatewaySays(t *testing.T) {
 	t.Run("an upstream 429 absorbed by the gateway: one request, one success", func(t *testing.T) {
 		mustLoad(t, "zone sdk_absorb\nrpm 100")
 		var calls atomic.Int32
-		setUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-			if calls.Add(1) == 1 {
-				w.Header().Set("retry-after-ms", "20")
-				w.WriteHeader(429)
-				return
-			}
-			providerUpstream(w, r)
-		})
+		setUpstream(t, after429(&calls, providerUpstream))
 		before := gatewayRequests(t, "sdk_absorb")
 		oc := openaiClient("sk-sdk-absorb")
 		if _, err := oc.Chat.Completions.New(ctx, chat); err != nil {

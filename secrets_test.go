@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -32,21 +33,15 @@ max_wait 1s`)
 	if err := load(t, cfg); err != nil {
 		t.Fatal(err)
 	}
-	var calls int
-	setUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-		calls++
-		if calls == 1 {
-			w.Header().Set("retry-after-ms", "5")
-			w.WriteHeader(429)
-			return
-		}
+	var calls atomic.Int32
+	setUpstream(t, after429(&calls, func(w http.ResponseWriter, r *http.Request) {
 		if strings.Contains(r.Header.Get("Accept"), "event-stream") {
 			w.Header().Set("Content-Type", "text/event-stream")
 			fmt.Fprint(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n")
 			return
 		}
 		chatCompletion(w, r, 5, 5)
-	})
+	}))
 	var produced strings.Builder
 	record := func(r reply) {
 		fmt.Fprintf(&produced, "%d %v %s\n", r.status, r.header, r.body)

@@ -2,6 +2,8 @@ package llmratelimit
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -155,10 +157,10 @@ func newRedisStore(c *RedisConfig, logger *zap.Logger) (*redisStore, error) {
 	if prefix == "" {
 		prefix = "llm_ratelimit:"
 	}
-	var id [6]byte
-	kh := hashKey(fmt.Sprint(time.Now().UnixNano(), &id))
+	var id [6]byte // names this instance's leases
+	_, _ = crand.Read(id[:])
 	return &redisStore{client: redis.NewClient(opts), prefix: prefix, failOpen: c.Fail != "closed",
-		timeout: timeout, logger: logger, instance: kh.id()}, nil
+		timeout: timeout, logger: logger, instance: hex.EncodeToString(id[:])}, nil
 }
 
 // redisTicket is an admitted request's hold on the shared store.
@@ -298,7 +300,7 @@ func (rt *redisTicket) finish(d demand, u *usage, refund bool) {
 
 // warn logs a store failure at most once every 10 seconds.
 func (rs *redisStore) warn(msg string, err error) {
-	nowNs := time.Now().UnixNano()
+	nowNs := now().UnixNano()
 	last := rs.lastWarn.Load()
 	if nowNs-last < int64(10*time.Second) || !rs.lastWarn.CompareAndSwap(last, nowNs) {
 		return
