@@ -219,7 +219,7 @@ func checkStripped(t *testing.T, in, out []byte, exact bool) {
 	}
 	rest := out
 	for len(in) > 0 {
-		end := eventEnd(in)
+		end := eventEnd(in, 0)
 		last := end < 0
 		if last {
 			end = len(in)

@@ -42,6 +42,7 @@ type usageWriter struct {
 	mode     uint8
 	tail     []byte // JSON: the body's tail; SSE: the current line's tail
 	held     []byte // SSE with strip: the event being held back
+	scanned  int    // how much of held has been searched for an event end
 	acc      usageAcc
 	onEnd    func() // called once the answer's end is seen, before its last bytes go out
 	length   int64  // the answer's Content-Length; -1 when unknown
@@ -180,7 +181,7 @@ func (uw *usageWriter) writeEvents(p []byte) (int, error) {
 	uw.held = append(uw.held, p...)
 	start := 0
 	for {
-		end := eventEnd(uw.held[start:])
+		end := eventEnd(uw.held[start:], max(uw.scanned-start, 0))
 		if end < 0 {
 			break
 		}
@@ -197,6 +198,7 @@ func (uw *usageWriter) writeEvents(p []byte) (int, error) {
 		start += end
 	}
 	uw.held = append(uw.held[:0], uw.held[start:]...) // one shift per write
+	uw.scanned = len(uw.held)                         // searched: no event end in it
 	if len(uw.held) > maxHeldEvent {
 		// Not an event stream we understand: let it through as it is.
 		uw.strip = false
@@ -214,14 +216,15 @@ func (uw *usageWriter) flushHeld() error {
 	}
 	uw.scanLines(uw.held)
 	_, err := uw.ResponseWriter.Write(uw.held)
-	uw.held = uw.held[:0]
+	uw.held, uw.scanned = uw.held[:0], 0
 	return err
 }
 
 // eventEnd is the index just past the blank line that ends the first event
-// in b, or -1.
-func eventEnd(b []byte) int {
-	for i := 0; i < len(b); {
+// in b, or -1. b[:from] is known to hold no event end, so a long event
+// arriving in many small writes is searched once, not once per write.
+func eventEnd(b []byte, from int) int {
+	for i := max(from-2, 0); i < len(b); {
 		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {
 			return -1
