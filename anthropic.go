@@ -1,12 +1,48 @@
 package llmratelimit
 
 import (
+	"bytes"
 	"fmt"
-	"math"
+	"net/http"
+	"strings"
+	"time"
 )
 
-// This file knows Anthropic's wire format: the Messages API request body,
-// the usage object of its responses, and Anthropic's error body.
+// This file knows Anthropic's wire format: the Messages API path and
+// request body, the usage object of its responses and streams, Anthropic's
+// error body and its rate-limit headers.
+
+// anthropicDialect is the dialect of Anthropic's Messages API.
+type anthropicDialect struct{}
+
+func init() { registerDialect(anthropicDialect{}) }
+
+func (anthropicDialect) name() string { return "anthropic" }
+
+func (anthropicDialect) matchPath(path string) bool {
+	return strings.HasSuffix(strings.TrimSuffix(path, "/"), "/v1/messages")
+}
+
+// apiKey: Anthropic's clients send x-api-key, which the handler reads for
+// every format.
+func (anthropicDialect) apiKey(*http.Request) string { return "" }
+
+// anthropicImageTokens is what an image costs, by formula, never by the
+// size of its data.
+const anthropicImageTokens = 1600
+
+func (anthropicDialect) imageTokens() (int64, int64) {
+	return anthropicImageTokens, anthropicImageTokens
+}
+
+func (anthropicDialect) parse(s *jsonScanner, tc *textCounter, _ string, info *requestInfo) (part, error) {
+	return parseAnthropic(s, tc, info)
+}
+
+// prepare: Anthropic streams always carry their usage.
+func (anthropicDialect) prepare(_ string, body []byte, _ *requestInfo) ([]byte, bool) { return body, false }
+
+func (anthropicDialect) isAddedUsageEvent([]byte) bool { return false }
 
 // parseAnthropic reads the top-level object at s.pos of a Messages API
 // request: system, messages, tools, max_tokens, stream. Anthropic has no
@@ -176,24 +212,68 @@ var (
 	anthropicSourceKeys = []string{"type", "data", "content"}
 )
 
-var anthropicUsageNames = []string{"input_tokens", "cache_creation_input_tokens", "output_tokens"}
+var (
+	anthropicUsageKey   = []byte(`"usage"`)
+	anthropicUsageNames = []string{"input_tokens", "cache_creation_input_tokens", "output_tokens"}
+)
 
-// anthropicFinalEvent marks the stream event whose usage is final
-// (cumulative output_tokens).
-var anthropicFinalEvent = []byte(`"type":"message_delta"`)
+// jsonUsage reads the usage object of a message.
+func (anthropicDialect) jsonUsage(body []byte) (usage, bool) {
+	var a usageAcc
+	a.add(lastObjectAfterKey(body, anthropicUsageKey), anthropicUsageNames)
+	return anthropicUsage(&a)
+}
 
-// anthropicUsage combines the members of a usage object read by
-// anthropicUsageNames: input_tokens + cache_creation_input_tokens (cache
-// reads do not count against ITPM), and output_tokens.
-func anthropicUsage(v []int64, found uint32) (usage, bool) {
-	if found&0b101 == 0 {
+// streamLine: message_start carries the input usage, each message_delta
+// the cumulative output (the last one is final), message_stop ends the
+// stream.
+func (anthropicDialect) streamLine(line []byte, acc *usageAcc) bool {
+	data, ok := sseData(line)
+	if !ok {
+		return false
+	}
+	if bytes.Contains(data, anthropicUsageKey) {
+		acc.add(lastObjectAfterKey(data, anthropicUsageKey), anthropicUsageNames)
+		if hasStringMember(data, "type", "message_delta") {
+			acc.final = true
+		}
+	}
+	return hasStringMember(data, "type", "message_stop")
+}
+
+// streamUsage counts only once a message_delta came: message_start's
+// output_tokens is not the total.
+func (anthropicDialect) streamUsage(a *usageAcc) (usage, bool) {
+	if !a.final {
 		return usage{}, false
 	}
-	in := v[0] + v[1]
-	if in < v[0] { // both are non-negative: a wrap is an overflow
-		in = math.MaxInt64
+	return anthropicUsage(a)
+}
+
+// anthropicUsage combines the members read by anthropicUsageNames:
+// input_tokens + cache_creation_input_tokens (cache reads do not count
+// against ITPM), and output_tokens.
+func anthropicUsage(a *usageAcc) (usage, bool) {
+	if a.found&0b101 == 0 {
+		return usage{}, false
 	}
-	return usage{Input: in, Output: v[2]}, true
+	return usage{Input: satAdd(a.v[0], a.v[1]), Output: a.v[2]}, true
+}
+
+// anthropicErrorTypes is the error type of each of the handler's own
+// answers.
+var anthropicErrorTypes = [...]string{
+	errUnauthorized:  "authentication_error",
+	errInvalid:       "invalid_request_error",
+	errTooLarge:      "request_too_large",
+	errContextLength: "invalid_request_error",
+	errRateLimited:   "rate_limit_error",
+	errCooldown:      "rate_limit_error",
+	errUnavailable:   "api_error",
+}
+
+func (anthropicDialect) appendError(dst []byte, e *apiError) []byte {
+	return appendAnthropicError(dst, anthropicErrorTypes[e.kind], e.msg)
 }
 
 // appendAnthropicError appends Anthropic's error body:
@@ -204,4 +284,22 @@ func appendAnthropicError(dst []byte, typ, msg string) []byte {
 	dst = append(dst, `,"message":`...)
 	dst = appendJSONString(dst, msg)
 	return append(dst, "}}"...)
+}
+
+// anthropicResetHints pairs each anthropic-ratelimit-*-reset header (RFC
+// 3339) with the remaining header of the same limit.
+var anthropicResetHints = []resetHint{
+	{"anthropic-ratelimit-requests-reset", "anthropic-ratelimit-requests-remaining"},
+	{"anthropic-ratelimit-tokens-reset", "anthropic-ratelimit-tokens-remaining"},
+	{"anthropic-ratelimit-input-tokens-reset", "anthropic-ratelimit-input-tokens-remaining"},
+	{"anthropic-ratelimit-output-tokens-reset", "anthropic-ratelimit-output-tokens-remaining"},
+}
+
+func (anthropicDialect) retryHint(h http.Header, _ []byte, now time.Time) (time.Duration, bool) {
+	return longestReset(h, anthropicResetHints, now)
+}
+
+// fatal429: a spend limit reached is not cured by waiting.
+func (anthropicDialect) fatal429(body []byte) bool {
+	return bytes.Contains(body, []byte("enforced_spend_limit_reached"))
 }

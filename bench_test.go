@@ -213,7 +213,7 @@ func BenchmarkEstimateVsUnmarshal(b *testing.B) {
 			b.ReportAllocs()
 			var info requestInfo
 			for i := 0; i < b.N; i++ {
-				if err := parseRequest(formatOpenAI, body, &info); err != nil {
+				if err := parseRequest(dOpenAI, "", body, &info); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -245,7 +245,7 @@ func BenchmarkUsageFromSSE(b *testing.B) {
 	b.SetBytes(int64(len(stream)))
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		uw := usageWriter{ResponseWriter: &discardWriter{h: http.Header{"Content-Type": {"text/event-stream"}}}, h: h, f: formatOpenAI}
+		uw := usageWriter{ResponseWriter: &discardWriter{h: http.Header{"Content-Type": {"text/event-stream"}}}, h: h, d: dOpenAI}
 		uw.WriteHeader(200)
 		for _, ev := range events {
 			_, _ = uw.Write(ev)
@@ -264,7 +264,7 @@ func BenchmarkUsageFromJSONTail(b *testing.B) {
 	b.SetBytes(int64(len(answer)))
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		uw := usageWriter{ResponseWriter: &discardWriter{h: http.Header{"Content-Type": {"application/json"}}}, h: h, f: formatOpenAI}
+		uw := usageWriter{ResponseWriter: &discardWriter{h: http.Header{"Content-Type": {"application/json"}}}, h: h, d: dOpenAI}
 		uw.WriteHeader(200)
 		for p := answer; len(p) > 0; {
 			n := min(4096, len(p))

@@ -1,107 +1,186 @@
 package llmratelimit
 
-import "strings"
-
-// format is the wire format of a request: which provider's JSON the body,
-// the usage report and the handler's own error responses speak.
-type format uint8
-
-const (
-	// formatNone means the path carries no body the estimator reads:
-	// the request costs 1 request and 0 tokens.
-	formatNone format = iota
-	formatOpenAI
-	formatAnthropic
+import (
+	"net/http"
+	"sort"
+	"time"
 )
 
-func (f format) String() string {
-	switch f {
-	case formatOpenAI:
-		return "openai"
-	case formatAnthropic:
-		return "anthropic"
-	}
-	return "none"
+// dialect is one provider's wire format. The handler asks the request's
+// dialect for everything format-specific, as reverse_proxy asks its
+// Selector to choose an upstream: one type per provider, each in a file of
+// its own (openai.go, anthropic.go, gemini.go), registered here by name.
+// Nothing outside those files knows a provider's JSON, paths or headers.
+//
+// A request whose path no dialect claims (under `format auto`) has no
+// dialect: it costs 1 request and 0 tokens, and the handler's own answers
+// take the fallback dialect's shape.
+type dialect interface {
+	// name is the format's name in the config: "openai".
+	name() string
+	// matchPath tells whether a POST to this URL path speaks the format
+	// (`format auto`).
+	matchPath(path string) bool
+	// apiKey is the caller's key where the format's clients send it besides
+	// the bearer token and x-api-key (tried after those); "" for none.
+	apiKey(r *http.Request) string
+
+	// parse reads the request body's top-level object at s.pos into info
+	// and returns the text it counted. path is the URL path (some formats
+	// name the model or the method there).
+	parse(s *jsonScanner, tc *textCounter, path string, info *requestInfo) (part, error)
+	// imageTokens is what one image costs when no model block says, and
+	// one sent at low detail (which image_tokens does not change).
+	imageTokens() (full, low int64)
+	// prepare may rewrite the body before it is forwarded (to ask a stream
+	// for its usage); strip says that the usage-only event the rewrite
+	// adds must be taken out of the stream again (isAddedUsageEvent).
+	prepare(path string, body []byte, info *requestInfo) (out []byte, strip bool)
+	// isAddedUsageEvent tells the stream event that prepare's rewrite
+	// added.
+	isAddedUsageEvent(event []byte) bool
+
+	// jsonUsage reads the usage of a whole (non-event-stream) response
+	// body, or of its tail.
+	jsonUsage(body []byte) (usage, bool)
+	// streamLine reads one line of an event stream into acc; end reports
+	// the line that ends the stream.
+	streamLine(line []byte, acc *usageAcc) (end bool)
+	// streamUsage is the usage acc gathered, once the stream has passed.
+	streamUsage(acc *usageAcc) (usage, bool)
+
+	// appendError appends the format's error body for one of the
+	// handler's own answers.
+	appendError(dst []byte, e *apiError) []byte
+	// retryHint reads the format's own wait hint from an upstream answer
+	// (rate-limit reset headers, a hint in the body).
+	retryHint(h http.Header, body []byte, now time.Time) (time.Duration, bool)
+	// fatal429 tells an upstream 429 body that no wait will cure (a quota
+	// or spend limit used up).
+	fatal429(body []byte) bool
 }
 
-// formatForPath is the `format auto` rule of SPEC "Request flow" 2.
-func formatForPath(path string) format {
-	path = strings.TrimSuffix(path, "/")
-	switch {
-	case strings.HasSuffix(path, "/v1/messages"):
-		return formatAnthropic
-	case strings.HasSuffix(path, "/v1/chat/completions"),
-		strings.HasSuffix(path, "/v1/completions"),
-		strings.HasSuffix(path, "/v1/responses"),
-		strings.HasSuffix(path, "/v1/embeddings"):
-		return formatOpenAI
+// dialects is the registry, sorted by name. Each dialect's file adds
+// itself in an init function.
+var dialects []dialect
+
+func registerDialect(d dialect) {
+	dialects = append(dialects, d)
+	sort.Slice(dialects, func(i, j int) bool { return dialects[i].name() < dialects[j].name() })
+}
+
+// dialectNamed is the registered dialect of this name, or nil.
+func dialectNamed(name string) dialect {
+	for _, d := range dialects {
+		if d.name() == name {
+			return d
+		}
 	}
-	return formatNone
+	return nil
+}
+
+// fallbackDialect shapes the handler's own answers to requests that no
+// dialect claims.
+const fallbackDialect = "openai"
+
+// dialectNames lists the formats `format` accepts besides auto.
+func dialectNames() []string {
+	names := make([]string, len(dialects))
+	for i, d := range dialects {
+		names[i] = d.name()
+	}
+	return names
+}
+
+// dialectForPath is the `format auto` rule of SPEC "Request flow" 2: the
+// dialect that claims a POST's path, or nil.
+func dialectForPath(path string) dialect {
+	for _, d := range dialects {
+		if d.matchPath(path) {
+			return d
+		}
+	}
+	return nil
 }
 
 // requestInfo is what the estimator learns from one request body. It holds
 // counts only; the handler turns them into tokens with the model's config
 // (token_ratio, image_tokens, max_output).
 type requestInfo struct {
-	// Model is the body's "model" field ("" when absent).
+	// Model is the request's model: the body's "model" field, or the path's
+	// where the format names it there ("" when absent).
 	Model string
 	// TextTokens is the estimated token count of all the text the model
 	// reads (messages, system, tools, tool calls and results, input, prompt,
 	// instructions), before token_ratio, without per-message overhead and
 	// without images.
 	TextTokens int64
-	// Messages is the number of chat / messages / input items (3 tokens each).
+	// Messages is the number of messages, turns or input items (3 tokens
+	// each).
 	Messages int64
-	// ImagesLow counts OpenAI images with detail "low".
+	// ImagesLow counts images sent at low detail (a fixed, lower cost).
 	ImagesLow int64
-	// Images counts every other image (OpenAI high/auto detail, Anthropic).
+	// Images counts every other image or attached file.
 	Images int64
-	// MaxOutput is max_completion_tokens | max_output_tokens | max_tokens
-	// as given in the body; 0 when the body sets none.
+	// MaxOutput is the body's own output limit (max_tokens and the like),
+	// already multiplied by the number of prompts of a batch; 0 when the
+	// body sets none.
 	MaxOutput int64
-	// N is the number of choices; 1 when absent.
+	// N is the number of choices / candidates; 1 when absent.
 	N int64
-	// Stream is the body's "stream" flag.
+	// NoOutput marks an endpoint that generates nothing (embeddings): no
+	// output is reserved.
+	NoOutput bool
+	// Stream is the body's (or the path's) streaming flag.
 	Stream bool
-	// IncludeUsage reports stream_options.include_usage == true (OpenAI).
+	// IncludeUsage reports a stream that asked for its usage itself.
 	IncludeUsage bool
-	// HasStreamOptions reports a stream_options object (OpenAI).
+	// HasStreamOptions reports stream options in the body.
 	HasStreamOptions bool
 }
 
 // usage is what the upstream says the request actually cost.
 type usage struct {
-	// Input counts the input tokens that count against ITPM: for Anthropic
-	// input_tokens + cache_creation_input_tokens (cache reads excluded).
+	// Input counts the input tokens that count against ITPM (for formats
+	// with prompt caching: what the provider counts, cache writes included,
+	// cache reads excluded where the provider excludes them).
 	Input int64
-	// Output counts the output tokens.
+	// Output counts the output tokens (reasoning tokens included).
 	Output int64
 }
 
-// usageAcc accumulates the usage objects of one response: a JSON body has
-// one; a stream may have several (Anthropic's message_start and then
-// message_delta, whose counts are cumulative), and a member seen later
-// replaces the same member seen before.
-type usageAcc struct {
-	f     format
-	v     [4]int64
-	found uint32
-	// needsFinal: an Anthropic stream's usage counts only once its
-	// message_delta came (message_start's output_tokens is not the total).
-	needsFinal, final bool
+// maxSettledTokens bounds a usage figure that settling believes. No
+// request reads or writes a billion tokens; a larger figure (up to 9e18
+// from a broken or hostile upstream) is taken as this, so that the key ends
+// deep in debt and its next request is refused, with no overflow anywhere.
+const maxSettledTokens = 1_000_000_000
+
+// clamped is u with each figure within 0..maxSettledTokens.
+func (u usage) clamped() usage {
+	u.Input = min(max(u.Input, 0), maxSettledTokens)
+	u.Output = min(max(u.Output, 0), maxSettledTokens)
+	return u
 }
 
-// add reads one usage object.
-func (a *usageAcc) add(obj []byte) {
+// usageAcc accumulates the usage objects of one response: a JSON body has
+// one; a stream may have several (cumulative counts, or a start and a
+// final report), and a member seen later replaces the same member seen
+// before. The dialect gives the member names and combines them.
+type usageAcc struct {
+	v     [8]int64
+	found uint32
+	// final is set by a dialect whose stream usage counts only once its
+	// final report came.
+	final bool
+}
+
+// add reads the integer members names of one usage object.
+func (a *usageAcc) add(obj []byte, names []string) {
 	if obj == nil {
 		return
 	}
-	names := openAIUsageNames
-	if a.f == formatAnthropic {
-		names = anthropicUsageNames
-	}
-	var v [4]int64
-	found, ok := objectInts(obj, names, v[:])
+	var v [8]int64
+	found, ok := objectInts(obj, names, v[:len(names)])
 	if !ok {
 		return
 	}
@@ -113,32 +192,57 @@ func (a *usageAcc) add(obj []byte) {
 	a.found |= found
 }
 
-// usage is the accumulated usage; false when none was seen.
-func (a *usageAcc) usage() (usage, bool) {
-	if a.needsFinal && !a.final {
-		return usage{}, false
+// satAdd adds non-negative figures, saturating instead of wrapping.
+func satAdd(a, b int64) int64 {
+	if s := a + b; s >= a {
+		return s
 	}
-	switch a.f {
-	case formatOpenAI:
-		return openAIUsage(a.v[:], a.found)
-	case formatAnthropic:
-		return anthropicUsage(a.v[:], a.found)
-	}
-	return usage{}, false
+	return 1<<63 - 1
 }
 
-// parseUsageJSON reads the usage object of a non-streamed JSON response of
-// format f (the last "usage" object in it, where providers put it).
-func parseUsageJSON(f format, body []byte) (usage, bool) {
-	a := usageAcc{f: f}
-	a.add(lastObjectAfterKey(body, usageKey))
-	return a.usage()
+// errKind is a response the handler makes itself (SPEC "Responses the
+// handler makes itself").
+type errKind uint8
+
+const (
+	errUnauthorized  errKind = iota // 401: no key, unknown key
+	errInvalid                      // 400: bad JSON, wrong field types
+	errTooLarge                     // 413: body over max_body
+	errContextLength                // 400: input + output over the context window
+	errRateLimited                  // 429: over a limit of the gateway's
+	errCooldown                     // 429: the upstream asked to slow down
+	errUnavailable                  // 503: the shared store is unreachable (fail closed)
+)
+
+var errStatus = [...]int{
+	errUnauthorized:  http.StatusUnauthorized,
+	errInvalid:       http.StatusBadRequest,
+	errTooLarge:      http.StatusRequestEntityTooLarge,
+	errContextLength: http.StatusBadRequest,
+	errRateLimited:   http.StatusTooManyRequests,
+	errCooldown:      http.StatusTooManyRequests,
+	errUnavailable:   http.StatusServiceUnavailable,
 }
 
-var usageKey = []byte(`"usage"`)
+// apiError is one of the handler's own error answers, before a dialect
+// shapes it.
+type apiError struct {
+	kind errKind
+	msg  string
+	// dim is the limit a 429 names.
+	dim dimension
+	// wait is when a 429 or 503 may be retried; never marks a request that
+	// can never fit (no retry at all).
+	wait  time.Duration
+	never bool
+}
+
+func (e *apiError) status() int { return errStatus[e.kind] }
 
 // badRequestError is a client error found in the body: the handler answers
 // 400 in the request's format with this message.
 type badRequestError struct{ msg string }
 
 func (e *badRequestError) Error() string { return e.msg }
+
+func (e *apiError) Error() string { return e.msg }

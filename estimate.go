@@ -1,5 +1,7 @@
 package llmratelimit
 
+import "sync"
+
 // This file turns text into an estimated token count without a tokenizer,
 // and holds the entry points that read request and response bodies.
 //
@@ -428,19 +430,36 @@ func satMul(a, b int64) int64 {
 	return a * b
 }
 
-// parseRequest fills info from a request body of format f (the fields of
-// info are reset first). An invalid body, or a field the estimator reads
-// having the wrong type, gives a *badRequestError. formatNone reads nothing.
+// parseState is one parse's scanner, counter and findings.
+type parseState struct {
+	s    jsonScanner
+	tc   textCounter
+	info requestInfo
+}
+
+var parseStates = sync.Pool{New: func() any { return new(parseState) }}
+
+// parseRequest fills info from the body of a request of dialect d to the
+// URL path (the fields of info are reset first). An invalid body, or a
+// field the estimator reads having the wrong type, gives a
+// *badRequestError. A nil dialect reads nothing.
 //
 // Duplicate keys: every occurrence is validated and type-checked; the last
 // one counts, as in most JSON decoders.
-func parseRequest(f format, body []byte, info *requestInfo) error {
+func parseRequest(d dialect, path string, body []byte, info *requestInfo) error {
 	*info = requestInfo{N: 1}
-	if f != formatOpenAI && f != formatAnthropic {
+	if d == nil {
 		return nil
 	}
-	s := jsonScanner{data: body}
-	var tc textCounter
+	// The scanner and counter go to the dialect through an interface, so
+	// they would escape to the heap: they come from a pool instead.
+	ps := parseStates.Get().(*parseState)
+	defer func() {
+		ps.s.data = nil // do not keep the body
+		parseStates.Put(ps)
+	}()
+	ps.s, ps.tc, ps.info = jsonScanner{data: body}, textCounter{}, requestInfo{N: 1}
+	s, tc := &ps.s, &ps.tc
 	switch s.peek() {
 	case jsonEnd:
 		return badRequestf("request body is empty")
@@ -451,13 +470,8 @@ func parseRequest(f format, body []byte, info *requestInfo) error {
 		}
 		return badRequestf("request body must be a JSON object")
 	}
-	var total part
-	var err error
-	if f == formatOpenAI {
-		total, err = parseOpenAI(&s, &tc, info)
-	} else {
-		total, err = parseAnthropic(&s, &tc, info)
-	}
+	total, err := d.parse(s, tc, path, &ps.info)
+	*info = ps.info
 	if err != nil {
 		return err
 	}

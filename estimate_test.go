@@ -56,18 +56,18 @@ func readCorpusBody(t testing.TB, file string) []byte {
 	return b
 }
 
-func formatOf(name string) format {
+func formatOf(name string) dialect {
 	if name == "anthropic" {
-		return formatAnthropic
+		return dAnthropic
 	}
-	return formatOpenAI
+	return dOpenAI
 }
 
 // inputEstimate is the handler's own input estimate (demandFor) with no
 // model block: default image costs, token_ratio 1.
-func inputEstimate(f format, info requestInfo) int64 {
+func inputEstimate(f dialect, info requestInfo) int64 {
 	h := &Handler{DefaultMaxOutput: defaultMaxOutput}
-	return int64(h.demandFor(&info, nil, f, "/v1/x").in)
+	return int64(h.demandFor(&info, nil, f).in)
 }
 
 type corpusRow struct {
@@ -84,7 +84,7 @@ func corpusEstimates(t testing.TB, refs []referenceEntry) (rows []corpusRow, agg
 	for _, r := range refs {
 		f := formatOf(r.Format)
 		var info requestInfo
-		if err := parseRequest(f, readCorpusBody(t, r.File), &info); err != nil {
+		if err := parseRequest(f, "", readCorpusBody(t, r.File), &info); err != nil {
 			t.Errorf("%s: %v", r.File, err)
 			continue
 		}
@@ -227,14 +227,14 @@ func TestEstimateMonotonic(t *testing.T) {
 	one := `{"messages":[{"role":"user","content":` + q(proseText.text) + `}]}`
 	two := `{"messages":[{"role":"user","content":` + q(proseText.text) + `},{"role":"user","content":"ok"}]}`
 	var a, b requestInfo
-	if err := parseRequest(formatOpenAI, []byte(one), &a); err != nil {
+	if err := parseRequest(dOpenAI, "", []byte(one), &a); err != nil {
 		t.Fatal(err)
 	}
-	if err := parseRequest(formatOpenAI, []byte(two), &b); err != nil {
+	if err := parseRequest(dOpenAI, "", []byte(two), &b); err != nil {
 		t.Fatal(err)
 	}
-	if inputEstimate(formatOpenAI, b) <= inputEstimate(formatOpenAI, a) {
-		t.Errorf("adding a message: %d -> %d", inputEstimate(formatOpenAI, a), inputEstimate(formatOpenAI, b))
+	if inputEstimate(dOpenAI, b) <= inputEstimate(dOpenAI, a) {
+		t.Errorf("adding a message: %d -> %d", inputEstimate(dOpenAI, a), inputEstimate(dOpenAI, b))
 	}
 }
 
@@ -242,7 +242,7 @@ func TestParseRequestShapes(t *testing.T) {
 	img := `"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="`
 	cases := []struct {
 		name string
-		f    format
+		f    dialect
 		body string
 		text int64   // hand reference for TextTokens
 		tol  float64 // relative tolerance on TextTokens; 0 = exact
@@ -250,133 +250,133 @@ func TestParseRequestShapes(t *testing.T) {
 	}{
 		{
 			name: "openai chat string content",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"model":"gpt-4o","messages":[{"role":"system","content":` + q(systemText.text) + `},{"role":"user","content":` + q(proseText.text) + `}],"max_tokens":100}`,
 			text: systemText.tokens + proseText.tokens, tol: 0.10,
 			want: requestInfo{Model: "gpt-4o", Messages: 2, MaxOutput: 100, N: 1},
 		},
 		{
 			name: "openai chat content parts with images",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"text","text":` + q(proseText.text) + `},{"type":"image_url","image_url":{"url":` + img + `,"detail":"low"}},{"type":"image_url","image_url":{"url":"https://example.com/cat.png"}},{"image_url":{"detail":"high","url":` + img + `},"type":"image_url"}]}]}`,
 			text: proseText.tokens, tol: 0.10,
 			want: requestInfo{Model: "gpt-4o", Messages: 1, ImagesLow: 1, Images: 2, N: 1},
 		},
 		{
 			name: "openai chat tools, tool_calls and tool result",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"model":"gpt-4o","tools":` + toolsJSON.text + `,"messages":[{"role":"user","content":` + q(proseText.text) + `},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_order","arguments":` + q(argsJSON.text) + `}}]},{"role":"tool","tool_call_id":"call_1","content":` + q(toolResultJSON.text) + `}],"max_completion_tokens":300,"max_tokens":50,"n":2,"stream":true,"stream_options":{"include_usage":true}}`,
 			text: toolsJSON.tokens + proseText.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.10,
 			want: requestInfo{Model: "gpt-4o", Messages: 3, MaxOutput: 300, N: 2, Stream: true, IncludeUsage: true, HasStreamOptions: true},
 		},
 		{
 			name: "openai legacy functions and function_call",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"functions":[{"name":"get_order","description":"Look up an order by its numeric id and return its status.","parameters":{"type":"object","properties":{"order_id":{"type":"integer","description":"The order id"}},"required":["order_id"]}}],"messages":[{"role":"user","content":` + q(proseText.text) + `},{"role":"assistant","function_call":{"name":"get_order","arguments":` + q(argsJSON.text) + `}},{"role":"function","name":"get_order","content":` + q(toolResultJSON.text) + `}]}`,
 			text: 50 + proseText.tokens + 2*toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.10,
 			want: requestInfo{Messages: 3, N: 1},
 		},
 		{
 			name: "completions prompt string",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"model":"gpt-3.5-turbo-instruct","prompt":` + q(proseText.text) + `,"max_tokens":64,"n":3}`,
 			text: proseText.tokens, tol: 0.10,
 			want: requestInfo{Model: "gpt-3.5-turbo-instruct", MaxOutput: 64, N: 3},
 		},
 		{
 			name: "completions prompt array: max_tokens per prompt",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"prompt":[` + q(proseText.text) + `,` + q(prose2Text.text) + `],"max_tokens":64}`,
 			text: proseText.tokens + prose2Text.tokens, tol: 0.10,
 			want: requestInfo{MaxOutput: 128, N: 1},
 		},
 		{
 			name: "completions token ids",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"prompt":[1212,318,257,1332],"max_tokens":16}`,
 			text: 4,
 			want: requestInfo{MaxOutput: 16, N: 1},
 		},
 		{
 			name: "completions arrays of token ids",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"prompt":[[1212,318],[257,1332,13]],"max_tokens":16}`,
 			text: 5,
 			want: requestInfo{MaxOutput: 32, N: 1},
 		},
 		{
 			name: "responses input string and instructions",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"model":"gpt-4.1","instructions":` + q(systemText.text) + `,"input":` + q(proseText.text) + `,"max_output_tokens":500}`,
 			text: systemText.tokens + proseText.tokens, tol: 0.10,
 			want: requestInfo{Model: "gpt-4.1", MaxOutput: 500, N: 1},
 		},
 		{
 			name: "responses input items",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"input":[{"role":"user","content":[{"type":"input_text","text":` + q(proseText.text) + `},{"type":"input_image","detail":"low","image_url":` + img + `},{"type":"input_image","image_url":` + img + `}]},{"type":"function_call","call_id":"c1","name":"get_order","arguments":` + q(argsJSON.text) + `},{"type":"function_call_output","call_id":"c1","output":` + q(toolResultJSON.text) + `},{"role":"assistant","content":[{"type":"output_text","text":` + q(prose2Text.text) + `}]}],"tools":` + toolsJSON.text + `}`,
 			text: proseText.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens + prose2Text.tokens + toolsJSON.tokens, tol: 0.10,
 			want: requestInfo{Messages: 4, ImagesLow: 1, Images: 1, N: 1},
 		},
 		{
 			name: "embeddings string",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"model":"text-embedding-3-small","input":` + q(proseText.text) + `}`,
 			text: proseText.tokens, tol: 0.10,
 			want: requestInfo{Model: "text-embedding-3-small", N: 1},
 		},
 		{
 			name: "embeddings array of strings",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"input":[` + q(proseText.text) + `,` + q(goText.text) + `,` + q(chineseText.text) + `]}`,
 			text: proseText.tokens + goText.tokens + chineseText.tokens, tol: 0.10,
 			want: requestInfo{N: 1},
 		},
 		{
 			name: "embeddings token ids",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"input":[1,2,3]}`,
 			text: 3,
 			want: requestInfo{N: 1},
 		},
 		{
 			name: "embeddings arrays of token ids",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"input":[[1,2,3],[4,5]]}`,
 			text: 5,
 			want: requestInfo{N: 1},
 		},
 		{
 			name: "chat with code, JSON, Chinese and Russian",
-			f:    formatOpenAI,
+			f:    dOpenAI,
 			body: `{"messages":[{"role":"user","content":` + q(goText.text) + `},{"role":"user","content":` + q(jsonText.text) + `},{"role":"user","content":` + q(chineseText.text) + `},{"role":"user","content":` + q(russianText.text) + `}]}`,
 			text: goText.tokens + jsonText.tokens + chineseText.tokens + russianText.tokens, tol: 0.10,
 			want: requestInfo{Messages: 4, N: 1},
 		},
 		{
 			name: "anthropic system string",
-			f:    formatAnthropic,
+			f:    dAnthropic,
 			body: `{"model":"claude-sonnet-4-5","system":` + q(systemText.text) + `,"messages":[{"role":"user","content":` + q(proseText.text) + `}],"max_tokens":1024,"stream":true}`,
 			text: systemText.tokens + proseText.tokens, tol: 0.10,
 			want: requestInfo{Model: "claude-sonnet-4-5", Messages: 1, MaxOutput: 1024, N: 1, Stream: true},
 		},
 		{
 			name: "anthropic system blocks and text blocks",
-			f:    formatAnthropic,
+			f:    dAnthropic,
 			body: `{"system":[{"type":"text","text":` + q(systemText.text) + `,"cache_control":{"type":"ephemeral"}},{"type":"text","text":` + q(prose2Text.text) + `}],"messages":[{"role":"user","content":[{"type":"text","text":` + q(proseText.text) + `}]},{"role":"assistant","content":[{"type":"text","text":` + q(goText.text) + `}]}],"max_tokens":10}`,
 			text: systemText.tokens + prose2Text.tokens + proseText.tokens + goText.tokens, tol: 0.10,
 			want: requestInfo{Messages: 2, MaxOutput: 10, N: 1},
 		},
 		{
 			name: "anthropic tools, tool_use, tool_result and image",
-			f:    formatAnthropic,
+			f:    dAnthropic,
 			body: `{"tools":` + anthToolsJSON.text + `,"messages":[{"role":"user","content":` + q(proseText.text) + `},{"role":"assistant","content":[{"type":"text","text":` + q(prose2Text.text) + `},{"type":"tool_use","id":"toolu_1","name":"get_order","input":` + argsJSON.text + `}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":[{"type":"text","text":` + q(toolResultJSON.text) + `},{"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]},{"type":"image","source":{"type":"url","url":"https://example.com/a.png"}}]}],"max_tokens":1024}`,
 			text: anthToolsJSON.tokens + proseText.tokens + prose2Text.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.10,
 			want: requestInfo{Messages: 3, Images: 2, MaxOutput: 1024, N: 1},
 		},
 		{
 			name: "anthropic tool_result string and text document",
-			f:    formatAnthropic,
+			f:    dAnthropic,
 			body: `{"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":` + q(proseText.text) + `},{"type":"document","source":{"data":` + q(goText.text) + `,"type":"text","media_type":"text/plain"}},{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0xLjQK"}}]}],"max_tokens":5}`,
 			text: proseText.tokens + goText.tokens, tol: 0.10,
 			want: requestInfo{Messages: 1, MaxOutput: 5, N: 1},
@@ -385,7 +385,7 @@ func TestParseRequestShapes(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var info requestInfo
-			if err := parseRequest(c.f, []byte(c.body), &info); err != nil {
+			if err := parseRequest(c.f, "", []byte(c.body), &info); err != nil {
 				t.Fatalf("parseRequest: %v", err)
 			}
 			if c.tol == 0 {
@@ -405,21 +405,21 @@ func TestParseRequestShapes(t *testing.T) {
 }
 
 func TestParseRequestBehaviour(t *testing.T) {
-	parse := func(t *testing.T, f format, body string) requestInfo {
+	parse := func(t *testing.T, f dialect, body string) requestInfo {
 		t.Helper()
 		var info requestInfo
-		if err := parseRequest(f, []byte(body), &info); err != nil {
+		if err := parseRequest(f, "", []byte(body), &info); err != nil {
 			t.Fatalf("parseRequest(%.80s): %v", body, err)
 		}
 		return info
 	}
 	t.Run("escapes are decoded before counting", func(t *testing.T) {
-		raw := parse(t, formatOpenAI, `{"prompt":`+q(chineseText.text+"\n\tx")+`}`)
+		raw := parse(t, dOpenAI, `{"prompt":`+q(chineseText.text+"\n\tx")+`}`)
 		var esc []byte
 		for _, r := range chineseText.text {
 			esc = fmt.Appendf(esc, `\u%04x`, r)
 		}
-		escaped := parse(t, formatOpenAI, `{"prompt":"`+string(esc)+`\n\tx"}`)
+		escaped := parse(t, dOpenAI, `{"prompt":"`+string(esc)+`\n\tx"}`)
 		if raw.TextTokens != escaped.TextTokens {
 			t.Errorf("escaped text counts %d, raw %d", escaped.TextTokens, raw.TextTokens)
 		}
@@ -427,12 +427,12 @@ func TestParseRequestBehaviour(t *testing.T) {
 	t.Run("a 1 MB base64 image counts as one image", func(t *testing.T) {
 		data := strings.Repeat("iVBORw0KGgoAAAANSUhEUgAA", 1<<20/24)
 		for _, c := range []struct {
-			f    format
+			f    dialect
 			body string
 		}{
-			{formatOpenAI, `{"messages":[{"role":"user","content":[{"type":"text","text":"What is this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,` + data + `"}}]}]}`},
-			{formatOpenAI, `{"input":[{"role":"user","content":[{"type":"input_image","image_url":"data:image/png;base64,` + data + `"}]}]}`},
-			{formatAnthropic, `{"messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"` + data + `"}},{"type":"text","text":"What is this?"}]}]}`},
+			{dOpenAI, `{"messages":[{"role":"user","content":[{"type":"text","text":"What is this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,` + data + `"}}]}]}`},
+			{dOpenAI, `{"input":[{"role":"user","content":[{"type":"input_image","image_url":"data:image/png;base64,` + data + `"}]}]}`},
+			{dAnthropic, `{"messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"` + data + `"}},{"type":"text","text":"What is this?"}]}]}`},
 		} {
 			info := parse(t, c.f, c.body)
 			if info.Images != 1 || info.TextTokens > 10 {
@@ -441,34 +441,34 @@ func TestParseRequestBehaviour(t *testing.T) {
 		}
 	})
 	t.Run("duplicate keys: the last one counts", func(t *testing.T) {
-		info := parse(t, formatOpenAI, `{"max_tokens":10,"messages":[{"content":`+q(goText.text)+`}],"max_tokens":20,"messages":[{"content":"hi","content":"hello"},{"content":"x"}],"n":3,"n":null}`)
+		info := parse(t, dOpenAI, `{"max_tokens":10,"messages":[{"content":`+q(goText.text)+`}],"max_tokens":20,"messages":[{"content":"hi","content":"hello"},{"content":"x"}],"n":3,"n":null}`)
 		if info.MaxOutput != 20 || info.Messages != 2 || info.TextTokens != 2 || info.N != 1 {
 			t.Errorf("got %+v; want MaxOutput 20, Messages 2, TextTokens 2, N 1", info)
 		}
-		info = parse(t, formatAnthropic, `{"system":`+q(goText.text)+`,"system":"hi","messages":[{"role":"user","content":[{"type":"text","text":`+q(goText.text)+`,"text":"yo"}]}]}`)
+		info = parse(t, dAnthropic, `{"system":`+q(goText.text)+`,"system":"hi","messages":[{"role":"user","content":[{"type":"text","text":`+q(goText.text)+`,"text":"yo"}]}]}`)
 		if info.TextTokens != 2 {
 			t.Errorf("anthropic TextTokens = %d, want 2", info.TextTokens)
 		}
 	})
 	t.Run("invalid UTF-8 is accepted and counted by bytes", func(t *testing.T) {
-		info := parse(t, formatOpenAI, "{\"prompt\":\"abc \xff\xfe\xc3 def\"}")
+		info := parse(t, dOpenAI, "{\"prompt\":\"abc \xff\xfe\xc3 def\"}")
 		if info.TextTokens < 3 {
 			t.Errorf("TextTokens = %d, want >= 3", info.TextTokens)
 		}
 	})
 	t.Run("fields the estimator does not read are not judged", func(t *testing.T) {
-		info := parse(t, formatOpenAI, `{"temperature":"hot","model":42,"user":{"a":[1,{"b":null}]},"messages":[{"role":7,"content":"hi","weird":[true]}],"metadata":[]}`)
+		info := parse(t, dOpenAI, `{"temperature":"hot","model":42,"user":{"a":[1,{"b":null}]},"messages":[{"role":7,"content":"hi","weird":[true]}],"metadata":[]}`)
 		if info.Messages != 1 || info.Model != "" {
 			t.Errorf("got %+v", info)
 		}
-		parse(t, formatAnthropic, `{"n":"many","prompt":5,"input":true,"max_completion_tokens":"x","messages":[]}`)
+		parse(t, dAnthropic, `{"n":"many","prompt":5,"input":true,"max_completion_tokens":"x","messages":[]}`)
 	})
 	t.Run("null means absent", func(t *testing.T) {
-		info := parse(t, formatOpenAI, `{"messages":null,"input":null,"prompt":null,"instructions":null,"tools":null,"max_tokens":null,"max_completion_tokens":null,"max_output_tokens":null,"n":null,"stream":null,"stream_options":null,"model":null}`)
+		info := parse(t, dOpenAI, `{"messages":null,"input":null,"prompt":null,"instructions":null,"tools":null,"max_tokens":null,"max_completion_tokens":null,"max_output_tokens":null,"n":null,"stream":null,"stream_options":null,"model":null}`)
 		if info != (requestInfo{N: 1}) {
 			t.Errorf("got %+v", info)
 		}
-		info = parse(t, formatAnthropic, `{"system":null,"messages":null,"tools":null,"max_tokens":null,"stream":null}`)
+		info = parse(t, dAnthropic, `{"system":null,"messages":null,"tools":null,"max_tokens":null,"stream":null}`)
 		if info != (requestInfo{N: 1}) {
 			t.Errorf("got %+v", info)
 		}
@@ -481,20 +481,20 @@ func TestParseRequestBehaviour(t *testing.T) {
 			`{"max_tokens":1.0e2}`:                                             100,
 			`{}`:                                                               0,
 		} {
-			if got := parse(t, formatOpenAI, body).MaxOutput; got != want {
+			if got := parse(t, dOpenAI, body).MaxOutput; got != want {
 				t.Errorf("%s: MaxOutput = %d, want %d", body, got, want)
 			}
 		}
 	})
 	t.Run("format none reads nothing", func(t *testing.T) {
 		info := requestInfo{Model: "stale", Messages: 9}
-		if err := parseRequest(formatNone, []byte("not json"), &info); err != nil || info != (requestInfo{N: 1}) {
+		if err := parseRequest(dNone, "", []byte("not json"), &info); err != nil || info != (requestInfo{N: 1}) {
 			t.Errorf("got %+v, %v", info, err)
 		}
 	})
 	t.Run("nesting up to the limit is accepted", func(t *testing.T) {
 		inner := strings.Repeat("[", maxJSONDepth-1) + strings.Repeat("]", maxJSONDepth-1)
-		parse(t, formatOpenAI, `{"x":`+inner+`}`)
+		parse(t, dOpenAI, `{"x":`+inner+`}`)
 	})
 }
 
@@ -503,64 +503,64 @@ func TestParseRequestRejects(t *testing.T) {
 	deepObj := strings.Repeat(`{"a":`, 10000) + "1" + strings.Repeat("}", 10000)
 	cases := []struct {
 		name string
-		f    format
+		f    dialect
 		body string
 		want string // substring of the error
 	}{
-		{"empty body", formatOpenAI, ``, "empty"},
-		{"white space only", formatAnthropic, " \n\t ", "empty"},
-		{"malformed JSON", formatOpenAI, `{"messages":[}`, "invalid JSON"},
-		{"truncated JSON", formatOpenAI, `{"messages":[{"role":"user","content":"hel`, "unexpected end of input"},
-		{"truncated after key", formatAnthropic, `{"messages"`, "unexpected end of input"},
-		{"trailing garbage", formatOpenAI, `{"messages":[]} x`, "after the top-level object"},
-		{"two objects", formatOpenAI, `{}{}`, "after the top-level object"},
-		{"top-level array", formatOpenAI, `[{"messages":[]}]`, "must be a JSON object"},
-		{"top-level string", formatAnthropic, `"hi"`, "must be a JSON object"},
-		{"messages a number", formatOpenAI, `{"messages":5}`, "messages must be an array"},
-		{"anthropic messages a string", formatAnthropic, `{"messages":"hi"}`, "messages must be an array"},
-		{"message not an object", formatOpenAI, `{"messages":["hi"]}`, "messages[0] must be an object"},
-		{"content a number", formatAnthropic, `{"messages":[{"content":1}]}`, "messages[0].content must be a string or an array"},
-		{"max_tokens a string", formatOpenAI, `{"max_tokens":"100"}`, "max_tokens must be an integer"},
-		{"max_tokens 1.5", formatOpenAI, `{"max_tokens":1.5}`, "max_tokens must be an integer"},
-		{"max_tokens 1e30", formatAnthropic, `{"max_tokens":1e30}`, "max_tokens must be an integer"},
-		{"max_tokens too large for int64", formatOpenAI, `{"max_tokens":9223372036854775808}`, "max_tokens must be an integer"},
-		{"negative max_completion_tokens", formatOpenAI, `{"max_completion_tokens":-1}`, "max_completion_tokens must be >= 0"},
-		{"max_output_tokens a bool", formatOpenAI, `{"max_output_tokens":true}`, "max_output_tokens must be an integer"},
-		{"n 0", formatOpenAI, `{"n":0}`, "n must be >= 1"},
-		{"n -1", formatOpenAI, `{"n":-1}`, "n must be >= 1"},
-		{"n a string", formatOpenAI, `{"n":"2"}`, "n must be an integer"},
-		{"stream yes", formatOpenAI, `{"stream":"yes"}`, "stream must be a boolean"},
-		{"anthropic stream 1", formatAnthropic, `{"stream":1}`, "stream must be a boolean"},
-		{"include_usage a string", formatOpenAI, `{"stream_options":{"include_usage":"true"}}`, "include_usage must be a boolean"},
-		{"stream_options an array", formatOpenAI, `{"stream_options":[]}`, "stream_options must be an object"},
-		{"system a number", formatAnthropic, `{"system":1}`, "system must be a string or an array"},
-		{"tools an object", formatOpenAI, `{"tools":{}}`, "tools must be an array"},
-		{"anthropic tools a string", formatAnthropic, `{"tools":"x"}`, "tools must be an array"},
-		{"input a number", formatOpenAI, `{"input":1}`, "input must be a string or an array"},
-		{"input element a bool", formatOpenAI, `{"input":[true]}`, "input[0] must be"},
-		{"prompt an object", formatOpenAI, `{"prompt":{}}`, "prompt must be a string or an array"},
-		{"instructions an array", formatOpenAI, `{"instructions":["x"]}`, "instructions must be a string"},
-		{"10,000-deep arrays", formatOpenAI, `{"metadata":` + deep + `}`, "nesting deeper than 128"},
-		{"10,000-deep objects in messages", formatAnthropic, `{"messages":[{"content":[{"type":"tool_result","content":[` + deepObj + `]}]}]}`, "nesting deeper than 128"},
-		{"10,000-deep top level", formatOpenAI, deep, "nesting deeper than 128"},
-		{"129 levels", formatOpenAI, `{"x":` + strings.Repeat("[", maxJSONDepth) + strings.Repeat("]", maxJSONDepth) + `}`, "nesting deeper than 128"},
-		{"control character in string", formatOpenAI, "{\"prompt\":\"a\tb\"}", "control character"},
-		{"invalid escape", formatOpenAI, `{"prompt":"a\qb"}`, "invalid escape"},
-		{"short unicode escape", formatOpenAI, `{"prompt":"\u12"}`, "invalid escape"},
-		{"trailing comma in array", formatOpenAI, `{"messages":[{"content":"a"},]}`, "invalid JSON"},
-		{"trailing comma in object", formatOpenAI, `{"model":"x",}`, "invalid JSON"},
-		{"bad literal", formatOpenAI, `{"stream":tru}`, "invalid"},
-		{"bad number", formatOpenAI, `{"max_tokens":01}`, "invalid JSON"},
-		{"number without digits", formatOpenAI, `{"x":-}`, "invalid JSON"},
-		{"unquoted key", formatOpenAI, `{model:"x"}`, "invalid JSON"},
-		{"missing colon", formatAnthropic, `{"model" "x"}`, "invalid JSON"},
-		{"syntax error in an unread field", formatOpenAI, `{"metadata":{"a":[1,2}}`, "invalid JSON"},
-		{"syntax error wins over a type error", formatOpenAI, `{"max_tokens":"abc`, "invalid JSON"},
+		{"empty body", dOpenAI, ``, "empty"},
+		{"white space only", dAnthropic, " \n\t ", "empty"},
+		{"malformed JSON", dOpenAI, `{"messages":[}`, "invalid JSON"},
+		{"truncated JSON", dOpenAI, `{"messages":[{"role":"user","content":"hel`, "unexpected end of input"},
+		{"truncated after key", dAnthropic, `{"messages"`, "unexpected end of input"},
+		{"trailing garbage", dOpenAI, `{"messages":[]} x`, "after the top-level object"},
+		{"two objects", dOpenAI, `{}{}`, "after the top-level object"},
+		{"top-level array", dOpenAI, `[{"messages":[]}]`, "must be a JSON object"},
+		{"top-level string", dAnthropic, `"hi"`, "must be a JSON object"},
+		{"messages a number", dOpenAI, `{"messages":5}`, "messages must be an array"},
+		{"anthropic messages a string", dAnthropic, `{"messages":"hi"}`, "messages must be an array"},
+		{"message not an object", dOpenAI, `{"messages":["hi"]}`, "messages[0] must be an object"},
+		{"content a number", dAnthropic, `{"messages":[{"content":1}]}`, "messages[0].content must be a string or an array"},
+		{"max_tokens a string", dOpenAI, `{"max_tokens":"100"}`, "max_tokens must be an integer"},
+		{"max_tokens 1.5", dOpenAI, `{"max_tokens":1.5}`, "max_tokens must be an integer"},
+		{"max_tokens 1e30", dAnthropic, `{"max_tokens":1e30}`, "max_tokens must be an integer"},
+		{"max_tokens too large for int64", dOpenAI, `{"max_tokens":9223372036854775808}`, "max_tokens must be an integer"},
+		{"negative max_completion_tokens", dOpenAI, `{"max_completion_tokens":-1}`, "max_completion_tokens must be >= 0"},
+		{"max_output_tokens a bool", dOpenAI, `{"max_output_tokens":true}`, "max_output_tokens must be an integer"},
+		{"n 0", dOpenAI, `{"n":0}`, "n must be >= 1"},
+		{"n -1", dOpenAI, `{"n":-1}`, "n must be >= 1"},
+		{"n a string", dOpenAI, `{"n":"2"}`, "n must be an integer"},
+		{"stream yes", dOpenAI, `{"stream":"yes"}`, "stream must be a boolean"},
+		{"anthropic stream 1", dAnthropic, `{"stream":1}`, "stream must be a boolean"},
+		{"include_usage a string", dOpenAI, `{"stream_options":{"include_usage":"true"}}`, "include_usage must be a boolean"},
+		{"stream_options an array", dOpenAI, `{"stream_options":[]}`, "stream_options must be an object"},
+		{"system a number", dAnthropic, `{"system":1}`, "system must be a string or an array"},
+		{"tools an object", dOpenAI, `{"tools":{}}`, "tools must be an array"},
+		{"anthropic tools a string", dAnthropic, `{"tools":"x"}`, "tools must be an array"},
+		{"input a number", dOpenAI, `{"input":1}`, "input must be a string or an array"},
+		{"input element a bool", dOpenAI, `{"input":[true]}`, "input[0] must be"},
+		{"prompt an object", dOpenAI, `{"prompt":{}}`, "prompt must be a string or an array"},
+		{"instructions an array", dOpenAI, `{"instructions":["x"]}`, "instructions must be a string"},
+		{"10,000-deep arrays", dOpenAI, `{"metadata":` + deep + `}`, "nesting deeper than 128"},
+		{"10,000-deep objects in messages", dAnthropic, `{"messages":[{"content":[{"type":"tool_result","content":[` + deepObj + `]}]}]}`, "nesting deeper than 128"},
+		{"10,000-deep top level", dOpenAI, deep, "nesting deeper than 128"},
+		{"129 levels", dOpenAI, `{"x":` + strings.Repeat("[", maxJSONDepth) + strings.Repeat("]", maxJSONDepth) + `}`, "nesting deeper than 128"},
+		{"control character in string", dOpenAI, "{\"prompt\":\"a\tb\"}", "control character"},
+		{"invalid escape", dOpenAI, `{"prompt":"a\qb"}`, "invalid escape"},
+		{"short unicode escape", dOpenAI, `{"prompt":"\u12"}`, "invalid escape"},
+		{"trailing comma in array", dOpenAI, `{"messages":[{"content":"a"},]}`, "invalid JSON"},
+		{"trailing comma in object", dOpenAI, `{"model":"x",}`, "invalid JSON"},
+		{"bad literal", dOpenAI, `{"stream":tru}`, "invalid"},
+		{"bad number", dOpenAI, `{"max_tokens":01}`, "invalid JSON"},
+		{"number without digits", dOpenAI, `{"x":-}`, "invalid JSON"},
+		{"unquoted key", dOpenAI, `{model:"x"}`, "invalid JSON"},
+		{"missing colon", dAnthropic, `{"model" "x"}`, "invalid JSON"},
+		{"syntax error in an unread field", dOpenAI, `{"metadata":{"a":[1,2}}`, "invalid JSON"},
+		{"syntax error wins over a type error", dOpenAI, `{"max_tokens":"abc`, "invalid JSON"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var info requestInfo
-			err := parseRequest(c.f, []byte(c.body), &info)
+			err := parseRequest(c.f, "", []byte(c.body), &info)
 			if err == nil {
 				t.Fatalf("parseRequest accepted %.60q", c.body)
 			}
@@ -581,11 +581,11 @@ func TestParseRequestAllocations(t *testing.T) {
 	anth := []byte(`{"model":"claude","system":[{"type":"text","text":"hi"}],"messages":[{"role":"user","content":[{"type":"tool_result","content":[{"type":"text","text":"x"}]},{"type":"document","source":{"type":"text","data":"doc"}}]}],"max_tokens":5}`)
 	var info requestInfo
 	for _, c := range []struct {
-		f    format
+		f    dialect
 		body []byte
-	}{{formatOpenAI, body}, {formatAnthropic, anth}} {
+	}{{dOpenAI, body}, {dAnthropic, anth}} {
 		allocs := testing.AllocsPerRun(50, func() {
-			if err := parseRequest(c.f, c.body, &info); err != nil {
+			if err := parseRequest(c.f, "", c.body, &info); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -598,7 +598,7 @@ func TestParseRequestAllocations(t *testing.T) {
 func BenchmarkEstimate(b *testing.B) {
 	refs := loadCorpus(b)
 	var bodies [][]byte
-	var formats []format
+	var formats []dialect
 	total := 0
 	for _, r := range refs {
 		body := readCorpusBody(b, r.File)
@@ -612,7 +612,7 @@ func BenchmarkEstimate(b *testing.B) {
 		var info requestInfo
 		for b.Loop() {
 			for i, body := range bodies {
-				if err := parseRequest(formats[i], body, &info); err != nil {
+				if err := parseRequest(formats[i], "", body, &info); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -627,7 +627,7 @@ func BenchmarkEstimate(b *testing.B) {
 			b.ReportAllocs()
 			var info requestInfo
 			for b.Loop() {
-				if err := parseRequest(formats[i], bodies[i], &info); err != nil {
+				if err := parseRequest(formats[i], "", bodies[i], &info); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -22,14 +22,14 @@ import (
 // TEXT is replaced by a JSON string.
 var estimateTemplates = []struct {
 	name string
-	f    format
+	f    dialect
 	body string
 }{
-	{"chat", formatOpenAI, `{"model":"gpt-4o","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":TEXT}],"max_tokens":64,"n":2}`},
-	{"completions", formatOpenAI, `{"model":"gpt-3.5-turbo-instruct","prompt":TEXT,"max_tokens":16}`},
-	{"responses", formatOpenAI, `{"model":"gpt-4o","instructions":"Be brief.","input":[{"role":"user","content":[{"type":"input_text","text":TEXT},{"type":"input_image","detail":"low","image_url":"data:x"}]}],"max_output_tokens":64}`},
-	{"embeddings", formatOpenAI, `{"model":"text-embedding-3-small","input":[TEXT,"second input"]}`},
-	{"anthropic", formatAnthropic, `{"model":"claude-sonnet-4-5","max_tokens":256,"system":"Be brief.","messages":[{"role":"user","content":[{"type":"text","text":TEXT}]}]}`},
+	{"chat", dOpenAI, `{"model":"gpt-4o","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":TEXT}],"max_tokens":64,"n":2}`},
+	{"completions", dOpenAI, `{"model":"gpt-3.5-turbo-instruct","prompt":TEXT,"max_tokens":16}`},
+	{"responses", dOpenAI, `{"model":"gpt-4o","instructions":"Be brief.","input":[{"role":"user","content":[{"type":"input_text","text":TEXT},{"type":"input_image","detail":"low","image_url":"data:x"}]}],"max_output_tokens":64}`},
+	{"embeddings", dOpenAI, `{"model":"text-embedding-3-small","input":[TEXT,"second input"]}`},
+	{"anthropic", dAnthropic, `{"model":"claude-sonnet-4-5","max_tokens":256,"system":"Be brief.","messages":[{"role":"user","content":[{"type":"text","text":TEXT}]}]}`},
 }
 
 // FuzzEstimateMonotone: a well-formed body is never rejected whatever its
@@ -66,7 +66,7 @@ func FuzzEstimateMonotone(f *testing.F) {
 				}
 				body := []byte(strings.Replace(tpl.body, "TEXT", string(js), 1))
 				var info requestInfo
-				if err := parseRequest(tpl.f, body, &info); err != nil {
+				if err := parseRequest(tpl.f, "", body, &info); err != nil {
 					t.Fatalf("%s: rejected a valid body %q: %v", tpl.name, body, err)
 				}
 				checkCounts(t, tpl.name, body, &info)
@@ -85,9 +85,9 @@ func FuzzEstimateMonotone(f *testing.F) {
 			}
 		}
 		raw := []byte(text + extra)
-		for _, fm := range []format{formatOpenAI, formatAnthropic} {
+		for _, fm := range []dialect{dOpenAI, dAnthropic} {
 			var info requestInfo
-			if err := parseRequest(fm, raw, &info); err == nil {
+			if err := parseRequest(fm, "", raw, &info); err == nil {
 				checkCounts(t, "raw body", raw, &info)
 			}
 		}
@@ -114,7 +114,7 @@ func (r *recordingWriter) WriteHeader(int)             {}
 
 // Fuzz modes of FuzzSSEUsageReader, as bits of its mode argument.
 const (
-	fuzzAnthropic = 1 << iota // formatAnthropic, else formatOpenAI
+	fuzzAnthropic = 1 << iota // dAnthropic, else dOpenAI
 	fuzzStrip                 // strip the usage-only chunk
 	fuzzJSON                  // Content-Type application/json, else text/event-stream
 	fuzzBig                   // an event longer than maxHeldEvent, in large chunks
@@ -126,6 +126,10 @@ const (
 // never negative, a stream passes byte for byte unless stripping, and
 // stripping removes only whole usage-only events (all of them, unless the
 // writer gave up on an over-long event).
+// fuzzHandler holds the zone whose metrics a fuzzed writer's settle
+// counts into.
+var fuzzHandler = &Handler{zone: newZone("fuzz")}
+
 func FuzzSSEUsageReader(f *testing.F) {
 	chat := "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n" +
 		"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":2}}\n\n" +
@@ -161,13 +165,13 @@ func FuzzSSEUsageReader(f *testing.F) {
 		if mode&fuzzJSON != 0 {
 			ct = "application/json"
 		}
-		fm := formatOpenAI
+		fm := dOpenAI
 		if mode&fuzzAnthropic != 0 {
-			fm = formatAnthropic
+			fm = dAnthropic
 		}
 		strip := mode&fuzzStrip != 0
 		rw := &recordingWriter{h: http.Header{"Content-Type": {ct}}}
-		uw := usageWriter{ResponseWriter: rw, h: &Handler{}, f: fm, strip: strip}
+		uw := usageWriter{ResponseWriter: rw, h: fuzzHandler, d: fm, strip: strip}
 		uw.WriteHeader(200)
 		largest := 0
 		for i, p := 0, stream; len(p) > 0; i++ {

@@ -18,79 +18,38 @@ import (
 // ServeHTTP follows SPEC's request flow: key → body → estimate → context
 // check → admit → forward → settle → release.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	f := h.format
-	if f == formatNone {
-		f = formatForPath(r.URL.Path)
-	}
-	rf := replyFormat(f)
-	if r.Method != http.MethodPost {
-		f = formatNone // e.g. GET /v1/chat/completions lists stored completions: no body
+	d := h.dialect
+	if d == nil {
+		d = dialectForPath(r.URL.Path)
 	}
 
 	// 1. Key.
 	key := h.keyOf(r)
-	m := h.zone.m
 	if key == "" {
 		drainBody(r)
-		m.outcomes[outcomeUnauthorized].Inc()
-		return h.replyError(w, rf, errUnauthorized, "Missing API key: send it as 'Authorization: Bearer <key>' or in the x-api-key header.")
+		return h.reply(w, d, &apiError{kind: errUnauthorized,
+			msg: "Missing API key: send it as 'Authorization: Bearer <key>' or in the x-api-key header."}, outcomeUnauthorized)
 	}
 	kh := hashKey(key)
 	tier, known := h.keys[kh]
 	if !known && h.RequireKnownKeys {
 		h.logger.Info("unknown api key", zap.String("key_id", kh.id()))
 		drainBody(r)
-		m.outcomes[outcomeUnauthorized].Inc()
-		return h.replyError(w, rf, errUnauthorized, "Incorrect API key provided (key_id "+kh.id()+").")
+		return h.reply(w, d, &apiError{kind: errUnauthorized, msg: "Incorrect API key provided (key_id " + kh.id() + ")."}, outcomeUnauthorized)
 	}
 
-	// 2. Body, 3. estimate.
-	info := requestInfo{N: 1}
-	var body []byte
-	strip := false // include_usage was injected: strip the extra chunk
-	canRetry := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
-	if f != formatNone {
-		if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-			drainBody(r)
-			m.outcomes[outcomeInvalid].Inc()
-			return h.replyError(w, rf, errInvalid, "Compressed request bodies (Content-Encoding: "+ce+") are not supported: send the JSON body uncompressed.")
+	// 2. Body, 3. estimate, 4. context window.
+	var req llmRequest
+	if err := h.readAndEstimate(r, d, &req); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) {
+			return h.reply(w, d, ae, outcomeInvalid)
 		}
-		var err error
-		body, err = readBody(r, h.MaxBody)
-		if err != nil {
-			m.outcomes[outcomeInvalid].Inc()
-			if errors.Is(err, errBodyTooLarge) {
-				drainBody(r)
-				return h.replyError(w, rf, errTooLarge, fmt.Sprintf("Request body exceeds the limit of %d bytes.", h.MaxBody))
-			}
-			return h.replyError(w, rf, errInvalid, "Could not read the request body: "+err.Error())
-		}
-		if err := parseRequest(f, body, &info); err != nil {
-			m.outcomes[outcomeInvalid].Inc()
-			return h.replyError(w, rf, errInvalid, "Invalid request body: "+err.Error())
-		}
-		if f == formatOpenAI && needsIncludeUsage(r.URL.Path, &info) {
-			body, strip = injectIncludeUsage(body), true
-		}
-		restoreBody(r, body)
-		canRetry = true
-		// The usage in the response must be readable; an encode directive
-		// in front of this handler re-compresses for the client.
-		r.Header.Del("Accept-Encoding")
-	}
-	mb := h.modelFor(info.Model)
-	d := h.demandFor(&info, mb, f, r.URL.Path)
-
-	// 4. Context window.
-	if mb != nil && mb.ContextWindow > 0 && d.in+d.out > float64(mb.ContextWindow) {
-		m.outcomes[outcomeInvalid].Inc()
-		return h.replyError(w, rf, errContextLength, fmt.Sprintf(
-			"This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the messages, %d in the completion). Please reduce the length of the messages or completion.",
-			mb.ContextWindow, int64(d.in+d.out), int64(d.in), int64(d.out)))
+		return clientGone(err)
 	}
 
 	// 5. Admission.
-	q := ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), up: h.up, d: d}
+	q := ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), up: h.up, d: req.demand}
 	var t ticket
 	var dec decision
 	var waited time.Duration
@@ -101,19 +60,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		t, dec, waited, err = h.zone.admitOrWait(r.Context(), q, time.Duration(h.MaxWait), h.MaxQueue, h.DryRun)
 	}
 	if errors.Is(err, errStoreDown) {
-		return h.replyStoreDown(w, rf)
+		return h.reply(w, d, &apiError{kind: errUnavailable, wait: time.Second,
+			msg: "The rate limiter's shared store is unreachable; please try again shortly."}, "")
 	}
 	if err != nil {
-		return nil // the client went away while waiting; it took nothing
+		return clientGone(err) // it went away while waiting, and took nothing
 	}
+	m := h.zone.m
 	if !dec.ok {
-		msg := rejectMessage(dec, d.model)
-		fields := h.decisionFields(kh, tier, &info, d,
+		msg := rejectMessage(dec, req.demand.model)
+		fields := h.decisionFields(kh, tier, &req.info, req.demand,
 			zap.Duration("wait", dec.wait), zap.Bool("never_fits", dec.never), zap.String("reason", msg))
 		if !h.DryRun {
-			m.outcomes[outcomeRejected].Inc()
 			h.logger.Info("rejected", append(fields, zap.String("outcome", outcomeRejected))...)
-			return h.reply429(w, rf, dec, msg)
+			if h.headersOn {
+				setQuotaHeaders(w.Header(), dec.req, dec.tok)
+			}
+			return h.reply(w, d, &apiError{kind: errRateLimited, msg: msg, dim: dec.blocking.dim, wait: dec.wait, never: dec.never}, outcomeRejected)
 		}
 		m.outcomes[outcomeDryRunRejected].Inc()
 		h.logger.Info("would reject (dry_run)", append(fields, zap.String("outcome", outcomeDryRunRejected))...)
@@ -125,49 +88,95 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		m.outcomes[outcome].Inc()
 		if ce := h.logger.Check(zap.DebugLevel, "allowed"); ce != nil {
-			ce.Write(h.decisionFields(kh, tier, &info, d, zap.String("outcome", outcome), zap.Duration("queued", waited))...)
+			ce.Write(h.decisionFields(kh, tier, &req.info, req.demand, zap.String("outcome", outcome), zap.Duration("queued", waited))...)
 		}
 	}
-	m.estIn.Add(d.in)
-	m.resOut.Add(d.out)
+	return h.serveAdmitted(w, r, next, d, &req, t, dec)
+}
 
-	// 6. Forward. 8. Settle. 9. Release, on every path: a panic such as
-	// http.ErrAbortHandler keeps the reservation but frees the slot.
-	uw := &usageWriter{ResponseWriter: w, h: h, f: f, req: dec.req, tok: dec.tok, strip: strip}
-	settled := false
-	settle := func() {
-		if settled {
-			return
+// llmRequest is what the handler read from a request before admission.
+type llmRequest struct {
+	info requestInfo
+	// parsed is the dialect that read the body; nil when the body was not
+	// read (another path, another method): 1 request, 0 tokens.
+	parsed dialect
+	// body is the buffered body, given to every attempt.
+	body []byte
+	// strip: the dialect rewrote the body to ask for the usage; the added
+	// usage event is taken out of the stream again.
+	strip bool
+	// canRetry: the request can be sent again (no body, or a buffered one).
+	canRetry bool
+	demand   demand
+}
+
+// readAndEstimate reads the body of a request of dialect d (steps 2 to 4
+// of the request flow): it buffers and parses the body, gives it back for
+// the next handler, estimates the demand and checks the context window.
+// An *apiError is the client's mistake, to be answered; any other error
+// means the client went away.
+func (h *Handler) readAndEstimate(r *http.Request, d dialect, req *llmRequest) error {
+	req.info = requestInfo{N: 1}
+	req.canRetry = r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+	if d != nil && r.Method == http.MethodPost { // e.g. GET /v1/chat/completions lists stored completions: no body
+		if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+			drainBody(r)
+			return &apiError{kind: errInvalid, msg: "Compressed request bodies (Content-Encoding: " + ce + ") are not supported: send the JSON body uncompressed."}
 		}
-		settled = true
-		switch u, ok := uw.usage(); {
-		case uw.status < 200 || uw.status > 299:
-			t.finish(now().UnixNano(), nil, true)
-		case ok:
-			m.settled(d.in, u)
-			t.finish(now().UnixNano(), &u, false)
-		default:
-			t.finish(now().UnixNano(), nil, false)
+		body, err := readBody(r, h.MaxBody)
+		switch {
+		case errors.Is(err, errBodyTooLarge):
+			drainBody(r)
+			return &apiError{kind: errTooLarge, msg: fmt.Sprintf("Request body exceeds the limit of %d bytes.", h.MaxBody)}
+		case errors.Is(err, io.ErrUnexpectedEOF) || r.Context().Err() != nil:
+			return err // the client went away mid-body
+		case err != nil:
+			return &apiError{kind: errInvalid, msg: "Could not read the request body: " + err.Error()}
 		}
+		if err := parseRequest(d, r.URL.Path, body, &req.info); err != nil {
+			return &apiError{kind: errInvalid, msg: "Invalid request body: " + err.Error()}
+		}
+		req.parsed = d
+		req.body, req.strip = d.prepare(r.URL.Path, body, &req.info)
+		restoreBody(r, req.body)
+		req.canRetry = true
+		// The usage in the response must be readable; an encode directive
+		// in front of this handler re-compresses for the client.
+		r.Header.Del("Accept-Encoding")
 	}
-	// A successful answer is settled as soon as its end is seen, before
-	// its last bytes go out: a client that sends its next request the
-	// moment it has read this one sees the settled buckets.
-	uw.onEnd = settle
-	defer func() {
-		if !settled {
-			settled = true
-			t.finish(now().UnixNano(), nil, false)
-		}
-	}()
-	err = h.forward(uw, r, next, body, canRetry, rf, func() { t.chargeRetry(now().UnixNano()) })
+	mb := h.modelFor(req.info.Model)
+	req.demand = h.demandFor(&req.info, mb, req.parsed)
+	if mb != nil && mb.ContextWindow > 0 && req.demand.in+req.demand.out > float64(mb.ContextWindow) {
+		dm := req.demand
+		return &apiError{kind: errContextLength, msg: fmt.Sprintf(
+			"This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the messages, %d in the completion). Please reduce the length of the messages or completion.",
+			mb.ContextWindow, int64(dm.in+dm.out), int64(dm.in), int64(dm.out))}
+	}
+	return nil
+}
+
+// serveAdmitted forwards an admitted request (6, 7), settles it (8) and
+// releases it (9) on every path: a panic such as http.ErrAbortHandler
+// keeps the reservation but frees the slot.
+func (h *Handler) serveAdmitted(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d dialect, req *llmRequest, t ticket, dec decision) error {
+	h.zone.m.estIn.Add(req.demand.in)
+	h.zone.m.resOut.Add(req.demand.out)
+	uw := &usageWriter{ResponseWriter: w, h: h, d: req.parsed, req: dec.req, tok: dec.tok, strip: req.strip, t: t}
+	defer uw.release()
+	defer uw.abandon()
+	err := h.forward(uw, r, next, d, req, &uw.t)
 	if ferr := uw.flushHeld(); err == nil {
 		err = ferr
 	}
-	settle()
-	uw.release()
+	uw.settle()
 	return err
 }
+
+// statusClientClosed is what the log shows for a client that went away
+// before its answer, as reverse_proxy logs it.
+const statusClientClosed = 499
+
+func clientGone(err error) error { return caddyhttp.Error(statusClientClosed, err) }
 
 // decisionFields describe a decision for the log: key_id, never the key.
 func (h *Handler) decisionFields(kh keyHash, tier string, info *requestInfo, d demand, extra ...zap.Field) []zap.Field {
@@ -190,20 +199,13 @@ func (h *Handler) keyOf(r *http.Request) string {
 	return strings.TrimSpace(repl.ReplaceAll(h.Key, ""))
 }
 
-// Image costs by formula, never by the size of their data.
-const (
-	openAIImageLowTokens = 85
-	openAIImageTokens    = 765
-	anthropicImageTokens = 1600
-)
-
 // demandFor turns what the estimator read into the tokens a request asks
 // for: input (text, 3 per message, images, times token_ratio) and the output
-// reservation.
-func (h *Handler) demandFor(info *requestInfo, m *Model, f format, urlPath string) demand {
-	imageCost := int64(openAIImageTokens)
-	if f == formatAnthropic {
-		imageCost = anthropicImageTokens
+// reservation. d is the dialect that read the body, nil for none.
+func (h *Handler) demandFor(info *requestInfo, m *Model, d dialect) demand {
+	var imageCost, lowCost int64
+	if d != nil {
+		imageCost, lowCost = d.imageTokens()
 	}
 	ratio := 1.0
 	if m != nil {
@@ -213,16 +215,16 @@ func (h *Handler) demandFor(info *requestInfo, m *Model, f format, urlPath strin
 		ratio = m.TokenRatio
 	}
 	raw := float64(info.TextTokens) + 3*float64(info.Messages) +
-		openAIImageLowTokens*float64(info.ImagesLow) + float64(imageCost)*float64(info.Images)
-	d := demand{in: math.Ceil(raw * ratio), model: m}
+		float64(lowCost)*float64(info.ImagesLow) + float64(imageCost)*float64(info.Images)
+	dm := demand{in: math.Ceil(raw * ratio), model: m}
 	if m != nil && !m.Limits.any() {
-		d.model = nil // a model block without limits has no buckets
+		dm.model = nil // a model block without limits has no buckets
 	}
 	switch {
-	case f == formatNone || strings.HasSuffix(strings.TrimSuffix(urlPath, "/"), "/v1/embeddings"):
+	case d == nil || info.NoOutput:
 		// Nothing is generated.
 	case info.MaxOutput > 0:
-		d.out = float64(info.MaxOutput) * float64(info.N)
+		dm.out = float64(info.MaxOutput) * float64(info.N)
 	default:
 		per := h.DefaultMaxOutput
 		if m != nil && m.MaxOutput > 0 {
@@ -231,11 +233,11 @@ func (h *Handler) demandFor(info *requestInfo, m *Model, f format, urlPath strin
 		// Without an explicit max the model stops at its window: do not
 		// reserve (or reject for) more than the window leaves.
 		if m != nil && m.ContextWindow > 0 {
-			per = min(per, max(m.ContextWindow-int64(d.in), 0))
+			per = min(per, max(m.ContextWindow-int64(dm.in), 0))
 		}
-		d.out = float64(per) * float64(info.N)
+		dm.out = float64(per) * float64(info.N)
 	}
-	return d
+	return dm
 }
 
 func (l Limits) any() bool { return l.RPM > 0 || l.TPM > 0 || l.ITPM > 0 || l.OTPM > 0 }

@@ -371,3 +371,20 @@ func after429(calls *atomic.Int32, next http.HandlerFunc) http.HandlerFunc {
 		next(w, r)
 	}
 }
+
+// The registered dialects, for tests that name one.
+var (
+	dOpenAI    dialect = openAIDialect{}
+	dAnthropic dialect = anthropicDialect{}
+	dGemini    dialect = geminiDialect{}
+	dNone      dialect
+)
+
+// parseUsageJSON is the usage that dialect d reads from a whole JSON answer;
+// none for no dialect.
+func parseUsageJSON(d dialect, body []byte) (usage, bool) {
+	if d == nil {
+		return usage{}, false
+	}
+	return d.jsonUsage(body)
+}

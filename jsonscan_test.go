@@ -60,7 +60,7 @@ func TestScannerAgreesWithEncodingJSON(t *testing.T) {
 	for _, v := range validityCases {
 		body := `{"metadata":` + v + `}`
 		var info requestInfo
-		err := parseRequest(formatOpenAI, []byte(body), &info)
+		err := parseRequest(dOpenAI, "", []byte(body), &info)
 		if want := json.Valid([]byte(body)); (err == nil) != want {
 			t.Errorf("%s: parseRequest error %v, but json.Valid = %v", body, err, want)
 		}
@@ -124,13 +124,13 @@ func TestDecodeEscape(t *testing.T) {
 
 func TestEscapedKeysMatch(t *testing.T) {
 	var info requestInfo
-	if err := parseRequest(formatOpenAI, []byte(`{"m\u0061x_tokens":7,"\u006dodel":"gpt"}`), &info); err != nil {
+	if err := parseRequest(dOpenAI, "", []byte(`{"m\u0061x_tokens":7,"\u006dodel":"gpt"}`), &info); err != nil {
 		t.Fatal(err)
 	}
 	if info.MaxOutput != 7 || info.Model != "gpt" {
 		t.Errorf("got %+v", info)
 	}
-	if err := parseRequest(formatOpenAI, []byte(`{"model":"a\u00e9\n"}`), &info); err != nil || info.Model != "aé\n" {
+	if err := parseRequest(dOpenAI, "", []byte(`{"model":"a\u00e9\n"}`), &info); err != nil || info.Model != "aé\n" {
 		t.Errorf("model = %q, %v", info.Model, err)
 	}
 }
@@ -169,12 +169,12 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte(`{"input":[[1,2],"a",{"type":"function_call","arguments":"{}"}],"prompt":[1,2]}`), false)
 	f.Add([]byte(`{"messages":[{"content":[{"type":"tool_result","content":[{"type":"document","source":{"type":"text","data":"x"}}]}]}]}`), true)
 	f.Fuzz(func(t *testing.T, body []byte, anthropic bool) {
-		f := formatOpenAI
+		f := dOpenAI
 		if anthropic {
-			f = formatAnthropic
+			f = dAnthropic
 		}
 		var info requestInfo
-		err := parseRequest(f, body, &info)
+		err := parseRequest(f, "", body, &info)
 		valid := json.Valid(body)
 		if !valid && err == nil {
 			t.Fatalf("accepted invalid JSON %q", body)

@@ -1,6 +1,7 @@
 package llmratelimit
 
 import (
+	"bytes"
 	"math"
 	"strconv"
 	"unicode/utf8"
@@ -104,4 +105,68 @@ func objectInts(obj []byte, names []string, out []int64) (found uint32, ok bool)
 		return err
 	})
 	return found, err == nil
+}
+
+// The helpers below find members in JSON text that is not parsed as a
+// whole (a stream's data line, the tail of an answer), with any white space
+// that JSON allows around the colon: `"type":"message_stop"` and
+// `"type": "message_stop"` are the same member.
+
+// sseData is the payload of an event stream's data line ("data:" and one
+// optional space stripped, the line end trimmed); ok is false for any
+// other line.
+func sseData(line []byte) (data []byte, ok bool) {
+	data, ok = bytes.CutPrefix(line, []byte("data:"))
+	if !ok {
+		return nil, false
+	}
+	return bytes.TrimSpace(data), true
+}
+
+// memberValue is the index in b just past `"key"`, white space, ':' and
+// white space, for the first occurrence of key at or after from, or -1.
+func memberValue(b []byte, key string, from int) int {
+	var buf [64]byte
+	pat := append(append(append(buf[:0], '"'), key...), '"')
+	for i := from; i < len(b); {
+		j := bytes.Index(b[i:], pat)
+		if j < 0 {
+			return -1
+		}
+		k := skipSpace(b, i+j+len(pat))
+		if k < len(b) && b[k] == ':' {
+			return skipSpace(b, k+1)
+		}
+		i += j + 1
+	}
+	return -1
+}
+
+// hasStringMember tells whether b holds the member "key": "value" (value
+// without escapes).
+func hasStringMember(b []byte, key, value string) bool {
+	for i := 0; ; {
+		v := memberValue(b, key, i)
+		if v < 0 {
+			return false
+		}
+		if v+len(value)+2 <= len(b) && b[v] == '"' && string(b[v+1:v+1+len(value)]) == value && b[v+1+len(value)] == '"' {
+			return true
+		}
+		i = v
+	}
+}
+
+// stringMember is the raw text of the first string member named key in b
+// (escapes left as written).
+func stringMember(b []byte, key string) ([]byte, bool) {
+	v := memberValue(b, key, 0)
+	if v < 0 || v >= len(b) || b[v] != '"' {
+		return nil, false
+	}
+	end := bytes.IndexByte(b[v+1:], '"')
+	if end < 0 {
+		return nil, false
+	}
+	return b[v+1 : v+1+end], true
 }

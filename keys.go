@@ -94,7 +94,8 @@ func parseKeys(name string, sc *bufio.Scanner) ([]keyEntry, error) {
 }
 
 // defaultKey is the bearer token of Authorization (scheme matched
-// case-insensitively), else the x-api-key header. Another scheme or an empty
+// case-insensitively), else the x-api-key header, else where a dialect's
+// clients send it (in the registry's order). Another scheme or an empty
 // token counts as no key.
 func defaultKey(r *http.Request) string {
 	if auth := r.Header.Get("Authorization"); len(auth) > 7 && strings.EqualFold(auth[:7], "bearer ") {
@@ -102,5 +103,13 @@ func defaultKey(r *http.Request) string {
 			return tok
 		}
 	}
-	return strings.TrimSpace(r.Header.Get("X-Api-Key"))
+	if k := strings.TrimSpace(r.Header.Get("X-Api-Key")); k != "" {
+		return k
+	}
+	for _, d := range dialects {
+		if k := d.apiKey(r); k != "" {
+			return k
+		}
+	}
+	return ""
 }

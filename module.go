@@ -130,7 +130,8 @@ type Handler struct {
 	Key string `json:"key,omitempty"`
 
 	// Format of request bodies and of the handler's own error responses:
-	// "auto" (default; by path), "openai" or "anthropic".
+	// "auto" (default: the path decides) or a dialect's name ("openai",
+	// "anthropic", "gemini").
 	Format string `json:"format,omitempty"`
 
 	// MaxBody is the largest request body read, in bytes; larger → 413.
@@ -202,7 +203,7 @@ type Handler struct {
 
 	logger    *zap.Logger
 	zone      *zone
-	format    format
+	dialect   dialect            // the configured format; nil for auto
 	keys      map[keyHash]string // key → tier name
 	tiers     map[string]Limits  // resolved: inherited from the defaults
 	models    map[string]*Model  // exact names
@@ -246,16 +247,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxKeys == 0 {
 		h.MaxKeys = defaultMaxKeys
 	}
-	switch h.Format {
-	case "", "auto":
-		h.format = formatNone
-	case "openai":
-		h.format = formatOpenAI
-	case "anthropic":
-		h.format = formatAnthropic
-	default:
-		return fmt.Errorf("format: must be auto, openai or anthropic, got %q", h.Format)
-	}
 
 	h.tiers = make(map[string]Limits, len(h.Tiers))
 	for name, t := range h.Tiers {
@@ -279,6 +270,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 
+	if h.Format != "" && h.Format != "auto" {
+		h.dialect = dialectNamed(h.Format) // Validate reports an unknown name
+	}
 	h.provisionModels()
 
 	// Validate before taking the zone, so that a config that fails never
@@ -315,6 +309,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate rejects impossible values, naming the field.
 func (h *Handler) Validate() error {
+	if h.Format != "" && h.Format != "auto" && dialectNamed(h.Format) == nil {
+		return fmt.Errorf("format: must be auto or one of %s, got %q", strings.Join(dialectNames(), ", "), h.Format)
+	}
 	if err := h.Limits.validate(""); err != nil {
 		return err
 	}

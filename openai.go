@@ -3,12 +3,47 @@ package llmratelimit
 import (
 	"bytes"
 	"fmt"
+	"net/http"
 	"strings"
+	"time"
 )
 
-// This file knows OpenAI's wire format: the request bodies of chat
-// completions, completions, Responses and embeddings, the usage object of
-// their responses, and OpenAI's error body.
+// This file knows OpenAI's wire format: the paths and request bodies of
+// chat completions, completions, Responses and embeddings, the usage
+// object of their responses and streams, the include_usage rewrite,
+// OpenAI's error body and its rate-limit headers.
+
+// openAIDialect is the dialect of OpenAI's API and of the many servers that copy
+// it (vLLM, Ollama, other gateways).
+type openAIDialect struct{}
+
+func init() { registerDialect(openAIDialect{}) }
+
+func (openAIDialect) name() string { return "openai" }
+
+func (openAIDialect) matchPath(path string) bool {
+	path = strings.TrimSuffix(path, "/")
+	return strings.HasSuffix(path, "/v1/chat/completions") ||
+		strings.HasSuffix(path, "/v1/completions") ||
+		strings.HasSuffix(path, "/v1/responses") ||
+		strings.HasSuffix(path, "/v1/embeddings")
+}
+
+// apiKey: OpenAI's clients send the key as a bearer token only.
+func (openAIDialect) apiKey(*http.Request) string { return "" }
+
+// Image costs by formula, never by the size of their data.
+const (
+	openAIImageLowTokens = 85
+	openAIImageTokens    = 765
+)
+
+func (openAIDialect) imageTokens() (int64, int64) { return openAIImageTokens, openAIImageLowTokens }
+
+func (openAIDialect) parse(s *jsonScanner, tc *textCounter, path string, info *requestInfo) (part, error) {
+	info.NoOutput = strings.HasSuffix(strings.TrimSuffix(path, "/"), "/embeddings")
+	return parseOpenAI(s, tc, info)
+}
 
 // parseOpenAI reads the top-level object at s.pos of an OpenAI request. It
 // does not need to know the endpoint: messages (chat), prompt
@@ -315,20 +350,58 @@ var (
 	openAIFunctionKeys = []string{"name", "arguments", "input", "function", "custom"}
 )
 
-var openAIUsageNames = []string{"prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"}
+var (
+	openAIUsageKey   = []byte(`"usage"`)
+	openAIUsageNames = []string{"prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"}
+)
 
-// openAIUsage combines the members of a usage object read by openAIUsageNames:
-// prompt_tokens/completion_tokens (chat, completions, embeddings) or
-// input_tokens/output_tokens (Responses).
-func openAIUsage(v []int64, found uint32) (usage, bool) {
+// jsonUsage reads the last "usage" object of a response, where OpenAI puts
+// it.
+func (o openAIDialect) jsonUsage(body []byte) (usage, bool) {
+	var a usageAcc
+	a.add(lastObjectAfterKey(body, openAIUsageKey), openAIUsageNames)
+	return o.streamUsage(&a)
+}
+
+// streamLine: a chat or completions stream ends with "data: [DONE]" and
+// carries its usage in the last chunk (include_usage); a Responses stream
+// ends with response.completed, whose response holds the usage.
+func (openAIDialect) streamLine(line []byte, acc *usageAcc) bool {
+	data, ok := sseData(line)
+	if !ok {
+		return false
+	}
+	if bytes.Contains(data, openAIUsageKey) {
+		acc.add(lastObjectAfterKey(data, openAIUsageKey), openAIUsageNames)
+	}
+	return bytes.Equal(data, []byte("[DONE]")) || hasStringMember(data, "type", "response.completed")
+}
+
+// streamUsage combines the members read: prompt_tokens/completion_tokens
+// (chat, completions, embeddings) or input_tokens/output_tokens
+// (Responses).
+func (openAIDialect) streamUsage(a *usageAcc) (usage, bool) {
 	switch {
-	case found&0b0011 != 0:
-		return usage{Input: v[0], Output: v[1]}, true
-	case found&0b1100 != 0:
-		return usage{Input: v[2], Output: v[3]}, true
+	case a.found&0b0011 != 0:
+		return usage{Input: a.v[0], Output: a.v[1]}, true
+	case a.found&0b1100 != 0:
+		return usage{Input: a.v[2], Output: a.v[3]}, true
 	}
 	return usage{}, false
 }
+
+// prepare asks a streaming chat or completions request that did not ask
+// for its usage to send it (stream_options.include_usage); the extra chunk
+// is stripped again before the client sees it. Responses streams always
+// end with their usage.
+func (openAIDialect) prepare(path string, body []byte, info *requestInfo) ([]byte, bool) {
+	if !needsIncludeUsage(path, info) {
+		return body, false
+	}
+	return injectIncludeUsage(body), true
+}
+
+func (openAIDialect) isAddedUsageEvent(event []byte) bool { return isUsageOnlyChunk(event) }
 
 // needsIncludeUsage tells a streaming chat or completions request that did
 // not ask for its usage: the handler asks for it (injectIncludeUsage) and
@@ -364,7 +437,7 @@ func injectIncludeUsage(body []byte) []byte {
 // isUsageOnlyChunk tells the extra chunk that include_usage adds at the end
 // of a chat stream: "choices":[] with a usage object.
 func isUsageOnlyChunk(event []byte) bool {
-	if lastObjectAfterKey(event, []byte(`"usage"`)) == nil {
+	if lastObjectAfterKey(event, openAIUsageKey) == nil {
 		return false
 	}
 	i := bytes.Index(event, []byte(`"choices"`))
@@ -383,6 +456,36 @@ func isUsageOnlyChunk(event []byte) bool {
 	return j < len(event) && event[j] == ']'
 }
 
+// openAIErrors are the error type and code of each of the handler's own
+// answers; a rate-limit 429 takes its type from the limit instead.
+var openAIErrors = [...]struct{ typ, code string }{
+	errUnauthorized:  {"invalid_request_error", "invalid_api_key"},
+	errInvalid:       {"invalid_request_error", "invalid_json"},
+	errTooLarge:      {"invalid_request_error", "request_too_large"},
+	errContextLength: {"invalid_request_error", "context_length_exceeded"},
+	errRateLimited:   {"", "rate_limit_exceeded"},
+	errCooldown:      {"requests", "rate_limit_exceeded"},
+	errUnavailable:   {"server_error", "store_unavailable"},
+}
+
+// openAILimitTypes is the error type of a 429, by the limit it names.
+var openAILimitTypes = [...]string{
+	dimRequests:    "requests",
+	dimTokens:      "tokens",
+	dimInput:       "input_tokens",
+	dimOutput:      "output_tokens",
+	dimConcurrency: "concurrency",
+	dimKeys:        "requests",
+}
+
+func (openAIDialect) appendError(dst []byte, e *apiError) []byte {
+	oe := openAIErrors[e.kind]
+	if e.kind == errRateLimited {
+		oe.typ = openAILimitTypes[e.dim]
+	}
+	return appendOpenAIError(dst, oe.typ, oe.code, e.msg)
+}
+
 // appendOpenAIError appends OpenAI's error body:
 // {"error":{"message":…,"type":…,"param":null,"code":…}}. An empty code is
 // written as null.
@@ -398,4 +501,23 @@ func appendOpenAIError(dst []byte, typ, code, msg string) []byte {
 		dst = appendJSONString(dst, code)
 	}
 	return append(dst, "}}"...)
+}
+
+// openAIResetHints pairs each reset header with the remaining header of the
+// same limit: a reset counts only for a limit that is used up (or whose
+// remaining figure the upstream did not send).
+var openAIResetHints = []resetHint{
+	{"x-ratelimit-reset-requests", "x-ratelimit-remaining-requests"},
+	{"x-ratelimit-reset-tokens", "x-ratelimit-remaining-tokens"},
+}
+
+// retryHint: the longest x-ratelimit-reset-* (Go durations such as "6m0s",
+// "20ms") of the limits that are used up.
+func (openAIDialect) retryHint(h http.Header, _ []byte, now time.Time) (time.Duration, bool) {
+	return longestReset(h, openAIResetHints, now)
+}
+
+// fatal429: insufficient_quota is a billing limit; no wait cures it.
+func (openAIDialect) fatal429(body []byte) bool {
+	return bytes.Contains(body, []byte("insufficient_quota"))
 }

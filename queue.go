@@ -142,7 +142,7 @@ func (wq *waitQueue) predict(q ask, dec decision, nowNs int64) time.Duration {
 			}
 		}
 	}
-	return dec.wait + durationFor(dec.blocking.limit, ahead)
+	return dec.wait + durationFromTokens(dec.blocking.limit, ahead)
 }
 
 func (wq *waitQueue) push(w *waiter) {

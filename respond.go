@@ -8,49 +8,24 @@ import (
 	"time"
 )
 
-// errKind is a response the handler makes itself (SPEC "Responses the
-// handler makes itself").
-type errKind uint8
-
-const (
-	errUnauthorized errKind = iota
-	errInvalid
-	errTooLarge
-	errContextLength
-)
-
-var errKinds = [...]struct {
-	status        int
-	openaiType    string
-	openaiCode    string
-	anthropicType string
-}{
-	errUnauthorized:  {http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "authentication_error"},
-	errInvalid:       {http.StatusBadRequest, "invalid_request_error", "invalid_json", "invalid_request_error"},
-	errTooLarge:      {http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large", "request_too_large"},
-	errContextLength: {http.StatusBadRequest, "invalid_request_error", "context_length_exceeded", "invalid_request_error"},
-}
-
-// replyFormat is the shape of the handler's own error bodies: the request's
-// format, OpenAI's for paths the handler does not parse.
-func replyFormat(f format) format {
-	if f == formatNone {
-		return formatOpenAI
+// reply writes one of the handler's own error answers in the shape of
+// dialect d (the fallback's when d is nil) and counts its outcome ("" for
+// none). A 429 or 503 carries its retry advice; every other error says
+// x-should-retry: false.
+func (h *Handler) reply(w http.ResponseWriter, d dialect, e *apiError, outcome string) error {
+	if d == nil {
+		d = dialectNamed(fallbackDialect)
 	}
-	return f
-}
-
-// replyError writes one of the handler's own 4xx responses.
-func (h *Handler) replyError(w http.ResponseWriter, f format, k errKind, msg string) error {
-	e := errKinds[k]
-	var body []byte
-	if f == formatAnthropic {
-		body = appendAnthropicError(nil, e.anthropicType, msg)
-	} else {
-		body = appendOpenAIError(nil, e.openaiType, e.openaiCode, msg)
+	if outcome != "" {
+		h.zone.m.outcomes[outcome].Inc()
 	}
-	w.Header().Set("x-should-retry", "false")
-	return writeJSON(w, e.status, body)
+	switch e.status() {
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+		setRetryAdvice(w.Header(), e.wait, e.never)
+	default:
+		w.Header().Set("x-should-retry", "false")
+	}
+	return writeJSON(w, e.status(), d.appendError(nil, e))
 }
 
 func writeJSON(w http.ResponseWriter, status int, body []byte) error {
@@ -62,14 +37,14 @@ func writeJSON(w http.ResponseWriter, status int, body []byte) error {
 	return err
 }
 
-// Names of the limits in messages and in the OpenAI error type.
-var dimensionNames = [...]struct{ long, openaiType string }{
-	dimRequests:    {"requests per min (RPM)", "requests"},
-	dimTokens:      {"tokens per min (TPM)", "tokens"},
-	dimInput:       {"input tokens per min (ITPM)", "input_tokens"},
-	dimOutput:      {"output tokens per min (OTPM)", "output_tokens"},
-	dimConcurrency: {"concurrent requests", "concurrency"},
-	dimKeys:        {"active API keys", "requests"},
+// Names of the limits in messages.
+var dimensionNames = [...]string{
+	dimRequests:    "requests per min (RPM)",
+	dimTokens:      "tokens per min (TPM)",
+	dimInput:       "input tokens per min (ITPM)",
+	dimOutput:      "output tokens per min (OTPM)",
+	dimConcurrency: "concurrent requests",
+	dimKeys:        "active API keys",
 }
 
 // rejectMessage names the limit, the figure, what was used and requested,
@@ -77,7 +52,7 @@ var dimensionNames = [...]struct{ long, openaiType string }{
 func rejectMessage(dec decision, m *Model) string {
 	v := dec.verdict
 	u := v.blocking
-	name := dimensionNames[u.dim].long
+	name := dimensionNames[u.dim]
 	switch {
 	case u.scope == scopeModel && m != nil:
 		name += " for model " + m.Name
@@ -113,25 +88,6 @@ func humanWait(d time.Duration) string {
 		return strconv.FormatFloat(math.Ceil(d.Seconds()*10)/10, 'f', -1, 64) + "s"
 	}
 	return d.Round(time.Second).String()
-}
-
-// reply429 writes the handler's own 429: the error body, Retry-After (whole
-// seconds, rounded up) and retry-after-ms, x-should-retry and the
-// x-ratelimit-* headers. A request that can never fit gets
-// x-should-retry: false and no Retry-After.
-func (h *Handler) reply429(w http.ResponseWriter, f format, dec decision, msg string) error {
-	hdr := w.Header()
-	if h.headersOn {
-		setQuotaHeaders(hdr, dec.req, dec.tok)
-	}
-	setRetryAdvice(hdr, dec.wait, dec.never)
-	var body []byte
-	if f == formatAnthropic {
-		body = appendAnthropicError(nil, "rate_limit_error", msg)
-	} else {
-		body = appendOpenAIError(nil, dimensionNames[dec.blocking.dim].openaiType, "rate_limit_exceeded", msg)
-	}
-	return writeJSON(w, http.StatusTooManyRequests, body)
 }
 
 // The x-ratelimit-* header names, in canonical form so that they are set

@@ -139,13 +139,12 @@ func (p *retryPolicy) stretch(hint time.Duration) time.Duration {
 
 var recordBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// forward calls the next handler, retrying per the policy. body is the
-// buffered request body (nil when there is none to re-send); canRetry says
-// whether the request can be sent again at all.
-// onRetry is called before each retry (a new upstream call).
-func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, body []byte, canRetry bool, rf format, onRetry func()) error {
+// forward calls the next handler, retrying per the policy. Each retry is
+// a new upstream call, charged on t; d shapes the handler's own answer.
+// A client that goes away during a wait ends it at once (status 499).
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d dialect, req *llmRequest, t *ticket) error {
 	p := h.retry
-	if p == nil || !canRetry {
+	if p == nil || !req.canRetry {
 		return next.ServeHTTP(w, r)
 	}
 	start := now()
@@ -158,9 +157,11 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	// included: one upstream hint, not a herd of 429s.
 	if err := h.zone.gate.wait(r.Context(), p, deadline); err != nil {
 		if errors.Is(err, errGateTooLong) {
-			return h.replyCooldown(w, rf, h.zone.gate.remaining())
+			wait := h.zone.gate.remaining()
+			return h.reply(w, d, &apiError{kind: errCooldown, wait: wait,
+				msg: "The upstream asked to slow down; please try again in " + humanWait(wait) + "."}, "")
 		}
-		return err
+		return clientGone(err)
 	}
 
 	before := snapshotHeader(w.Header())
@@ -174,8 +175,8 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		})
 		if attempt > 1 {
 			w.Header().Set("x-llm-ratelimit-attempts", strconv.Itoa(attempt))
-			restoreBody(r, body)
-			onRetry()
+			restoreBody(r, req.body)
+			t.chargeRetry(now().UnixNano())
 		}
 		err := next.ServeHTTP(rec, r)
 		status := rec.Status()
@@ -212,7 +213,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		h.zone.m.retry(h.Zone, status)
 		before.restore(w.Header())
 		if err := sleep(r.Context(), wait); err != nil {
-			return err // the client went away
+			return clientGone(err)
 		}
 	}
 }
@@ -323,18 +324,4 @@ func (g *gate) wait(ctx context.Context, p *retryPolicy, deadline time.Time) err
 			return err
 		}
 	}
-}
-
-// replyCooldown answers a request that cannot wait for the zone's cooldown
-// gate within its max_total or deadline.
-func (h *Handler) replyCooldown(w http.ResponseWriter, f format, wait time.Duration) error {
-	setRetryAdvice(w.Header(), wait, false)
-	msg := "The upstream asked to slow down; please try again in " + humanWait(wait) + "."
-	var body []byte
-	if f == formatAnthropic {
-		body = appendAnthropicError(nil, "rate_limit_error", msg)
-	} else {
-		body = appendOpenAIError(nil, "requests", "rate_limit_exceeded", msg)
-	}
-	return writeJSON(w, http.StatusTooManyRequests, body)
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -12,24 +11,12 @@ import (
 // and the loop falls back to its own backoff.
 const maxHint = 24 * time.Hour
 
-// resetHints pairs each provider reset header with the remaining header of
-// the same limit: a reset counts only for a limit that is used up (or whose
-// remaining figure the upstream did not send).
-var resetHints = [...]struct{ reset, remaining string }{
-	{"x-ratelimit-reset-requests", "x-ratelimit-remaining-requests"},
-	{"x-ratelimit-reset-tokens", "x-ratelimit-remaining-tokens"},
-	{"anthropic-ratelimit-requests-reset", "anthropic-ratelimit-requests-remaining"},
-	{"anthropic-ratelimit-tokens-reset", "anthropic-ratelimit-tokens-remaining"},
-	{"anthropic-ratelimit-input-tokens-reset", "anthropic-ratelimit-input-tokens-remaining"},
-	{"anthropic-ratelimit-output-tokens-reset", "anthropic-ratelimit-output-tokens-remaining"},
-}
-
 // retryHint reads the upstream's hint of how long to wait, in this order:
-// retry-after-ms; retry-after (seconds or an HTTP-date); the longest of the
-// x-ratelimit-reset-* (Go durations, as OpenAI sends them) and
-// anthropic-ratelimit-*-reset (RFC 3339) headers of exhausted limits; a
-// Gemini-style body's error.details[].retryDelay. Garbage (negative, huge,
-// unparsable) is ignored.
+// retry-after-ms; retry-after (seconds or an HTTP-date); else the longest
+// of the hints that the dialects read (their rate-limit reset headers of
+// exhausted limits, a delay in the error body). Every dialect is asked: the
+// upstream of a request the handler did not parse may speak any of them.
+// Garbage (negative, huge, unparsable) is ignored.
 func retryHint(h http.Header, body []byte, now time.Time) (time.Duration, bool) {
 	if v := h.Get("retry-after-ms"); v != "" {
 		if ms, err := strconv.ParseFloat(v, 64); err == nil {
@@ -45,7 +32,24 @@ func retryHint(h http.Header, body []byte, now time.Time) (time.Duration, bool) 
 	}
 	var best time.Duration
 	found := false
-	for _, rh := range resetHints {
+	for _, d := range dialects {
+		if w, ok := d.retryHint(h, body, now); ok && (!found || w > best) {
+			best, found = w, true
+		}
+	}
+	return best, found
+}
+
+// resetHint pairs a rate-limit reset header with the remaining header of
+// the same limit.
+type resetHint struct{ reset, remaining string }
+
+// longestReset is the longest wait among the reset headers of limits that
+// are used up (remaining 0, or not sent).
+func longestReset(h http.Header, hints []resetHint, now time.Time) (time.Duration, bool) {
+	var best time.Duration
+	found := false
+	for _, rh := range hints {
 		v := h.Get(rh.reset)
 		if v == "" {
 			continue
@@ -58,10 +62,7 @@ func retryHint(h http.Header, body []byte, now time.Time) (time.Duration, bool) 
 			best, found = d, true
 		}
 	}
-	if found {
-		return best, true
-	}
-	return retryDelayInBody(body)
+	return best, found
 }
 
 // sane keeps a hint within 0..maxHint.
@@ -104,39 +105,13 @@ func parseReset(v string, now time.Time) (time.Duration, bool) {
 	return 0, false
 }
 
-// retryDelayInBody finds a Gemini-style "retryDelay": "30s" in an error
-// body.
-func retryDelayInBody(body []byte) (time.Duration, bool) {
-	i := bytes.Index(body, []byte(`"retryDelay"`))
-	if i < 0 {
-		return 0, false
-	}
-	rest := body[i+len(`"retryDelay"`):]
-	j := skipSpace(rest, 0)
-	if j >= len(rest) || rest[j] != ':' {
-		return 0, false
-	}
-	j = skipSpace(rest, j+1)
-	if j >= len(rest) || rest[j] != '"' {
-		return 0, false
-	}
-	end := bytes.IndexByte(rest[j+1:], '"')
-	if end < 0 || end > 32 {
-		return 0, false
-	}
-	d, err := time.ParseDuration(string(rest[j+1 : j+1+end]))
-	if err != nil {
-		return 0, false
-	}
-	return sane(d)
-}
-
-// retryableBody is false for the 429s that no wait will cure: OpenAI's
-// insufficient_quota, Anthropic's enforced_spend_limit_reached, and any
-// "Request too large".
+// retryableBody is false for the 429s that no wait will cure: a quota or
+// spend limit that a dialect recognises, and any "Request too large".
 func retryableBody(body []byte) bool {
-	if bytes.Contains(body, []byte("insufficient_quota")) || bytes.Contains(body, []byte("enforced_spend_limit_reached")) {
-		return false
+	for _, d := range dialects {
+		if d.fatal429(body) {
+			return false
+		}
 	}
-	return !strings.Contains(strings.ToLower(string(body)), "request too large")
+	return !bytes.Contains(bytes.ToLower(body), []byte("request too large"))
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -362,17 +361,4 @@ func (h *Handler) admitShared(ctx context.Context, q ask) (ticket, decision, tim
 			return ticket{}, decision{}, now().Sub(start), err
 		}
 	}
-}
-
-// replyStoreDown is fail closed's answer: 503 in the provider's shape.
-func (h *Handler) replyStoreDown(w http.ResponseWriter, f format) error {
-	const msg = "The rate limiter's shared store is unreachable; please try again shortly."
-	var body []byte
-	if f == formatAnthropic {
-		body = appendAnthropicError(nil, "api_error", msg)
-	} else {
-		body = appendOpenAIError(nil, "server_error", "store_unavailable", msg)
-	}
-	setRetryAdvice(w.Header(), time.Second, false)
-	return writeJSON(w, http.StatusServiceUnavailable, body)
 }

@@ -24,16 +24,47 @@ type bucket struct {
 // nanosPerMinute converts a per-minute limit into a per-nanosecond rate.
 const nanosPerMinute = float64(time.Minute)
 
-// advance refills the bucket up to now and returns its level.
-func (b *bucket) advance(now int64, limit int64) float64 {
+// maxDuration caps every wait computed from tokens, so that a bucket in
+// deep debt gives a very long wait rather than an overflow (a float too
+// large for int64 converts to a negative Duration on amd64). About 146
+// years: far past any retry, and still addable to a unix-nanosecond time.
+const maxDuration = time.Duration(1 << 62)
+
+// The two conversions between tokens and time, as in x/time/rate. Every
+// refill and every wait goes through them.
+
+// durationFromTokens is how long a bucket of this limit takes to refill n
+// tokens, rounded up, capped at maxDuration; 0 for n <= 0.
+func durationFromTokens(limit int64, n float64) time.Duration {
+	if !(n > 0) || limit <= 0 {
+		return 0
+	}
+	ns := math.Ceil(n * nanosPerMinute / float64(limit))
+	if !(ns < float64(maxDuration)) {
+		return maxDuration
+	}
+	return time.Duration(ns)
+}
+
+// tokensFromDuration is how many tokens a bucket of this limit refills in
+// d.
+func tokensFromDuration(limit int64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(d) * float64(limit) / nanosPerMinute
+}
+
+// advance refills the bucket up to nowNs and returns its level.
+func (b *bucket) advance(nowNs int64, limit int64) float64 {
 	capacity := float64(limit)
 	if b.at == 0 {
-		b.level, b.at = capacity, now
+		b.level, b.at = capacity, nowNs
 		return b.level
 	}
-	if now > b.at {
-		b.level += float64(now-b.at) * capacity / nanosPerMinute
-		b.at = now
+	if nowNs > b.at {
+		b.level += tokensFromDuration(limit, time.Duration(nowNs-b.at))
+		b.at = nowNs
 	}
 	if b.level > capacity {
 		b.level = capacity
@@ -43,22 +74,23 @@ func (b *bucket) advance(now int64, limit int64) float64 {
 
 // add puts n tokens back (n > 0, a refund) or takes them (n < 0, a late
 // charge that may leave debt). The level never passes the capacity.
-func (b *bucket) add(now int64, limit int64, n float64) {
-	b.advance(now, limit)
+func (b *bucket) add(nowNs int64, limit int64, n float64) {
+	b.advance(nowNs, limit)
 	b.level = math.Min(b.level+n, float64(limit))
-}
-
-// durationFor is how long a bucket of this limit takes to refill n tokens.
-func durationFor(limit int64, n float64) time.Duration {
-	if n <= 0 {
-		return 0
-	}
-	return time.Duration(math.Ceil(n * nanosPerMinute / float64(limit)))
 }
 
 // untilFull is the time until the bucket is full again (after advance).
 func (b *bucket) untilFull(limit int64) time.Duration {
-	return durationFor(limit, float64(limit)-b.level)
+	return durationFromTokens(limit, float64(limit)-b.level)
+}
+
+// fullAt is the unix-nanosecond time at which the bucket is full again; 0
+// for a bucket never used.
+func (b *bucket) fullAt(limit int64) int64 {
+	if limit <= 0 || b.at == 0 {
+		return 0
+	}
+	return b.at + int64(b.untilFull(limit))
 }
 
 // dimension is the kind of a limit.
@@ -122,8 +154,8 @@ func (a *admission) add(b *bucket, limit int64, need float64, d dimension, s sco
 
 // try debits every bucket if each can serve its need now; otherwise it
 // debits none and reports the wait and the blocking bucket.
-func (a *admission) try(now int64) verdict {
-	v := a.check(now)
+func (a *admission) try(nowNs int64) verdict {
+	v := a.check(nowNs)
 	if v.ok {
 		for i := 0; i < a.n; i++ {
 			a.uses[i].b.level -= a.uses[i].need
@@ -135,20 +167,20 @@ func (a *admission) try(now int64) verdict {
 // concurrencyFull is the verdict when a concurrency cap is reached: the
 // buckets are brought up to date for the headers, and the caller is told
 // to come back in a second.
-func (a *admission) concurrencyFull(now int64, limit int64, sc scope) verdict {
+func (a *admission) concurrencyFull(nowNs int64, limit int64, sc scope) verdict {
 	for i := 0; i < a.n; i++ {
-		a.uses[i].b.advance(now, a.uses[i].limit)
+		a.uses[i].b.advance(nowNs, a.uses[i].limit)
 	}
 	return verdict{wait: time.Second, blocking: use{limit: limit, need: 1, dim: dimConcurrency, scope: sc}}
 }
 
 // check decides without debiting: ok when every bucket can serve its need
 // now, else the wait and the blocking bucket.
-func (a *admission) check(now int64) verdict {
+func (a *admission) check(nowNs int64) verdict {
 	var v verdict
 	for i := 0; i < a.n; i++ {
 		u := &a.uses[i]
-		level := u.b.advance(now, u.limit)
+		level := u.b.advance(nowNs, u.limit)
 		if u.need > float64(u.limit) {
 			if !v.never {
 				v = verdict{never: true, blocking: *u, available: floorNonNeg(level)}
@@ -158,7 +190,7 @@ func (a *admission) check(now int64) verdict {
 		if level >= u.need || v.never {
 			continue
 		}
-		if w := durationFor(u.limit, u.need-level); w > v.wait {
+		if w := durationFromTokens(u.limit, u.need-level); w > v.wait {
 			v.wait, v.blocking, v.available = w, *u, floorNonNeg(level)
 		}
 	}
@@ -170,6 +202,41 @@ func (a *admission) check(now int64) verdict {
 	}
 	v.ok = true
 	return v
+}
+
+// limitBuckets are the per-minute buckets of one scope (a key, a key ×
+// model, the upstream account).
+type limitBuckets struct {
+	rpm, tpm, itpm, otpm bucket
+}
+
+// admitInto adds the buckets of lb that lim limits to an admission, with
+// what the demand needs of each.
+func (lb *limitBuckets) admitInto(a *admission, lim Limits, d demand, sc scope) {
+	a.add(&lb.rpm, lim.RPM, 1, dimRequests, sc)
+	a.add(&lb.tpm, lim.TPM, d.in+d.out, dimTokens, sc)
+	a.add(&lb.itpm, lim.ITPM, d.in, dimInput, sc)
+	a.add(&lb.otpm, lim.OTPM, d.out, dimOutput, sc)
+}
+
+// settle gives back dIn input and dOut output tokens (negative: takes
+// more, into debt) on the token buckets that lim limits: the other half of
+// an admission, once the request's actual usage is known.
+func (lb *limitBuckets) settle(lim Limits, nowNs int64, dIn, dOut float64) {
+	if lim.TPM > 0 {
+		lb.tpm.add(nowNs, lim.TPM, dIn+dOut)
+	}
+	if lim.ITPM > 0 {
+		lb.itpm.add(nowNs, lim.ITPM, dIn)
+	}
+	if lim.OTPM > 0 {
+		lb.otpm.add(nowNs, lim.OTPM, dOut)
+	}
+}
+
+// fullAt is when every bucket of lb is full again (unix ns).
+func (lb *limitBuckets) fullAt(lim Limits) int64 {
+	return max(lb.rpm.fullAt(lim.RPM), lb.tpm.fullAt(lim.TPM), lb.itpm.fullAt(lim.ITPM), lb.otpm.fullAt(lim.OTPM))
 }
 
 // floorNonNeg rounds a level down for display; debt shows as 0.

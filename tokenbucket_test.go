@@ -20,8 +20,8 @@ func TestBucketStartsFullAndRefillsContinuously(t *testing.T) {
 	if got := b.advance(t0+5*60*sec, 60); got != 60 {
 		t.Fatalf("refill passes capacity: %v", got)
 	}
-	if d := durationFor(60, 30); d != 30*time.Second {
-		t.Fatalf("durationFor(60, 30) = %v", d)
+	if d := durationFromTokens(60, 30); d != 30*time.Second {
+		t.Fatalf("durationFromTokens(60, 30) = %v", d)
 	}
 }
 
@@ -65,7 +65,7 @@ func TestAdmissionIsAllOrNothing(t *testing.T) {
 	if v.ok || v.never || v.blocking.dim != dimTokens || v.available != 100 {
 		t.Fatalf("verdict %+v", v)
 	}
-	if want := durationFor(1000, 50); v.wait != want {
+	if want := durationFromTokens(1000, 50); v.wait != want {
 		t.Fatalf("wait %v, want %v", v.wait, want)
 	}
 	if rpm.level != 10 {
@@ -97,7 +97,7 @@ func TestQuotasReportTheMostConstrainingBucket(t *testing.T) {
 		t.Fatal("rejected")
 	}
 	req, tok := a.quotas()
-	if req.limit != 100 || req.remaining != 99 || req.reset != durationFor(100, 1) {
+	if req.limit != 100 || req.remaining != 99 || req.reset != durationFromTokens(100, 1) {
 		t.Errorf("requests quota %+v", req)
 	}
 	if tok.limit != 2000 || tok.remaining != 1000 || tok.reset != 30*time.Second {

@@ -35,17 +35,17 @@ const (
 type usageWriter struct {
 	http.ResponseWriter
 	h        *Handler
-	f        format
-	req, tok quota // x-ratelimit-* as of the admission
-	strip    bool  // the handler injected include_usage
+	d        dialect // reads the usage; nil: nothing to read
+	t        ticket  // the request's hold, settled once the usage is known
+	req, tok quota   // x-ratelimit-* as of the admission
+	strip    bool    // the handler injected include_usage
 	status   int
 	mode     uint8
 	tail     []byte // JSON: the body's tail; SSE: the current line's tail
 	held     []byte // SSE with strip: the event being held back
 	scanned  int    // how much of held has been searched for an event end
 	acc      usageAcc
-	onEnd    func() // called once the answer's end is seen, before its last bytes go out
-	length   int64  // the answer's Content-Length; -1 when unknown
+	length   int64 // the answer's Content-Length; -1 when unknown
 	written  int64
 	ended    bool // the end of a stream ([DONE], message_stop, response.completed) was read
 }
@@ -68,14 +68,12 @@ func (uw *usageWriter) WriteHeader(code int) {
 			uw.length = n
 		}
 	}
-	if code >= 200 && code <= 299 && uw.f != formatNone {
-		uw.acc.f = uw.f
+	if code >= 200 && code <= 299 && uw.d != nil {
 		switch mediaType(uw.Header().Get("Content-Type")) {
 		case "application/json":
 			uw.mode = readJSON
 		case "text/event-stream":
 			uw.mode = readSSE
-			uw.acc.needsFinal = uw.f == formatAnthropic
 		}
 	}
 	uw.ResponseWriter.WriteHeader(code)
@@ -89,35 +87,45 @@ func (uw *usageWriter) Write(p []byte) (int, error) {
 	case uw.mode == readJSON:
 		uw.keep(p)
 		if uw.length >= 0 && uw.written+int64(len(p)) >= uw.length {
-			uw.end()
+			uw.settle()
 		}
 	case uw.mode == readSSE && uw.strip:
 		return uw.writeEvents(p)
 	case uw.mode == readSSE:
 		uw.scanLines(p)
 		if uw.ended {
-			uw.end()
+			uw.settle()
 		}
 	}
 	uw.written += int64(len(p))
 	return uw.ResponseWriter.Write(p)
 }
 
-// end settles the request, once, before the last bytes go out.
-func (uw *usageWriter) end() {
-	if uw.onEnd != nil {
-		f := uw.onEnd
-		uw.onEnd = nil
-		f()
+// settle settles the request's ticket from the answer, once: a successful
+// answer is settled as soon as its end is seen, before its last bytes go
+// out, so that a client that sends its next request the moment it has read
+// this one sees the settled buckets. A final non-2xx gives every token back
+// (the request still counts); a success without usage keeps its
+// reservation.
+func (uw *usageWriter) settle() {
+	if uw.t.done {
+		return
+	}
+	nowNs := now().UnixNano()
+	switch u, ok := uw.usage(); {
+	case uw.status < 200 || uw.status > 299:
+		uw.t.finish(nowNs, nil, true)
+	case ok:
+		uw.h.zone.m.settled(uw.t.a.d.in, u)
+		uw.t.finish(nowNs, &u, false)
+	default:
+		uw.t.finish(nowNs, nil, false)
 	}
 }
 
-// isStreamEnd tells the line that ends a stream: OpenAI's "data: [DONE]",
-// Anthropic's message_stop, the Responses API's response.completed.
-func isStreamEnd(line []byte) bool {
-	return bytes.Equal(bytes.TrimSpace(line), []byte("data: [DONE]")) ||
-		(bytes.HasPrefix(line, []byte("data:")) && (bytes.Contains(line, []byte(`"type":"message_stop"`)) || bytes.Contains(line, []byte(`"type":"response.completed"`))))
-}
+// abandon finishes a request that ends without settle (a panic such as
+// http.ErrAbortHandler): the slot is freed, the reservation stands.
+func (uw *usageWriter) abandon() { uw.t.finish(now().UnixNano(), nil, false) }
 
 // mediaType is a Content-Type without its parameters, lower-cased only
 // when it has to be.
@@ -159,15 +167,8 @@ func (uw *usageWriter) scanLines(p []byte) {
 			return
 		}
 		uw.keep(p[:i])
-		line := uw.tail
-		if isStreamEnd(line) {
+		if uw.d.streamLine(uw.tail, &uw.acc) {
 			uw.ended = true
-		}
-		if bytes.Contains(line, usageKey) {
-			uw.acc.add(lastObjectAfterKey(line, usageKey))
-			if bytes.Contains(line, anthropicFinalEvent) {
-				uw.acc.final = true
-			}
 		}
 		uw.tail = uw.tail[:0]
 		p = p[i+1:]
@@ -188,9 +189,9 @@ func (uw *usageWriter) writeEvents(p []byte) (int, error) {
 		ev := uw.held[start : start+end]
 		uw.scanLines(ev)
 		if uw.ended {
-			uw.end()
+			uw.settle()
 		}
-		if !isUsageOnlyChunk(ev) {
+		if !uw.d.isAddedUsageEvent(ev) {
 			if _, err := uw.ResponseWriter.Write(ev); err != nil {
 				return 0, err
 			}
@@ -255,12 +256,16 @@ func (uw *usageWriter) release() {
 // Unwrap lets http.ResponseController reach Flush and friends.
 func (uw *usageWriter) Unwrap() http.ResponseWriter { return uw.ResponseWriter }
 
-// usage is what the response said it cost, once it has passed.
-func (uw *usageWriter) usage() (usage, bool) {
-	if uw.mode == readJSON {
-		return parseUsageJSON(uw.f, uw.tail)
+// usage is what the response said it cost, once it has passed, within
+// believable bounds.
+func (uw *usageWriter) usage() (u usage, ok bool) {
+	switch uw.mode {
+	case readJSON:
+		u, ok = uw.d.jsonUsage(uw.tail)
+	case readSSE:
+		u, ok = uw.d.streamUsage(&uw.acc)
 	}
-	return uw.acc.usage()
+	return u.clamped(), ok
 }
 
 // lastObjectAfterKey finds the last occurrence of key followed by ':' and a

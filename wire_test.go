@@ -11,37 +11,37 @@ func TestParseUsageJSON(t *testing.T) {
 	longContent := strings.Repeat(`{\"k\": [1, 2, \"usage\"]} `, 2000)
 	cases := []struct {
 		name string
-		f    format
+		f    dialect
 		body string
 		want usage
 		ok   bool
 	}{
-		{"openai chat", formatOpenAI, `{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}`, usage{19, 10}, true},
-		{"openai chat, usage first, big content after", formatOpenAI, `{"usage":{"completion_tokens":3,"prompt_tokens":4},"choices":[{"message":{"content":"` + longContent + `"}}]}`, usage{4, 3}, true},
-		{"openai chat, big content before usage", formatOpenAI, `{"choices":[{"message":{"content":"` + longContent + `","usage":{"prompt_tokens":999}}}],"usage":{"prompt_tokens":4,"completion_tokens":3}}`, usage{4, 3}, true},
-		{"openai completions", formatOpenAI, `{"object":"text_completion","choices":[{"text":"x"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}`, usage{5, 7}, true},
-		{"openai embeddings", formatOpenAI, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023,-0.0093,0.0156]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}`, usage{8, 0}, true},
-		{"openai responses", formatOpenAI, `{"id":"resp_1","object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"Hi"}]}],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}`, usage{36, 87}, true},
-		{"anthropic with cache fields", formatAnthropic, `{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":50,"cache_creation_input_tokens":2000,"cache_read_input_tokens":30000,"output_tokens":120,"service_tier":"standard"}}`, usage{2050, 120}, true},
-		{"anthropic without cache fields", formatAnthropic, `{"type":"message","usage":{"input_tokens":12,"output_tokens":6}}`, usage{12, 6}, true},
-		{"anthropic cache null", formatAnthropic, `{"usage":{"input_tokens":12,"cache_creation_input_tokens":null,"output_tokens":6}}`, usage{12, 6}, true},
-		{"missing usage", formatOpenAI, `{"id":"x","choices":[]}`, usage{}, false},
-		{"usage null", formatOpenAI, `{"usage":null}`, usage{}, false},
-		{"usage empty", formatAnthropic, `{"usage":{}}`, usage{}, false},
-		{"usage with other fields only", formatOpenAI, `{"usage":{"total_tokens":5}}`, usage{}, false},
+		{"openai chat", dOpenAI, `{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}`, usage{19, 10}, true},
+		{"openai chat, usage first, big content after", dOpenAI, `{"usage":{"completion_tokens":3,"prompt_tokens":4},"choices":[{"message":{"content":"` + longContent + `"}}]}`, usage{4, 3}, true},
+		{"openai chat, big content before usage", dOpenAI, `{"choices":[{"message":{"content":"` + longContent + `","usage":{"prompt_tokens":999}}}],"usage":{"prompt_tokens":4,"completion_tokens":3}}`, usage{4, 3}, true},
+		{"openai completions", dOpenAI, `{"object":"text_completion","choices":[{"text":"x"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}`, usage{5, 7}, true},
+		{"openai embeddings", dOpenAI, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023,-0.0093,0.0156]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}`, usage{8, 0}, true},
+		{"openai responses", dOpenAI, `{"id":"resp_1","object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"Hi"}]}],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}`, usage{36, 87}, true},
+		{"anthropic with cache fields", dAnthropic, `{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":50,"cache_creation_input_tokens":2000,"cache_read_input_tokens":30000,"output_tokens":120,"service_tier":"standard"}}`, usage{2050, 120}, true},
+		{"anthropic without cache fields", dAnthropic, `{"type":"message","usage":{"input_tokens":12,"output_tokens":6}}`, usage{12, 6}, true},
+		{"anthropic cache null", dAnthropic, `{"usage":{"input_tokens":12,"cache_creation_input_tokens":null,"output_tokens":6}}`, usage{12, 6}, true},
+		{"missing usage", dOpenAI, `{"id":"x","choices":[]}`, usage{}, false},
+		{"usage null", dOpenAI, `{"usage":null}`, usage{}, false},
+		{"usage empty", dAnthropic, `{"usage":{}}`, usage{}, false},
+		{"usage with other fields only", dOpenAI, `{"usage":{"total_tokens":5}}`, usage{}, false},
 		// The usage is read from the tail of a response that streams past, so
 		// the last usage object counts wherever it stands, and what comes
 		// before it is not judged.
-		{"usage nested (a Responses event)", formatOpenAI, `{"response":{"usage":{"input_tokens":1,"output_tokens":2}}}`, usage{Input: 1, Output: 2}, true},
-		{"malformed before usage", formatOpenAI, `{"choices":[},"usage":{"prompt_tokens":1}}`, usage{Input: 1}, true},
-		{"malformed usage", formatOpenAI, `{"usage":{"prompt_tokens":1,"completion_tokens":}}`, usage{}, false},
-		{"truncated", formatAnthropic, `{"usage":{"input_tokens":1`, usage{}, false},
-		{"anthropic input plus cache writes saturates", formatAnthropic, `{"usage":{"input_tokens":9223372036854775807,"cache_creation_input_tokens":1,"output_tokens":1}}`, usage{Input: math.MaxInt64, Output: 1}, true},
-		{"usage inside an array", formatOpenAI, `[{"usage":{"prompt_tokens":1}}]`, usage{Input: 1}, true},
-		{"empty body", formatOpenAI, ``, usage{}, false},
-		{"html error page", formatAnthropic, `<html>502 Bad Gateway</html>`, usage{}, false},
-		{"negative and fractional counts are ignored", formatOpenAI, `{"usage":{"prompt_tokens":-1,"completion_tokens":2.5}}`, usage{}, false},
-		{"format none", formatNone, `{"usage":{"prompt_tokens":1}}`, usage{}, false},
+		{"usage nested (a Responses event)", dOpenAI, `{"response":{"usage":{"input_tokens":1,"output_tokens":2}}}`, usage{Input: 1, Output: 2}, true},
+		{"malformed before usage", dOpenAI, `{"choices":[},"usage":{"prompt_tokens":1}}`, usage{Input: 1}, true},
+		{"malformed usage", dOpenAI, `{"usage":{"prompt_tokens":1,"completion_tokens":}}`, usage{}, false},
+		{"truncated", dAnthropic, `{"usage":{"input_tokens":1`, usage{}, false},
+		{"anthropic input plus cache writes saturates", dAnthropic, `{"usage":{"input_tokens":9223372036854775807,"cache_creation_input_tokens":1,"output_tokens":1}}`, usage{Input: math.MaxInt64, Output: 1}, true},
+		{"usage inside an array", dOpenAI, `[{"usage":{"prompt_tokens":1}}]`, usage{Input: 1}, true},
+		{"empty body", dOpenAI, ``, usage{}, false},
+		{"html error page", dAnthropic, `<html>502 Bad Gateway</html>`, usage{}, false},
+		{"negative and fractional counts are ignored", dOpenAI, `{"usage":{"prompt_tokens":-1,"completion_tokens":2.5}}`, usage{}, false},
+		{"format none", dNone, `{"usage":{"prompt_tokens":1}}`, usage{}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -131,11 +131,11 @@ func TestErrorBodiesDoNotAllocateBeyondDst(t *testing.T) {
 func BenchmarkParseUsageJSON(b *testing.B) {
 	content := strings.Repeat("The quick brown fox jumps over the lazy dog. ", 200)
 	bodies := map[string]struct {
-		f    format
+		f    dialect
 		body string
 	}{
-		"openai_chat": {formatOpenAI, `{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"` + content + `"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29}}`},
-		"anthropic":   {formatAnthropic, `{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"` + content + `"}],"usage":{"input_tokens":50,"cache_creation_input_tokens":20,"cache_read_input_tokens":30,"output_tokens":120}}`},
+		"openai_chat": {dOpenAI, `{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"` + content + `"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29}}`},
+		"anthropic":   {dAnthropic, `{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"` + content + `"}],"usage":{"input_tokens":50,"cache_creation_input_tokens":20,"cache_read_input_tokens":30,"output_tokens":120}}`},
 	}
 	for name, c := range bodies {
 		body := []byte(c.body)

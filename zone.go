@@ -46,11 +46,6 @@ type shard struct {
 	_    [40]byte // keep shards on separate cache lines
 }
 
-// limitBuckets are the per-minute buckets of one scope.
-type limitBuckets struct {
-	rpm, tpm, itpm, otpm bucket
-}
-
 // keyState is everything the zone keeps for one key. It is small and holds
 // no history, so a million idle keys cost little, and the sweeper drops it
 // once it is back to the state a new key would have.
@@ -169,6 +164,7 @@ type ticket struct {
 	a       ask
 	upHeld  bool // holds an upstream concurrency slot and reservation
 	debited bool // false for a request that dry_run let through
+	done    bool // finished: finish does nothing more
 }
 
 // decision is the outcome of zone.admit.
@@ -207,7 +203,7 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 	}
 	t := ticket{z: z, s: s, ks: ks, a: q, upHeld: useUp}
 	var a admission
-	addBuckets(&a, &ks.limitBuckets, q.lim, q.d, scopeKey)
+	ks.limitBuckets.admitInto(&a, q.lim, q.d, scopeKey)
 	if q.d.model != nil {
 		if ks.models == nil {
 			ks.models = make(map[string]*limitBuckets, 1)
@@ -217,10 +213,10 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 			t.mb = new(limitBuckets)
 			ks.models[q.d.model.Name] = t.mb
 		}
-		addBuckets(&a, t.mb, q.d.model.Limits, q.d, scopeModel)
+		t.mb.admitInto(&a, q.d.model.Limits, q.d, scopeModel)
 	}
 	if useUp {
-		addBuckets(&a, &z.upstream, q.up, q.d, scopeUpstream)
+		z.upstream.admitInto(&a, q.up, q.d, scopeUpstream)
 		z.upLimits = q.up
 	}
 
@@ -251,19 +247,17 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 	return t, dec
 }
 
-func addBuckets(a *admission, lb *limitBuckets, lim Limits, d demand, sc scope) {
-	a.add(&lb.rpm, lim.RPM, 1, dimRequests, sc)
-	a.add(&lb.tpm, lim.TPM, d.in+d.out, dimTokens, sc)
-	a.add(&lb.itpm, lim.ITPM, d.in, dimInput, sc)
-	a.add(&lb.otpm, lim.OTPM, d.out, dimOutput, sc)
-}
-
-// finish settles a ticket and gives its slots back. With u != nil the
-// token buckets are settled to the actual usage (a refund or a late charge,
-// which may leave debt); with refund the whole token reservation goes back
-// (the request still counts); with neither the reservation stands. Waiters
-// of the zone are then told that capacity may have come back.
+// finish settles a ticket and gives its slots back, once: later calls do
+// nothing. With u != nil the token buckets are settled to the actual usage
+// (a refund or a late charge, which may leave debt); with refund the whole
+// token reservation goes back (the request still counts); with neither the
+// reservation stands. Waiters of the zone are then told that capacity may
+// have come back.
 func (t *ticket) finish(nowNs int64, u *usage, refund bool) {
+	if t.done {
+		return
+	}
+	t.done = true
 	if t.rt != nil {
 		t.rt.finish(t.a.d, u, refund)
 		return
@@ -297,12 +291,12 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	default:
 		return
 	}
-	settle(&t.ks.limitBuckets, t.a.lim, nowNs, dIn, dOut)
+	t.ks.limitBuckets.settle(t.a.lim, nowNs, dIn, dOut)
 	if t.mb != nil {
-		settle(t.mb, t.a.d.model.Limits, nowNs, dIn, dOut)
+		t.mb.settle(t.a.d.model.Limits, nowNs, dIn, dOut)
 	}
 	if t.upHeld {
-		settle(&t.z.upstream, t.a.up, nowNs, dIn, dOut)
+		t.z.upstream.settle(t.a.up, nowNs, dIn, dOut)
 	}
 	var ml *Model
 	if t.mb != nil {
@@ -322,18 +316,6 @@ func (t *ticket) chargeRetry(nowNs int64) {
 	t.z.upMu.Unlock()
 }
 
-func settle(lb *limitBuckets, lim Limits, nowNs int64, dIn, dOut float64) {
-	if lim.TPM > 0 {
-		lb.tpm.add(nowNs, lim.TPM, dIn+dOut)
-	}
-	if lim.ITPM > 0 {
-		lb.itpm.add(nowNs, lim.ITPM, dIn)
-	}
-	if lim.OTPM > 0 {
-		lb.otpm.add(nowNs, lim.OTPM, dOut)
-	}
-}
-
 // touch records when the key's buckets will all be full again, for the
 // sweeper.
 func (ks *keyState) touch(lim Limits, mb *limitBuckets, m *Model) {
@@ -346,20 +328,4 @@ func (ks *keyState) touch(lim Limits, mb *limitBuckets, m *Model) {
 	if idle > ks.idleAt {
 		ks.idleAt = idle
 	}
-}
-
-func (lb *limitBuckets) fullAt(lim Limits) int64 {
-	var at int64
-	for _, p := range [...]struct {
-		b     *bucket
-		limit int64
-	}{{&lb.rpm, lim.RPM}, {&lb.tpm, lim.TPM}, {&lb.itpm, lim.ITPM}, {&lb.otpm, lim.OTPM}} {
-		if p.limit <= 0 || p.b.at == 0 {
-			continue
-		}
-		if t := p.b.at + int64(p.b.untilFull(p.limit)); t > at {
-			at = t
-		}
-	}
-	return at
 }
