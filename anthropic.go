@@ -40,7 +40,9 @@ func (anthropicDialect) parse(s *jsonScanner, tc *textCounter, _ string, info *r
 }
 
 // prepare: Anthropic streams always carry their usage.
-func (anthropicDialect) prepare(_ string, body []byte, _ *requestInfo) ([]byte, bool) { return body, false }
+func (anthropicDialect) prepare(_ string, body []byte, _ *requestInfo) ([]byte, bool) {
+	return body, false
+}
 
 func (anthropicDialect) isAddedUsageEvent([]byte) bool { return false }
 

@@ -30,6 +30,7 @@ var estimateTemplates = []struct {
 	{"responses", dOpenAI, `{"model":"gpt-4o","instructions":"Be brief.","input":[{"role":"user","content":[{"type":"input_text","text":TEXT},{"type":"input_image","detail":"low","image_url":"data:x"}]}],"max_output_tokens":64}`},
 	{"embeddings", dOpenAI, `{"model":"text-embedding-3-small","input":[TEXT,"second input"]}`},
 	{"anthropic", dAnthropic, `{"model":"claude-sonnet-4-5","max_tokens":256,"system":"Be brief.","messages":[{"role":"user","content":[{"type":"text","text":TEXT}]}]}`},
+	{"gemini", dGemini, `{"systemInstruction":{"parts":[{"text":"Be brief."}]},"contents":[{"role":"user","parts":[{"text":TEXT},{"inlineData":{"mimeType":"image/png","data":"AAAA"}}]},{"role":"model","parts":[{"functionCall":{"name":"f","args":{"q":"x"}}}]}],"generationConfig":{"maxOutputTokens":64,"candidateCount":2}}`},
 }
 
 // FuzzEstimateMonotone: a well-formed body is never rejected whatever its
@@ -85,7 +86,7 @@ func FuzzEstimateMonotone(f *testing.F) {
 			}
 		}
 		raw := []byte(text + extra)
-		for _, fm := range []dialect{dOpenAI, dAnthropic} {
+		for _, fm := range []dialect{dOpenAI, dAnthropic, dGemini} {
 			var info requestInfo
 			if err := parseRequest(fm, "", raw, &info); err == nil {
 				checkCounts(t, "raw body", raw, &info)
@@ -114,11 +115,12 @@ func (r *recordingWriter) WriteHeader(int)             {}
 
 // Fuzz modes of FuzzSSEUsageReader, as bits of its mode argument.
 const (
-	fuzzAnthropic = 1 << iota // dAnthropic, else dOpenAI
+	fuzzAnthropic = 1 << iota // dAnthropic, else dOpenAI (unless fuzzGemini)
 	fuzzStrip                 // strip the usage-only chunk
 	fuzzJSON                  // Content-Type application/json, else text/event-stream
 	fuzzBig                   // an event longer than maxHeldEvent, in large chunks
-	// The high 4 bits of mode place the long event's text within the stream.
+	fuzzGemini                // dGemini
+	// The high 3 bits of mode place the long event's text within the stream.
 )
 
 // FuzzSSEUsageReader drives the usageWriter with a stream cut at fuzzed
@@ -148,6 +150,10 @@ func FuzzSSEUsageReader(f *testing.F) {
 	f.Add([]byte(anth), []byte{200}, uint8(fuzzJSON|fuzzAnthropic))
 	f.Add([]byte(chat+chat), []byte{255}, uint8(fuzzStrip|fuzzBig|0x80))
 	f.Add([]byte("data: "), []byte{1, 140}, uint8(fuzzStrip|fuzzBig|0xf0))
+	gem := "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"Hi\"}]}}], \"usageMetadata\": {\"promptTokenCount\": 9, \"candidatesTokenCount\": 1}}\r\n\r\n" +
+		"data: {\"candidates\": [{\"finishReason\": \"STOP\"}], \"usageMetadata\": {\"promptTokenCount\": 9, \"candidatesTokenCount\": 4, \"thoughtsTokenCount\": 2}}\r\n\r\n"
+	f.Add([]byte(gem), []byte{5, 17}, uint8(fuzzGemini))
+	f.Add([]byte(`[{"usageMetadata":{"promptTokenCount":9}},`+"\r\n"+`{"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":4}}]`), []byte{6}, uint8(fuzzGemini|fuzzJSON))
 	f.Fuzz(func(t *testing.T, stream, sizes []byte, mode uint8) {
 		// Held events are searched again after each write: keep the
 		// quadratic worst case (1-byte writes, no blank line) small.
@@ -156,7 +162,7 @@ func FuzzSSEUsageReader(f *testing.F) {
 		}
 		scale := 1
 		if mode&fuzzBig != 0 {
-			at := len(stream) * int(mode>>4) / 15
+			at := len(stream) * int(mode>>5) / 7
 			long := bytes.Repeat([]byte("x"), maxHeldEvent+1)
 			stream = append(append(append([]byte(nil), stream[:at]...), long...), stream[at:]...)
 			scale = 512
@@ -166,7 +172,10 @@ func FuzzSSEUsageReader(f *testing.F) {
 			ct = "application/json"
 		}
 		fm := dOpenAI
-		if mode&fuzzAnthropic != 0 {
+		switch {
+		case mode&fuzzGemini != 0:
+			fm = dGemini
+		case mode&fuzzAnthropic != 0:
 			fm = dAnthropic
 		}
 		strip := mode&fuzzStrip != 0
@@ -206,17 +215,17 @@ func FuzzSSEUsageReader(f *testing.F) {
 				t.Fatalf("pass-through changed the stream:\n in %q\nout %q", stream, out)
 			}
 		} else {
-			checkStripped(t, stream, out, uw.strip)
+			checkStripped(t, fm, stream, out, uw.strip)
 		}
 		uw.release()
 	})
 }
 
 // checkStripped checks that out is in with whole events left out, each a
-// usage-only chunk; exact means every usage-only event was left out (the
+// usage-only chunk that dialect d added; exact means every usage-only event was left out (the
 // writer did not give up stripping). The end of a stream without a blank
 // line is never left out.
-func checkStripped(t *testing.T, in, out []byte, exact bool) {
+func checkStripped(t *testing.T, d dialect, in, out []byte, exact bool) {
 	t.Helper()
 	if len(out) > len(in) {
 		t.Fatalf("stripping grew the stream: %d > %d bytes", len(out), len(in))
@@ -230,7 +239,7 @@ func checkStripped(t *testing.T, in, out []byte, exact bool) {
 		}
 		ev := in[:end]
 		in = in[end:]
-		usageOnly := !last && isUsageOnlyChunk(ev)
+		usageOnly := !last && d.isAddedUsageEvent(ev)
 		switch {
 		case exact && usageOnly:
 			// left out

@@ -222,7 +222,9 @@ var (
 )
 
 // prepare: Gemini streams always carry their usage.
-func (geminiDialect) prepare(_ string, body []byte, _ *requestInfo) ([]byte, bool) { return body, false }
+func (geminiDialect) prepare(_ string, body []byte, _ *requestInfo) ([]byte, bool) {
+	return body, false
+}
 
 func (geminiDialect) isAddedUsageEvent([]byte) bool { return false }
 

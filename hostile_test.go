@@ -13,7 +13,7 @@ import (
 // a documented pass-through (200) — never a 5xx.
 func TestHostileRequestsGetADefinedAnswer(t *testing.T) {
 	mustLoad(t, "zone hostile\nrpm 100000\ntpm 1000000")
-	const chat, msgs = "/v1/chat/completions", "/v1/messages"
+	const chat, msgs, gem = "/v1/chat/completions", "/v1/messages", geminiModelPath + ":generateContent"
 	msg := func(extra string) string {
 		return `{"model":"m","messages":[{"role":"user","content":"hi"}]` + extra + `}`
 	}
@@ -78,6 +78,22 @@ func TestHostileRequestsGetADefinedAnswer(t *testing.T) {
 		{"token scheme", chat, msg(""), map[string]string{"Authorization": "Token sk-hostile"}, false, 401, ""},
 		{"blank x-api-key", chat, msg(""), map[string]string{"Authorization": "", "x-api-key": "   "}, false, 401, ""},
 		{"empty object", chat, `{}`, nil, false, 200, ""},
+		{"gemini: empty object", gem, `{}`, nil, false, 200, ""},
+		{"gemini: contents a string", gem, `{"contents":"hi"}`, nil, false, 400, "contents must be an array"},
+		{"gemini: a turn not an object", gem, `{"contents":["hi"]}`, nil, false, 400, "contents[0] must be an object"},
+		{"gemini: parts an object", gem, `{"contents":[{"parts":{"text":"hi"}}]}`, nil, false, 400, "parts must be an array"},
+		{"gemini: text a number", gem, `{"contents":[{"parts":[{"text":5}]}]}`, nil, false, 400, "text must be a string"},
+		{"gemini: 10k-level nesting in a function call", gem, `{"contents":[{"parts":[{"functionCall":` + deep + `}]}]}`, nil, false, 400, "nesting deeper than 128"},
+		{"gemini: 64k parts of inline data never fit the tpm", gem, `{"contents":[{"parts":[` + strings.Repeat(`{"inlineData":{}},`, 1<<16) + `{}]}]}`, nil, false, 429, "request too large"},
+		{"gemini: maxOutputTokens beyond int64", gem, `{"generationConfig":{"maxOutputTokens":99999999999999999999}}`, nil, false, 400, "maxOutputTokens"},
+		{"gemini: maxOutputTokens at int64's max never fits", gem, `{"generationConfig":{"maxOutputTokens":9223372036854775807}}`, nil, false, 429, "request too large"},
+		{"gemini: candidateCount 0", gem, `{"generationConfig":{"candidateCount":0}}`, nil, false, 400, "candidateCount must be >= 1"},
+		{"gemini: candidateCount as a string", gem, `{"generationConfig":{"candidateCount":"2"}}`, nil, false, 400, "candidateCount"},
+		{"gemini: generationConfig an array", gem, `{"generation_config":[]}`, nil, false, 400, "generation_config must be an object"},
+		{"gemini: snake_case fields are read", gem, `{"system_instruction":{"parts":[{"text":"be brief"}]},"contents":[{"parts":[{"text":"hi"}]}],"generation_config":{"max_output_tokens":5}}`, nil, false, 200, ""},
+		{"gemini: tools an object", gem, `{"tools":{"functionDeclarations":[]}}`, nil, false, 400, "tools must be an array"},
+		{"gemini: trailing garbage", gem, `{"contents":[]} x`, nil, false, 400, "invalid"},
+		{"gemini: an empty model in the path is not parsed", "/v1beta/models/:generateContent", `not json`, nil, false, 200, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req := newReq(t, tc.path, "sk-hostile", tc.body)

@@ -168,25 +168,30 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte(`{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x","detail":"low"}}]}],"n":2}`), false)
 	f.Add([]byte(`{"input":[[1,2],"a",{"type":"function_call","arguments":"{}"}],"prompt":[1,2]}`), false)
 	f.Add([]byte(`{"messages":[{"content":[{"type":"tool_result","content":[{"type":"document","source":{"type":"text","data":"x"}}]}]}]}`), true)
+	f.Add([]byte(`{"contents":[{"role":"user","parts":[{"text":"hi"},{"inlineData":{"data":"AAAA"}},{"functionCall":{"name":"f","args":{}}}]}],"generationConfig":{"maxOutputTokens":5,"candidateCount":2}}`), false)
+	f.Add([]byte(`{"system_instruction":{"parts":[{"text":"x"}]},"tools":[{"function_declarations":[{"name":"f"}]}],"generation_config":{"max_output_tokens":1}}`), true)
 	f.Fuzz(func(t *testing.T, body []byte, anthropic bool) {
 		f := dOpenAI
 		if anthropic {
 			f = dAnthropic
 		}
-		var info requestInfo
-		err := parseRequest(f, "", body, &info)
-		valid := json.Valid(body)
-		if !valid && err == nil {
-			t.Fatalf("accepted invalid JSON %q", body)
-		}
-		if valid && err != nil {
-			msg := err.Error()
-			if strings.HasPrefix(msg, "invalid JSON") && !strings.Contains(msg, "nesting") {
-				t.Fatalf("rejected valid JSON %q: %v", body, err)
+		// Every body is also read as a Gemini request.
+		for _, d := range []dialect{f, dGemini} {
+			var info requestInfo
+			err := parseRequest(d, geminiModelPath+":generateContent", body, &info)
+			valid := json.Valid(body)
+			if !valid && err == nil {
+				t.Fatalf("%s accepted invalid JSON %q", d.name(), body)
 			}
-		}
-		if err == nil && (info.TextTokens < 0 || info.N < 1 || info.MaxOutput < 0) {
-			t.Fatalf("%q: bad info %+v", body, info)
+			if valid && err != nil {
+				msg := err.Error()
+				if strings.HasPrefix(msg, "invalid JSON") && !strings.Contains(msg, "nesting") {
+					t.Fatalf("%s rejected valid JSON %q: %v", d.name(), body, err)
+				}
+			}
+			if err == nil && (info.TextTokens < 0 || info.N < 1 || info.MaxOutput < 0) {
+				t.Fatalf("%s: %q: bad info %+v", d.name(), body, info)
+			}
 		}
 	})
 }
