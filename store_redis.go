@@ -43,22 +43,38 @@ type RedisConfig struct {
 // instance dies before giving it back.
 var leaseTTL = 10 * time.Minute
 
-// admitScript makes the whole admission decision on Redis's own clock:
-// every bucket (continuous token buckets stored as level + time) must serve
-// its need and every lease set must have room, or nothing changes. It
-// returns {ok, never, wait_us, blocking bucket, full lease set, levels...}.
-var admitScript = redis.NewScript(`
+// luaBuckets is the bucket arithmetic that both scripts share, written
+// once: a bucket is a hash {l: level, t: time in µs} refilled at limit per
+// minute; an absent one is full. level_at reads a bucket's level at now;
+// store_level writes it back with a TTL of the time it takes to be full
+// again (capped, so that a bucket deep in debt still gets a valid TTL),
+// after which the key is dropped: a full bucket and no key are the same.
+const luaBuckets = `
+local function level_at(key, limit, now)
+  local h = redis.call('HMGET', key, 'l', 't')
+  if not h[1] then return limit end
+  return math.min(limit, tonumber(h[1]) + (now - tonumber(h[2])) * limit / 60000000)
+end
+local function store_level(key, limit, level, now)
+  redis.call('HSET', key, 'l', tostring(level), 't', tostring(now))
+  local ttl = math.ceil((limit - level) * 60000 / limit) + 1000
+  redis.call('PEXPIRE', key, math.min(ttl, 100000000000000))
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local nb, nl = tonumber(ARGV[1]), tonumber(ARGV[2])
+`
+
+// admitScript makes the whole admission decision on Redis's own clock:
+// every bucket must serve its need and every lease set must have room, or
+// nothing changes. It returns {ok, never, wait_us, blocking bucket, full
+// lease set, levels...}; the caller turns the blocking bucket's level into
+// its wait with durationFromTokens, as for the in-process buckets.
+var admitScript = redis.NewScript(luaBuckets + `
 local levels, wait, blocking, never = {}, 0, 0, 0
 for i = 1, nb do
   local limit, need = tonumber(ARGV[1 + 2*i]), tonumber(ARGV[2 + 2*i])
-  local h = redis.call('HMGET', KEYS[i], 'l', 't')
-  local level = limit
-  if h[1] then
-    level = math.min(limit, tonumber(h[1]) + (now - tonumber(h[2])) * limit / 60000000)
-  end
+  local level = level_at(KEYS[i], limit, now)
   levels[i] = level
   if need > limit then
     if never == 0 then never, blocking = 1, i end
@@ -82,8 +98,7 @@ else
   for i = 1, nb do
     local limit, need = tonumber(ARGV[1 + 2*i]), tonumber(ARGV[2 + 2*i])
     levels[i] = levels[i] - need
-    redis.call('HSET', KEYS[i], 'l', tostring(levels[i]), 't', tostring(now))
-    redis.call('PEXPIRE', KEYS[i], math.ceil((limit - levels[i]) * 60000 / limit) + 1000)
+    store_level(KEYS[i], limit, levels[i], now)
   end
   for j = 1, nl do
     local k, ttl = KEYS[nb + j], tonumber(ARGV[base + 3*j])
@@ -98,21 +113,11 @@ return out
 
 // settleScript gives tokens back (or takes more, into debt) and releases
 // the request's leases.
-var settleScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local nb, nl = tonumber(ARGV[1]), tonumber(ARGV[2])
+var settleScript = redis.NewScript(luaBuckets + `
 for i = 1, nb do
   local limit, delta = tonumber(ARGV[1 + 2*i]), tonumber(ARGV[2 + 2*i])
   if delta ~= 0 then
-    local h = redis.call('HMGET', KEYS[i], 'l', 't')
-    local level = limit
-    if h[1] then
-      level = math.min(limit, tonumber(h[1]) + (now - tonumber(h[2])) * limit / 60000000)
-    end
-    level = math.min(limit, level + delta)
-    redis.call('HSET', KEYS[i], 'l', tostring(level), 't', tostring(now))
-    redis.call('PEXPIRE', KEYS[i], math.ceil((limit - level) * 60000 / limit) + 1000)
+    store_level(KEYS[i], limit, math.min(limit, level_at(KEYS[i], limit, now) + delta), now)
   end
 end
 for j = 1, nl do redis.call('ZREM', KEYS[nb + j], ARGV[2 + 2*nb + j]) end
@@ -231,12 +236,13 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	}
 	ok, _ := res[0].(int64)
 	never, _ := res[1].(int64)
-	waitUs, _ := strconv.ParseFloat(fmt.Sprint(res[2]), 64)
 	blocking, _ := res[3].(int64)
 	full, _ := res[4].(int64)
 	levels := make([]float64, nb)
 	for i := range levels {
-		levels[i], _ = strconv.ParseFloat(fmt.Sprint(res[5+i]), 64)
+		if levels[i], err = strconv.ParseFloat(fmt.Sprint(res[5+i]), 64); err != nil {
+			return ticket{}, decision{}, fmt.Errorf("store redis: unexpected level %v", res[5+i])
+		}
 	}
 	var dec decision
 	for i, u := range uses {
@@ -260,7 +266,7 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		dec.verdict = verdict{wait: time.Second, blocking: use{limit: leaseLimits[full-1], need: 1, dim: dimConcurrency, scope: leaseScopes[full-1]}}
 	case blocking > 0:
 		u := uses[blocking-1]
-		dec.verdict = verdict{never: never == 1, wait: time.Duration(waitUs) * time.Microsecond, blocking: u, available: floorNonNeg(levels[blocking-1])}
+		dec.verdict = verdict{never: never == 1, wait: durationFromTokens(u.limit, u.need-levels[blocking-1]), blocking: u, available: floorNonNeg(levels[blocking-1])}
 	}
 	return ticket{}, dec, nil
 }
