@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseUsageJSON(t *testing.T) {
@@ -42,6 +43,13 @@ func TestParseUsageJSON(t *testing.T) {
 		{"html error page", dAnthropic, `<html>502 Bad Gateway</html>`, usage{}, false},
 		{"negative and fractional counts are ignored", dOpenAI, `{"usage":{"prompt_tokens":-1,"completion_tokens":2.5}}`, usage{}, false},
 		{"format none", dNone, `{"usage":{"prompt_tokens":1}}`, usage{}, false},
+		{"openai with spaces", dOpenAI, "{\"usage\" : {\n  \"prompt_tokens\" : 19 ,\n  \"completion_tokens\": 10\n}}", usage{19, 10}, true},
+		{"anthropic with spaces", dAnthropic, `{"usage": {"input_tokens": 50, "cache_creation_input_tokens": 20, "output_tokens": 7}}`, usage{70, 7}, true},
+		{"gemini", dGemini, `{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":11,"candidatesTokenCount":7,"thoughtsTokenCount":5,"cachedContentTokenCount":3,"totalTokenCount":23}}`, usage{11, 12}, true},
+		{"gemini without thoughts, with spaces", dGemini, "{\"usageMetadata\": {\"promptTokenCount\": 4, \"candidatesTokenCount\": 2}}", usage{4, 2}, true},
+		{"gemini streamed array: the last chunk counts", dGemini, `[{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":1}},` + "\r\n" + `{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":9,"thoughtsTokenCount":2}}]`, usage{4, 11}, true},
+		{"gemini output saturates", dGemini, `{"usageMetadata":{"promptTokenCount":1,"candidatesTokenCount":9223372036854775807,"thoughtsTokenCount":9}}`, usage{Input: 1, Output: math.MaxInt64}, true},
+		{"gemini reads no openai usage", dGemini, `{"usage":{"prompt_tokens":1}}`, usage{}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -148,5 +156,109 @@ func BenchmarkParseUsageJSON(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// Stream events are read whatever JSON white space they use: servers that
+// copy a provider's format (vLLM, Ollama, other gateways) write
+// "type": "message_stop" with a space.
+func TestStreamLinesAreReadWithAnyJSONSpacing(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		d     dialect
+		lines []string
+		end   bool
+		want  usage
+		ok    bool
+	}{
+		{"openai done", dOpenAI, []string{`data: {"choices":[],"usage": {"prompt_tokens": 3, "completion_tokens": 4}}`, "data: [DONE]\r"}, true, usage{3, 4}, true},
+		{"openai done without a space", dOpenAI, []string{`data:{"usage":{"prompt_tokens":3,"completion_tokens":4}}`, "data:[DONE]"}, true, usage{3, 4}, true},
+		{"openai responses completed, spaced", dOpenAI, []string{`data: {"type" : "response.completed", "response": {"usage": {"input_tokens": 5, "output_tokens": 6}}}`}, true, usage{5, 6}, true},
+		{"openai: [DONE] inside content is no end", dOpenAI, []string{`data: {"choices":[{"delta":{"content":"data: [DONE]"}}]}`}, false, usage{}, false},
+		{"anthropic spaced", dAnthropic, []string{
+			`data: {"type": "message_start", "message": {"usage": {"input_tokens": 10, "output_tokens": 1}}}`,
+			`data: {"type" :"message_delta", "usage": {"output_tokens": 8}}`,
+			`data: {"type":  "message_stop"}`,
+		}, true, usage{10, 8}, true},
+		{"anthropic: message_stop in text is no end", dAnthropic, []string{`data: {"type":"content_block_delta","delta":{"text":"\"type\":\"message_stop\""}}`}, false, usage{}, false},
+		{"anthropic without message_delta has no final usage", dAnthropic, []string{`data: {"type": "message_start", "message": {"usage": {"input_tokens": 10, "output_tokens": 1}}}`}, false, usage{}, false},
+		{"gemini: cumulative, the last counts", dGemini, []string{
+			`data: {"usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 1}}` + "\r",
+			`data: {"usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 4, "thoughtsTokenCount": 3}}` + "\r",
+		}, false, usage{9, 7}, true},
+		{"event lines are not data", dOpenAI, []string{"event: usage", `: {"usage":{"prompt_tokens":1}}`}, false, usage{}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var acc usageAcc
+			end := false
+			for _, l := range c.lines {
+				end = c.d.streamLine([]byte(l), &acc) || end
+			}
+			u, ok := c.d.streamUsage(&acc)
+			if end != c.end || u != c.want || ok != c.ok {
+				t.Fatalf("end %v usage %+v %v; want end %v usage %+v %v", end, u, ok, c.end, c.want, c.ok)
+			}
+		})
+	}
+}
+
+// Every dialect writes each of the handler's own errors as valid JSON in
+// its provider's shape, with the message, and a Gemini 429 that may be
+// retried carries RetryInfo with the wait.
+func TestEveryDialectShapesEveryError(t *testing.T) {
+	for _, d := range dialects {
+		for k := errUnauthorized; k <= errUnavailable; k++ {
+			e := &apiError{kind: k, msg: "msg \"quoted\"", dim: dimTokens, wait: 1500 * time.Millisecond}
+			body := d.appendError(nil, e)
+			var v map[string]any
+			if err := json.Unmarshal(body, &v); err != nil {
+				t.Fatalf("%s kind %d: %v: %s", d.name(), k, err, body)
+			}
+			if !strings.Contains(string(body), `msg \"quoted\"`) {
+				t.Errorf("%s kind %d: message missing: %s", d.name(), k, body)
+			}
+		}
+	}
+	e := &apiError{kind: errRateLimited, msg: "m", wait: 1500 * time.Millisecond}
+	if got, want := string(dGemini.appendError(nil, e)), `{"error":{"code":429,"message":"m","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1.500s"}]}}`; got != want {
+		t.Errorf("gemini 429:\n got %s\nwant %s", got, want)
+	}
+	e.never = true
+	if got := string(dGemini.appendError(nil, e)); strings.Contains(got, "RetryInfo") {
+		t.Errorf("a 429 that can never fit carries no RetryInfo: %s", got)
+	}
+	e = &apiError{kind: errTooLarge, msg: "m"}
+	if got, want := string(dGemini.appendError(nil, e)), `{"error":{"code":413,"message":"m","status":"INVALID_ARGUMENT"}}`; got != want {
+		t.Errorf("gemini 413: %s", got)
+	}
+	e = &apiError{kind: errRateLimited, msg: "m", dim: dimInput}
+	if got := string(dOpenAI.appendError(nil, e)); !strings.Contains(got, `"type":"input_tokens","param":null,"code":"rate_limit_exceeded"`) {
+		t.Errorf("openai 429 type by limit: %s", got)
+	}
+}
+
+// The paths that auto format gives each dialect.
+func TestDialectForPath(t *testing.T) {
+	for path, want := range map[string]dialect{
+		"/v1/chat/completions":  dOpenAI,
+		"/openai/v1/responses/": dOpenAI,
+		"/v1/embeddings":        dOpenAI,
+		"/v1/messages":          dAnthropic,
+		"/v1beta/models/gemini-2.5-flash:generateContent":                                              dGemini,
+		"/v1/models/gemini-2.0-flash:streamGenerateContent":                                            dGemini,
+		"/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent": dGemini,
+		"/v1beta/models/gemini-2.5-flash:countTokens":                                                  dNone,
+		"/v1beta/models/:generateContent":                                                              dNone,
+		"/v2/models/x:generateContent":                                                                 dNone,
+		"/v1/models":                                                                                   dNone,
+		"/health":                                                                                      dNone,
+	} {
+		if got := dialectForPath(path); got != want {
+			t.Errorf("%s: %v, want %v", path, got, want)
+		}
+	}
+	info := requestInfo{N: 1}
+	if _, err := dGemini.parse(&jsonScanner{data: []byte(`{}`)}, &textCounter{}, "/v1beta/models/gemini-2.5-pro:streamGenerateContent", &info); err != nil || info.Model != "gemini-2.5-pro" || !info.Stream {
+		t.Errorf("model and stream from the path: %+v %v", info, err)
 	}
 }
