@@ -48,12 +48,28 @@ func (nextJSON) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
 	return err
 }
 
-// discardWriter is a ResponseWriter that keeps nothing but a header map.
-type discardWriter struct{ h http.Header }
+// discardWriter is a ResponseWriter that keeps nothing but a header map
+// and the status: the first WriteHeader's, or 200 on a Write without one,
+// as net/http does. status is 0 until then.
+type discardWriter struct {
+	h      http.Header
+	status int
+}
 
-func (d *discardWriter) Header() http.Header         { return d.h }
-func (d *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
-func (d *discardWriter) WriteHeader(int)             {}
+func (d *discardWriter) Header() http.Header { return d.h }
+
+func (d *discardWriter) Write(p []byte) (int, error) {
+	if d.status == 0 {
+		d.status = http.StatusOK
+	}
+	return len(p), nil
+}
+
+func (d *discardWriter) WriteHeader(code int) {
+	if d.status == 0 {
+		d.status = code
+	}
+}
 
 // BenchmarkHandlerOverhead is the plugin's own cost per request, without
 // the network or reverse_proxy: key → body → estimate → admit → a next
@@ -81,8 +97,12 @@ func BenchmarkHandlerOverhead(b *testing.B) {
 		r.ContentLength = int64(len(chatBody13k))
 		r.Header.Set("Authorization", keys[i%len(keys)])
 		clear(w.h)
+		w.status = 0
 		if err := h.ServeHTTP(w, r, next); err != nil {
 			b.Fatal(err)
+		}
+		if w.status != http.StatusOK {
+			b.Fatalf("request %d: status %d, want 200 (a rejection must fail the benchmark, not speed it up)", i, w.status)
 		}
 	}
 }
@@ -125,9 +145,11 @@ func BenchmarkAdmitSettleParallel(b *testing.B) {
 			q := ask{kh: keys[i%len(keys)], lim: lim, d: demand{in: 300, out: 512}}
 			nowNs := time.Now().UnixNano()
 			tk, dec := z.admit(q, nowNs, false, false)
-			if dec.ok {
-				tk.finish(nowNs, &u, false)
+			if !dec.ok {
+				b.Errorf("rejected: %+v", dec.verdict)
+				return
 			}
+			tk.finish(nowNs, &u, false)
 		}
 	})
 }
@@ -148,7 +170,10 @@ func BenchmarkAdmitSettle1MKeys(b *testing.B) {
 	runtime.ReadMemStats(&before)
 	t0 := time.Now().UnixNano()
 	for i, kh := range keys {
-		tk, _ := z.admit(ask{kh: kh, lim: lim, d: demand{in: 300, out: 512}}, t0+int64(i), false, false)
+		tk, dec := z.admit(ask{kh: kh, lim: lim, d: demand{in: 300, out: 512}}, t0+int64(i), false, false)
+		if !dec.ok {
+			b.Fatalf("filling: key %d rejected: %+v", i, dec.verdict)
+		}
 		tk.finish(t0+int64(i), nil, false)
 	}
 	runtime.GC()
@@ -159,9 +184,10 @@ func BenchmarkAdmitSettle1MKeys(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		kh := keys[i%n]
 		tk, dec := z.admit(ask{kh: kh, lim: lim, d: demand{in: 300, out: 512}}, t0+int64(n+i), false, false)
-		if dec.ok {
-			tk.finish(t0+int64(n+i), nil, false)
+		if !dec.ok {
+			b.Fatalf("iteration %d: rejected: %+v", i, dec.verdict)
 		}
+		tk.finish(t0+int64(n+i), nil, false)
 	}
 	b.ReportMetric(perKey, "heap-B/idle-key") // after ResetTimer, which drops reported metrics
 }
@@ -298,15 +324,27 @@ func BenchmarkThroughCaddy(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := n.Add(1)
-			req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(chatBody13k))
+			req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(chatBody13k))
+			if err != nil {
+				b.Error(err)
+				return
+			}
 			req.Header.Set("Authorization", keys[int(i)%len(keys)])
 			resp, err := kc.Do(req)
 			if err != nil {
 				b.Error(err)
 				return
 			}
-			_, _ = io.Copy(io.Discard, resp.Body)
+			_, err = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
+			if err != nil {
+				b.Errorf("request %d: reading the body: %v", i, err)
+				return
+			}
+			if resp.StatusCode != http.StatusOK {
+				b.Errorf("request %d: status %d, want 200 (a rejection must fail the benchmark, not speed it up)", i, resp.StatusCode)
+				return
+			}
 		}
 	})
 }

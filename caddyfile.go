@@ -10,12 +10,17 @@ import (
 )
 
 // UnmarshalCaddyfile fills h from the llm_ratelimit directive. It only
-// parses: defaults, key files and zones are Provision's business. Syntax:
+// parses: it counts arguments, reads numbers, sizes and durations, walks
+// the blocks and rejects repeats and unknown subdirectives. Defaults, key
+// files and zones are Provision's business, and the range of a value is
+// Validate's: where a value is out of range the parser returns the error
+// of the very check Validate makes (module.go), at the value's line.
+// Syntax:
 //
 //	llm_ratelimit [<matcher>] {
 //		zone        <name>
 //		key         <placeholder template>
-//		format      auto|openai|anthropic
+//		format      auto|openai|anthropic|gemini
 //		max_body    <size>
 //		rpm <n>  tpm <n>  itpm <n>  otpm <n>  concurrent <n>
 //		tier <name> {
@@ -34,11 +39,35 @@ import (
 //		default_max_output <n>
 //		headers on|off
 //		dry_run
+//		upstream {
+//			rpm <n>  tpm <n>  itpm <n>  otpm <n>  concurrent <n>
+//		}
+//		max_wait    <duration>
+//		max_queue   <n>
+//		max_keys    <n> | -1
+//		store redis {
+//			address <host:port>
+//			url     <redis://...>
+//			prefix  <string>
+//			fail    open|closed
+//			timeout <duration>
+//		}
+//		retry off
+//		retry {
+//			attempts  <n>
+//			base      <duration>
+//			max       <duration>
+//			jitter    <float>
+//			statuses  <status> ...
+//			max_total <duration>
+//		}
 //	}
 //
-// Every subdirective may be given once, except tier, api_key and model,
-// which repeat with distinct names. Errors carry the file and line of the
-// offending token.
+// <n> is a positive integer (retry attempts may be 0): a limit is left out
+// for "unlimited". store redis needs address or url. Every subdirective
+// may be given once, inside its block too, except tier, api_key and model,
+// which repeat with distinct names; retry is either off or a block. Errors
+// carry the file and line of the offending token.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume the directive name; Caddy has stripped any matcher
 	if d.NextArg() {
@@ -108,9 +137,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("api_key: the same key is given twice")
 			}
 			keys[kh] = true
-			if args[1] == "" {
-				return d.Err("api_key: empty tier name")
-			}
+			// An empty or undefined tier is reported after the block.
 			h.APIKeys = append(h.APIKeys, APIKey{Key: args[0], Tier: args[1]})
 			pending = append(pending, pendingKey{tier: args[1], at: at})
 			if err := noBlock(d, sub); err != nil {
@@ -142,10 +169,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
-			switch v {
-			case "auto", "openai", "anthropic":
-			default:
-				return d.Errf("format: must be auto, openai or anthropic, got %q", v)
+			if err := checkFormat(v); err != nil {
+				return d.Errf("%w", err)
 			}
 			h.Format = v
 		case "max_body":
@@ -157,8 +182,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return d.Errf("max_body: bad size %q, want e.g. 16MiB, 10MB or plain bytes", v)
 			}
-			if size == 0 || size > math.MaxInt64 {
-				return d.Errf("max_body: must be a positive size, got %q", v)
+			if size > math.MaxInt64 {
+				return d.Errf("max_body: size %q is too large", v)
+			}
+			if err := checkMaxBody(int64(size)); err != nil {
+				return d.Errf("%w", err)
 			}
 			h.MaxBody = int64(size)
 		case "rpm", "tpm", "itpm", "otpm", "concurrent":
@@ -184,16 +212,26 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			dur, err := caddy.ParseDuration(v)
-			if err != nil || dur < 0 {
+			if err != nil {
 				return d.Errf("max_wait: want a duration such as 30s, got %q", v)
+			}
+			if err := checkMaxWait(dur); err != nil {
+				return d.Errf("%w", err)
 			}
 			h.MaxWait = caddy.Duration(dur)
 		case "max_keys":
-			n, err := positiveInt(d, sub)
+			v, err := oneArg(d, sub)
 			if err != nil {
 				return err
 			}
-			h.MaxKeys = int(n)
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return d.Errf("max_keys: want an integer, got %q", v)
+			}
+			if err := checkMaxKeys(n); err != nil {
+				return d.Errf("%w", err)
+			}
+			h.MaxKeys = n
 		case "max_queue":
 			n, err := positiveInt(d, sub)
 			if err != nil {
@@ -287,16 +325,20 @@ func noBlock(d *caddyfile.Dispenser, what string) error {
 	return nil
 }
 
-// positiveInt reads one argument that must be an integer > 0. In the
-// Caddyfile a limit is simply left out for "unlimited", so 0 is an error.
+// positiveInt reads one integer argument and applies checkPositive to it:
+// in the Caddyfile a limit is simply left out for "unlimited", so 0 is an
+// error.
 func positiveInt(d *caddyfile.Dispenser, what string) (int64, error) {
 	v, err := oneArg(d, what)
 	if err != nil {
 		return 0, err
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n <= 0 {
+	if err != nil {
 		return 0, d.Errf("%s: must be a positive integer, got %q", what, v)
+	}
+	if err := checkPositive(what, n); err != nil {
+		return 0, d.Errf("%w", err)
 	}
 	return n, nil
 }

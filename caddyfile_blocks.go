@@ -1,8 +1,6 @@
 package llmratelimit
 
 import (
-	"math"
-	"path"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -37,8 +35,11 @@ func (h *Handler) parseRetry(d *caddyfile.Dispenser) error {
 				return err
 			}
 			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 || n > 100 {
-				return d.Errf("retry attempts: want an integer 0..100, got %q", v)
+			if err != nil {
+				return d.Errf("retry attempts: want an integer, got %q", v)
+			}
+			if err := checkRetryAttempts(n); err != nil {
+				return d.Errf("%w", err)
 			}
 			rc.Attempts = &n
 		case "base", "max", "max_total":
@@ -47,8 +48,11 @@ func (h *Handler) parseRetry(d *caddyfile.Dispenser) error {
 				return err
 			}
 			dur, err := caddy.ParseDuration(v)
-			if err != nil || dur <= 0 {
-				return d.Errf("retry %s: want a positive duration such as 1s, got %q", sub, v)
+			if err != nil {
+				return d.Errf("retry %s: want a duration such as 1s, got %q", sub, v)
+			}
+			if err := checkPositiveDuration("retry "+sub, dur); err != nil {
+				return d.Errf("%w", err)
 			}
 			switch sub {
 			case "base":
@@ -64,8 +68,11 @@ func (h *Handler) parseRetry(d *caddyfile.Dispenser) error {
 				return err
 			}
 			j, err := strconv.ParseFloat(v, 64)
-			if err != nil || math.IsNaN(j) || j < 0 || j > 1 {
-				return d.Errf("retry jitter: want a number within 0..1, got %q", v)
+			if err != nil {
+				return d.Errf("retry jitter: want a number, got %q", v)
+			}
+			if err := checkJitter(j); err != nil {
+				return d.Errf("%w", err)
 			}
 			rc.Jitter = &j
 		case "statuses":
@@ -75,8 +82,11 @@ func (h *Handler) parseRetry(d *caddyfile.Dispenser) error {
 			}
 			for _, a := range args {
 				code, err := strconv.Atoi(a)
-				if err != nil || code < 400 || code > 599 {
-					return d.Errf("retry statuses: %q is not an error status (400..599)", a)
+				if err != nil {
+					return d.Errf("retry statuses: %q is not a status code", a)
+				}
+				if err := checkRetryStatus(code); err != nil {
+					return d.Errf("%w", err)
 				}
 				rc.Statuses = append(rc.Statuses, code)
 			}
@@ -110,8 +120,8 @@ func (h *Handler) parseTier(d *caddyfile.Dispenser) error {
 	if err != nil {
 		return err
 	}
-	if name == "" {
-		return d.Err("tier: a tier needs a name")
+	if err := checkTierName(name); err != nil {
+		return d.Errf("%w", err)
 	}
 	if _, dup := h.Tiers[name]; dup {
 		return d.Errf("tier %s: defined twice", name)
@@ -134,16 +144,13 @@ func (h *Handler) parseModel(d *caddyfile.Dispenser) error {
 	if err != nil {
 		return err
 	}
-	if name == "" {
-		return d.Err("model: a model needs a name")
+	if err := checkModelName(name); err != nil {
+		return d.Errf("%w", err)
 	}
 	for _, m := range h.Models {
 		if m.Name == name {
 			return d.Errf("model %s: defined twice", name)
 		}
-	}
-	if _, err := path.Match(name, ""); err != nil {
-		return d.Errf("model %s: bad glob pattern: %v", name, err)
 	}
 	where := "model " + name
 	m := Model{Name: name}
@@ -164,8 +171,11 @@ func (h *Handler) parseModel(d *caddyfile.Dispenser) error {
 			return err
 		}
 		f, err := strconv.ParseFloat(v, 64)
-		if err != nil || !(f > 0) || math.IsInf(f, 0) || f > 100 {
+		if err != nil {
 			return d.Errf("%s: token_ratio: must be a positive number up to 100, got %q", where, v)
+		}
+		if err := checkTokenRatio(f); err != nil {
+			return d.Errf("%s: %w", where, err)
 		}
 		m.TokenRatio = f
 		return nil
@@ -261,22 +271,25 @@ func (h *Handler) parseStore(d *caddyfile.Dispenser) error {
 		case "prefix":
 			rc.Prefix = v
 		case "fail":
-			if v != "open" && v != "closed" {
-				return d.Errf("store redis fail: must be open or closed, got %q", v)
+			if err := checkFailMode(v); err != nil {
+				return d.Errf("%w", err)
 			}
 			rc.Fail = v
 		case "timeout":
 			dur, err := caddy.ParseDuration(v)
-			if err != nil || dur <= 0 {
-				return d.Errf("store redis timeout: want a positive duration, got %q", v)
+			if err != nil {
+				return d.Errf("store redis timeout: want a duration such as 100ms, got %q", v)
+			}
+			if err := checkPositiveDuration("store redis timeout", dur); err != nil {
+				return d.Errf("%w", err)
 			}
 			rc.Timeout = caddy.Duration(dur)
 		default:
 			return d.Errf("store redis: unknown subdirective %q", sub)
 		}
 	}
-	if rc.Address == "" && rc.URL == "" {
-		return d.Err("store redis: address or url is required")
+	if err := checkRedisTarget(rc.Address, rc.URL); err != nil {
+		return d.Errf("%w", err)
 	}
 	return nil
 }

@@ -253,6 +253,12 @@ func TestUnmarshalsEachSubdirective(t *testing.T) {
 		{"format anthropic", `llm_ratelimit {
 			format anthropic
 		}`, Handler{Format: "anthropic"}},
+		{"format gemini", `llm_ratelimit {
+			format gemini
+		}`, Handler{Format: "gemini"}},
+		{"max_keys -1 for no bound", `llm_ratelimit {
+			max_keys -1
+		}`, Handler{MaxKeys: -1}},
 		{"max_body in MiB", `llm_ratelimit {
 			max_body 16MiB
 		}`, Handler{MaxBody: 16 << 20}},
@@ -411,9 +417,9 @@ func TestRejectsBadConfigsWithLine(t *testing.T) {
 		{name: "non-integer rpm", block: "rpm lots",
 			want: []string{"rpm: must be a positive integer", `"lots"`, "Caddyfile:3"}},
 		{name: "zero rpm", block: "zone z\nrpm 0",
-			want: []string{"rpm: must be a positive integer", `"0"`, "Caddyfile:4"}},
+			want: []string{"rpm: must be a positive integer, got 0", "Caddyfile:4"}},
 		{name: "negative concurrent", block: "concurrent -3",
-			want: []string{"concurrent: must be a positive integer", `"-3"`, "Caddyfile:3"}},
+			want: []string{"concurrent: must be a positive integer, got -3", "Caddyfile:3"}},
 		{name: "fractional itpm", block: "itpm 1.5",
 			want: []string{"itpm: must be a positive integer", "Caddyfile:3"}},
 		{name: "negative otpm in a tier", block: "tier pro {\n\totpm -1\n}",
@@ -426,8 +432,8 @@ func TestRejectsBadConfigsWithLine(t *testing.T) {
 			want: []string{"max_body: bad size", `"sixteen"`, "Caddyfile:3"}},
 		{name: "zero size", block: "max_body 0MB",
 			want: []string{"max_body: must be a positive size", "Caddyfile:3"}},
-		{name: "bad format", block: "format gemini",
-			want: []string{"format: must be auto, openai or anthropic", `"gemini"`, "Caddyfile:3"}},
+		{name: "bad format", block: "format cohere",
+			want: []string{"format: must be auto or one of anthropic, gemini, openai", `"cohere"`, "Caddyfile:3"}},
 		{name: "headers neither on nor off", block: "headers yes",
 			want: []string{"headers: must be on or off", `"yes"`, "Caddyfile:3"}},
 		{name: "dry_run with an argument", block: "dry_run yes",
@@ -486,6 +492,96 @@ func TestRejectsBadConfigsWithLine(t *testing.T) {
 			}
 			if tc.secret != "" && strings.Contains(err.Error(), tc.secret) {
 				t.Errorf("error %q shows the API key", err)
+			}
+		})
+	}
+}
+
+// TestValidateGivesTheCaddyfileErrors checks that every value the
+// Caddyfile parser rejects by range or value is rejected by Validate too
+// when a JSON config holds it, with the same message: the check is defined
+// once, and the Caddyfile error only adds the file and line.
+func TestValidateGivesTheCaddyfileErrors(t *testing.T) {
+	attempts, jitter := 101, 1.5
+	redis := func(rc RedisConfig) *StoreConfig { return &StoreConfig{Redis: &rc} }
+	for _, tc := range []struct {
+		name  string
+		block string  // lines inside llm_ratelimit { ... }, from line 3
+		json  Handler // the same value in a JSON config
+		want  string  // in both errors; empty: Validate's whole message
+	}{
+		{name: "format", block: "format cohere", json: Handler{Format: "cohere"}},
+		{name: "rpm", block: "rpm -5", json: Handler{Limits: Limits{RPM: -5}}},
+		{name: "tier limit", block: "tier pro {\n\totpm -1\n}",
+			json: Handler{Tiers: map[string]Limits{"pro": {OTPM: -1}}}},
+		{name: "tier name", block: "tier \"\" {\n}", json: Handler{Tiers: map[string]Limits{"": {}}}},
+		{name: "upstream limit", block: "upstream {\n\tconcurrent -2\n}",
+			json: Handler{Upstream: &Limits{Concurrent: -2}}},
+		{name: "model limit", block: "model m {\n\titpm -3\n}",
+			json: Handler{Models: []Model{{Name: "m", Limits: Limits{ITPM: -3}}}}},
+		{name: "model context_window", block: "model m {\n\tcontext_window -1\n}",
+			json: Handler{Models: []Model{{Name: "m", ContextWindow: -1}}}},
+		{name: "model max_output", block: "model m {\n\tmax_output -1\n}",
+			json: Handler{Models: []Model{{Name: "m", MaxOutput: -1}}}},
+		{name: "model image_tokens", block: "model m {\n\timage_tokens -1\n}",
+			json: Handler{Models: []Model{{Name: "m", ImageTokens: -1}}}},
+		{name: "model token_ratio", block: "model m {\n\ttoken_ratio 101\n}",
+			json: Handler{Models: []Model{{Name: "m", TokenRatio: 101}}}},
+		{name: "model glob", block: `model "gpt-[" {` + "\n}", json: Handler{Models: []Model{{Name: "gpt-["}}}},
+		{name: "model name", block: `model "" {` + "\n}", json: Handler{Models: []Model{{}}}},
+		{name: "model given twice", block: "model m {\n}\nmodel m {\n}",
+			json: Handler{Models: []Model{{Name: "m"}, {Name: "m"}}}},
+		{name: "max_wait", block: "max_wait -5s", json: Handler{MaxWait: caddy.Duration(-5 * time.Second)}},
+		{name: "max_queue", block: "max_queue -1", json: Handler{MaxQueue: -1}},
+		{name: "max_keys", block: "max_keys -2", json: Handler{MaxKeys: -2}},
+		{name: "default_max_output", block: "default_max_output -1", json: Handler{DefaultMaxOutput: -1}},
+		{name: "store redis fail", block: "store redis {\n\taddress x:1\n\tfail maybe\n}",
+			json: Handler{Store: redis(RedisConfig{Address: "x:1", Fail: "maybe"})}},
+		{name: "store redis timeout", block: "store redis {\n\taddress x:1\n\ttimeout -1s\n}",
+			json: Handler{Store: redis(RedisConfig{Address: "x:1", Timeout: caddy.Duration(-time.Second)})}},
+		{name: "store redis target", block: "store redis {\n\tprefix p\n}",
+			json: Handler{Store: redis(RedisConfig{Prefix: "p"})}},
+		{name: "retry attempts", block: "retry {\n\tattempts 101\n}",
+			json: Handler{Retry: &RetryConfig{Attempts: &attempts}}},
+		{name: "retry base", block: "retry {\n\tbase -1s\n}",
+			json: Handler{Retry: &RetryConfig{Base: caddy.Duration(-time.Second)}}},
+		{name: "retry max", block: "retry {\n\tmax -1s\n}",
+			json: Handler{Retry: &RetryConfig{Max: caddy.Duration(-time.Second)}}},
+		{name: "retry max_total", block: "retry {\n\tmax_total -1s\n}",
+			json: Handler{Retry: &RetryConfig{MaxTotal: caddy.Duration(-time.Second)}}},
+		{name: "retry jitter", block: "retry {\n\tjitter 1.5\n}", json: Handler{Retry: &RetryConfig{Jitter: &jitter}}},
+		{name: "retry statuses", block: "retry {\n\tstatuses 429 200\n}",
+			json: Handler{Retry: &RetryConfig{Statuses: []int{429, 200}}}},
+		{name: "api_key given twice", block: "tier pro {\n}\napi_key sk-twice pro\napi_key sk-twice pro",
+			json: Handler{Tiers: map[string]Limits{"pro": {}}, APIKeys: []APIKey{{Key: "sk-twice", Tier: "pro"}, {Key: "sk-twice", Tier: "pro"}}},
+			want: "the same key is given twice"},
+		{name: "api_key with an empty tier", block: "api_key sk-x \"\"",
+			json: Handler{APIKeys: []APIKey{{Key: "sk-x"}}}, want: `unknown tier ""`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			jsonErr := tc.json.Validate()
+			if jsonErr == nil {
+				t.Fatalf("Validate accepts %+v", tc.json)
+			}
+			body := ":8080 {\n\tllm_ratelimit {\n" + indentCaddyfileLines(tc.block, "\t\t") + "\n\t}\n}\n"
+			_, cfErr := adaptCaddyfileForTest(body)
+			if cfErr == nil {
+				t.Fatalf("the Caddyfile parser accepts:\n%s", body)
+			}
+			want := tc.want
+			if want == "" {
+				want = jsonErr.Error()
+			}
+			for what, err := range map[string]error{"Validate": jsonErr, "Caddyfile": cfErr} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("%s error %q does not contain %q", what, err, want)
+				}
+			}
+			if !strings.Contains(cfErr.Error(), "Caddyfile:") {
+				t.Errorf("Caddyfile error %q has no position", cfErr)
+			}
+			if strings.Contains(jsonErr.Error(), "sk-") || strings.Contains(cfErr.Error(), "sk-") {
+				t.Errorf("an error shows the API key: %q / %q", jsonErr, cfErr)
 			}
 		})
 	}

@@ -26,16 +26,13 @@ type referenceEntry struct {
 	ReferenceInputTokens int64   `json:"reference_input_tokens"`
 }
 
-// loadCorpus reads reference.json. Under CI a missing corpus fails the
-// test; elsewhere it is skipped.
+// loadCorpus reads reference.json. A missing corpus fails the test (or
+// benchmark): skipping would let the estimator go unchecked unnoticed.
 func loadCorpus(t testing.TB) []referenceEntry {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(corpusDir, "reference.json"))
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("estimator corpus missing under CI: %v", err)
-		}
-		t.Skipf("estimator corpus not found (%v); it lives in %s", err, corpusDir)
+		t.Fatalf("estimator corpus not found: %v; it lives in %s (the shared/testdata/estimator directory next to this module)", err, corpusDir)
 	}
 	var refs []referenceEntry
 	if err := json.Unmarshal(b, &refs); err != nil {
@@ -644,5 +641,114 @@ func BenchmarkTextCounter(b *testing.B) {
 	for b.Loop() {
 		tc.begin()
 		tc.write(text)
+	}
+}
+
+// geminiBodyOf rewrites a chat or messages body of the corpus as a Gemini
+// request with the same text: system text as systemInstruction, every other
+// message as a turn of text parts, images as inlineData. ok is false for a
+// body it does not rewrite (tools, prompts, Responses items, embeddings).
+func geminiBodyOf(t *testing.T, raw []byte) (body []byte, turns, images int, ok bool) {
+	t.Helper()
+	var in struct {
+		System   json.RawMessage `json:"system"`
+		Messages []struct {
+			Role    string          `json:"role"`
+			Content json.RawMessage `json:"content"`
+		} `json:"messages"`
+		Tools json.RawMessage `json:"tools"`
+	}
+	if err := json.Unmarshal(raw, &in); err != nil {
+		t.Fatal(err)
+	}
+	if len(in.Messages) == 0 || in.Tools != nil {
+		return nil, 0, 0, false
+	}
+	type part map[string]any
+	parts := func(content json.RawMessage) ([]part, bool) {
+		var s string
+		if json.Unmarshal(content, &s) == nil {
+			return []part{{"text": s}}, true
+		}
+		var blocks []map[string]any
+		if err := json.Unmarshal(content, &blocks); err != nil {
+			return nil, false
+		}
+		var out []part
+		for _, b := range blocks {
+			switch b["type"] {
+			case "text":
+				out = append(out, part{"text": b["text"]})
+			case "image", "image_url":
+				images++
+				out = append(out, part{"inlineData": map[string]any{"mimeType": "image/png", "data": "iVBORw0KGgo="}})
+			default:
+				return nil, false
+			}
+		}
+		return out, true
+	}
+	req := map[string]any{"generationConfig": map[string]any{"maxOutputTokens": 100}}
+	var contents []map[string]any
+	var system []part
+	if in.System != nil {
+		p, ok := parts(in.System)
+		if !ok {
+			return nil, 0, 0, false
+		}
+		system = append(system, p...)
+	}
+	for _, m := range in.Messages {
+		p, ok := parts(m.Content)
+		if !ok {
+			return nil, 0, 0, false
+		}
+		if m.Role == "system" {
+			system = append(system, p...)
+			continue
+		}
+		contents = append(contents, map[string]any{"role": m.Role, "parts": p})
+	}
+	if system != nil {
+		req["systemInstruction"] = map[string]any{"parts": system}
+	}
+	req["contents"] = contents
+	body, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body, len(contents), images, true
+}
+
+// TestEstimateCorpusAsGemini reads the corpus's chat and messages bodies
+// rewritten as Gemini requests: the same text must estimate within ±5 % of
+// its o200k reference (text, 3 per turn, 258 per inline image), as it does
+// in the format it came in.
+func TestEstimateCorpusAsGemini(t *testing.T) {
+	refs := loadCorpus(t)
+	rewritten := 0
+	for _, r := range refs {
+		body, turns, images, ok := geminiBodyOf(t, readCorpusBody(t, r.File))
+		if !ok {
+			continue
+		}
+		rewritten++
+		var info requestInfo
+		if err := parseRequest(dGemini, geminiModelPath+":generateContent", body, &info); err != nil {
+			t.Fatalf("%s as gemini: %v", r.File, err)
+		}
+		if info.Messages != int64(turns) || info.Images != int64(images) || info.MaxOutput != 100 || info.Model != "gemini-2.5-flash" {
+			t.Errorf("%s as gemini: %+v, want %d turns, %d images", r.File, info, turns, images)
+		}
+		ref := r.TextTokensO200k + 3*int64(turns) + geminiFileTokens*int64(images)
+		got := inputEstimate(dGemini, info)
+		ratio := float64(got) / float64(ref)
+		t.Logf("%-34s gemini estimate %6d reference %6d ratio %.3f", r.File, got, ref, ratio)
+		if ratio < 0.95 || ratio > 1.06 {
+			t.Errorf("%s as gemini: ratio %.3f outside 0.95..1.06", r.File, ratio)
+		}
+	}
+	if rewritten < 10 {
+		t.Fatalf("only %d corpus bodies rewritten as Gemini requests, want the 11 chat and messages bodies without tools", rewritten)
 	}
 }

@@ -31,6 +31,18 @@ func TestExampleServesThroughTheMockUpstream(t *testing.T) {
 	if r.status != 200 || !strings.Contains(r.body, `"type":"message"`) {
 		t.Fatalf("anthropic through the gateway: %d %s", r.status, r.body)
 	}
+	for _, path := range []string{":generateContent", ":streamGenerateContent?alt=sse"} {
+		req := newReq(t, geminiModelPath+path, "", `{"contents":[{"role":"user","parts":[{"text":"Hello"}]}],"generationConfig":{"maxOutputTokens":256}}`)
+		req.Header.Set("x-goog-api-key", "sk-demo-pro")
+		r = sendReq(t, req)
+		if r.status != 200 || !strings.Contains(r.body, `"usageMetadata"`) || r.header.Get("x-ratelimit-limit-requests") != "600" {
+			t.Fatalf("gemini %s through the gateway: %d %v %s", path, r.status, r.header, r.body)
+		}
+	}
+	st := keyTotals(t, "example", "sk-demo-pro")
+	if st.RequestsTotal != 4 || st.OutputTokensTotal != 13+14+13+13 {
+		t.Fatalf("the example's key after 4 answers with usage: %+v", st)
+	}
 	for i := 0; i < 3; i++ {
 		send(t, "/v1/chat/completions", "sk-demo-free", `{"model":"gpt-4o","messages":[{"role":"user","content":"Hello"}]}`)
 	}

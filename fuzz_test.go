@@ -203,7 +203,7 @@ func FuzzSSEUsageReader(f *testing.F) {
 				t.Fatalf("held %d bytes without strip", len(uw.held))
 			}
 		}
-		if err := uw.flushHeld(); err != nil || len(uw.held) != 0 {
+		if err := uw.flushHeld(true); err != nil || len(uw.held) != 0 {
 			t.Fatalf("flushHeld: %v, %d bytes still held", err, len(uw.held))
 		}
 		if u, ok := uw.usage(); u.Input < 0 || u.Output < 0 || (!ok && u != usage{}) {

@@ -28,7 +28,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if key == "" {
 		drainBody(r)
 		return h.reply(w, d, &apiError{kind: errUnauthorized,
-			msg: "Missing API key: send it as 'Authorization: Bearer <key>' or in the x-api-key header."}, outcomeUnauthorized)
+			msg: "Missing API key: send it as 'Authorization: Bearer <key>', or in the header your SDK uses (x-api-key, x-goog-api-key)."}, outcomeUnauthorized)
 	}
 	kh := hashKey(key)
 	tier, known := h.keys[kh]
@@ -128,7 +128,7 @@ func (h *Handler) readAndEstimate(r *http.Request, d dialect, req *llmRequest) e
 		case errors.Is(err, errBodyTooLarge):
 			drainBody(r)
 			return &apiError{kind: errTooLarge, msg: fmt.Sprintf("Request body exceeds the limit of %d bytes.", h.MaxBody)}
-		case errors.Is(err, io.ErrUnexpectedEOF) || r.Context().Err() != nil:
+		case err != nil && (errors.Is(err, io.ErrUnexpectedEOF) || r.Context().Err() != nil):
 			return err // the client went away mid-body
 		case err != nil:
 			return &apiError{kind: errInvalid, msg: "Could not read the request body: " + err.Error()}
@@ -165,7 +165,7 @@ func (h *Handler) serveAdmitted(w http.ResponseWriter, r *http.Request, next cad
 	defer uw.release()
 	defer uw.abandon()
 	err := h.forward(uw, r, next, d, req, &uw.t)
-	if ferr := uw.flushHeld(); err == nil {
+	if ferr := uw.flushHeld(true); err == nil {
 		err = ferr
 	}
 	uw.settle()

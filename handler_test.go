@@ -211,12 +211,12 @@ func TestSettlesToUpstreamUsage(t *testing.T) {
 	if r1.header.Get("x-ratelimit-remaining-tokens") == "999999" {
 		t.Errorf("upstream's x-ratelimit header was not replaced")
 	}
-	rem1, _ := strconv.Atoi(r1.header.Get("x-ratelimit-remaining-tokens"))
+	rem1 := intHeader(t, r1, "x-ratelimit-remaining-tokens")
 	if rem1 > 9000 {
 		t.Fatalf("first response remaining %d: the reservation of 1000 was not debited", rem1)
 	}
 	r2 := send(t, "/v1/chat/completions", "sk-settle", body)
-	rem2, _ := strconv.Atoi(r2.header.Get("x-ratelimit-remaining-tokens"))
+	rem2 := intHeader(t, r2, "x-ratelimit-remaining-tokens")
 	// After settling r1 to 15 tokens, r2's own reservation is the only
 	// large debit: remaining ≈ 10000 - 15 - (r2's ~1010).
 	if rem2 < 8950 || rem2 > 8990 {
@@ -232,12 +232,24 @@ func TestSettlesToUpstreamUsage(t *testing.T) {
 	}
 	setUpstream(t, noUsage)
 	r3 := send(t, "/v1/chat/completions", "sk-500", body)
-	rem3, _ := strconv.Atoi(r3.header.Get("x-ratelimit-remaining-tokens"))
-	remReq, _ := strconv.Atoi(r3.header.Get("x-ratelimit-remaining-requests"))
+	rem3 := intHeader(t, r3, "x-ratelimit-remaining-tokens")
+	remReq := intHeader(t, r3, "x-ratelimit-remaining-requests")
 	if rem3 < 8980 || rem3 > 8995 {
 		t.Errorf("after a 500, remaining tokens %d: want only this request's ~1010 debited", rem3)
 	}
 	if remReq != 98 {
 		t.Errorf("after a 500, remaining requests %d, want 98 (the 500 still counts)", remReq)
 	}
+}
+
+// intHeader is a reply's integer header, such as
+// x-ratelimit-remaining-tokens; a missing or malformed one fails the test
+// rather than reading as 0.
+func intHeader(t *testing.T, r reply, name string) int {
+	t.Helper()
+	v, err := strconv.Atoi(r.header.Get(name))
+	if err != nil {
+		t.Fatalf("header %s: %v (status %d, headers %v, body %s)", name, err, r.status, r.header, r.body)
+	}
+	return v
 }

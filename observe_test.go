@@ -23,7 +23,10 @@ func scrape(t *testing.T) string {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %v", resp.StatusCode, err)
+	}
 	return string(b)
 }
 
@@ -36,7 +39,10 @@ func metricValue(t *testing.T, text, name, labels string) float64 {
 	if m == nil {
 		t.Fatalf("no sample %s{%s} in /metrics", name, labels)
 	}
-	v, _ := strconv.ParseFloat(m[1], 64)
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatalf("sample %s{%s}: %v", name, labels, err)
+	}
 	return v
 }
 
@@ -168,7 +174,7 @@ func TestStatsEndpointShowsTheLimiterState(t *testing.T) {
 	if ks.KeyID != id || ks.Tier != "gold" || ks.InFlight != 1 || ks.RequestsTotal != 2 || ks.RequestsLastMinute != 2 {
 		t.Errorf("key stats %+v", ks)
 	}
-	rem1, _ := strconv.Atoi(r1.header.Get("x-ratelimit-remaining-requests"))
+	rem1 := intHeader(t, r1, "x-ratelimit-remaining-requests")
 	if ks.RPMAvailable == nil || *ks.RPMAvailable != int64(rem1-1) {
 		t.Errorf("rpm_available %v, want %d (one more request than the first response saw)", ks.RPMAvailable, rem1-1)
 	}

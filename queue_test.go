@@ -144,9 +144,9 @@ func TestMaxWaitAdmitsAfterTheRefillOrRejectsUpFront(t *testing.T) {
 	defer z.Destruct()
 	lim := Limits{RPM: 1} // a request a minute
 	q := ask{kh: hashKey("k"), lim: lim}
-	tk, dec, _, _ := z.admitOrWait(context.Background(), q, 90*time.Second, 2, false)
-	if !dec.ok {
-		t.Fatal("first request rejected")
+	tk, dec, _, err := z.admitOrWait(context.Background(), q, 90*time.Second, 2, false)
+	if err != nil || !dec.ok {
+		t.Fatalf("first request rejected: %v %+v", err, dec)
 	}
 	tk.finish(now().UnixNano(), nil, false)
 
@@ -157,9 +157,9 @@ func TestMaxWaitAdmitsAfterTheRefillOrRejectsUpFront(t *testing.T) {
 
 	// The third would be served after the second: 120s > max_wait. It is
 	// rejected at once, with that honest wait.
-	_, dec, waited, _ := z.admitOrWait(context.Background(), q, 90*time.Second, 2, false)
-	if dec.ok || waited != 0 || dec.wait != 2*time.Minute {
-		t.Fatalf("third: ok=%v waited=%v wait=%v, want an immediate rejection with a 2m wait", dec.ok, waited, dec.wait)
+	_, dec, waited, err := z.admitOrWait(context.Background(), q, 90*time.Second, 2, false)
+	if err != nil || dec.ok || waited != 0 || dec.wait != 2*time.Minute {
+		t.Fatalf("third: err=%v ok=%v waited=%v wait=%v, want an immediate rejection with a 2m wait", err, dec.ok, waited, dec.wait)
 	}
 
 	// A cancelled waiter frees its place and takes nothing.
@@ -167,15 +167,15 @@ func TestMaxWaitAdmitsAfterTheRefillOrRejectsUpFront(t *testing.T) {
 	startWaiter(z, ctx, "k", Limits{RPM: 1}, Limits{}, 3*time.Minute, 2, out)
 	eventually(t, "a second waiter", func() bool { return z.queue.length() == 2 })
 	// A key with no waiters and no shared quota passes a full queue.
-	tk, dec, _, _ = z.admitOrWait(context.Background(), ask{kh: hashKey("other"), lim: Limits{RPM: 1}}, time.Hour, 2, false)
-	if !dec.ok {
-		t.Fatalf("another key's request waited behind k's queue: %+v", dec)
+	tk, dec, _, err = z.admitOrWait(context.Background(), ask{kh: hashKey("other"), lim: Limits{RPM: 1}}, time.Hour, 2, false)
+	if err != nil || !dec.ok {
+		t.Fatalf("another key's request waited behind k's queue: %v %+v", err, dec)
 	}
 	tk.finish(now().UnixNano(), nil, false)
 	// max_queue 2 is reached: another of k's is turned away at once.
-	_, dec, _, _ = z.admitOrWait(context.Background(), q, time.Hour, 2, false)
-	if dec.ok || !dec.queueFull {
-		t.Fatalf("queue overflow: ok=%v queueFull=%v", dec.ok, dec.queueFull)
+	_, dec, _, err = z.admitOrWait(context.Background(), q, time.Hour, 2, false)
+	if err != nil || dec.ok || !dec.queueFull {
+		t.Fatalf("queue overflow: err=%v ok=%v queueFull=%v", err, dec.ok, dec.queueFull)
 	}
 	cancel()
 	if r := <-out; r.err == nil {
@@ -221,7 +221,9 @@ func TestUpstreamLimitIsNamedAndChargedPerRetry(t *testing.T) {
 		t.Errorf("remaining requests %q, want 7 (the shared upstream's, after a retry was charged)", got)
 	}
 	for i := 0; i < 7; i++ {
-		send(t, "/v1/chat/completions", fmt.Sprintf("sk-up-more-%d", i), chatBody)
+		if r := send(t, "/v1/chat/completions", fmt.Sprintf("sk-up-more-%d", i), chatBody); r.status != 200 {
+			t.Fatalf("upstream request %d of 10: %d %s", 4+i, r.status, r.body)
+		}
 	}
 	r = send(t, "/v1/chat/completions", "sk-up3", chatBody)
 	if r.status != 429 || r.header.Get("x-ratelimit-limit-requests") != "10" {

@@ -79,7 +79,8 @@ func rejectMessage(dec decision, m *Model) string {
 		name, u.limit, u.limit-v.available, requested, humanWait(v.wait))
 }
 
-// humanWait formats a wait as OpenAI's messages do: "0.9s", "20ms", "1m3s".
+// humanWait formats a wait as providers' rate-limit messages do: "0.9s",
+// "20ms", "1m3s".
 func humanWait(d time.Duration) string {
 	if d < 100*time.Millisecond {
 		return strconv.FormatInt(int64(math.Ceil(float64(d)/float64(time.Millisecond))), 10) + "ms"
@@ -134,8 +135,8 @@ func setQuotaHeaders(hdr http.Header, req, tok quota) {
 	}
 }
 
-// resetString is a Go duration rounded up to the millisecond, as OpenAI
-// sends it ("1.2s", "6m0s", "12ms").
+// resetString is a Go duration rounded up to the millisecond, as the
+// x-ratelimit-reset-* headers carry it ("1.2s", "6m0s", "12ms").
 func resetString(d time.Duration) string { return string(appendReset(nil, d)) }
 
 // appendReset appends resetString(d) without allocating below a minute.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -90,22 +89,34 @@ func (rc *RetryConfig) policy() *retryPolicy {
 	return p
 }
 
+// validate applies the value checks (module.go) to what is set.
 func (rc *RetryConfig) validate() error {
 	if rc == nil || rc.Off {
 		return nil
 	}
-	if rc.Attempts != nil && (*rc.Attempts < 0 || *rc.Attempts > 100) {
-		return fmt.Errorf("retry attempts: must be 0..100, got %d", *rc.Attempts)
+	if rc.Attempts != nil {
+		if err := checkRetryAttempts(*rc.Attempts); err != nil {
+			return err
+		}
 	}
-	if rc.Base < 0 || rc.Max < 0 || rc.MaxTotal < 0 {
-		return fmt.Errorf("retry base, max and max_total must not be negative")
+	for _, f := range []struct {
+		name string
+		d    caddy.Duration
+	}{{"base", rc.Base}, {"max", rc.Max}, {"max_total", rc.MaxTotal}} {
+		if f.d != 0 {
+			if err := checkPositiveDuration("retry "+f.name, time.Duration(f.d)); err != nil {
+				return err
+			}
+		}
 	}
-	if rc.Jitter != nil && (math.IsNaN(*rc.Jitter) || *rc.Jitter < 0 || *rc.Jitter > 1) {
-		return fmt.Errorf("retry jitter: must be within 0..1, got %v", *rc.Jitter)
+	if rc.Jitter != nil {
+		if err := checkJitter(*rc.Jitter); err != nil {
+			return err
+		}
 	}
 	for _, s := range rc.Statuses {
-		if s < 400 || s > 599 {
-			return fmt.Errorf("retry statuses: %d is not an error status (400..599)", s)
+		if err := checkRetryStatus(s); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -105,7 +105,7 @@ func TestGivesUpWhenTheHintPassesMaxTotal(t *testing.T) {
 	// The tokens came back; the request still counts.
 	setUpstream(t, noUsage)
 	r = send(t, "/v1/chat/completions", "sk-giveup", chatBody)
-	if rem, _ := strconv.Atoi(r.header.Get("x-ratelimit-remaining-tokens")); rem < 100000-200 {
+	if rem := intHeader(t, r, "x-ratelimit-remaining-tokens"); rem < 100000-200 {
 		t.Errorf("remaining tokens %d: the given-up request was not refunded", rem)
 	}
 }
@@ -140,7 +140,7 @@ func TestClientCancelDuringAWaitReleasesAndRefunds(t *testing.T) {
 	// The cooldown gate the 429 closed is still shut on the fake clock.
 	clk.Advance(2 * time.Second)
 	r := send(t, "/v1/chat/completions", "sk-cancel", chatBody)
-	if rem, _ := strconv.Atoi(r.header.Get("x-ratelimit-remaining-tokens")); rem < 100000-200 {
+	if rem := intHeader(t, r, "x-ratelimit-remaining-tokens"); rem < 100000-200 {
 		t.Errorf("remaining tokens %d: the cancelled request was not refunded", rem)
 	}
 }

@@ -96,7 +96,7 @@ func TestStreamsEachEventAsItArrivesAndSettlesFromTheFinalChunk(t *testing.T) {
 			// request sees 100000 - 25 - its own reservation (~1010).
 			setUpstream(t, noUsage)
 			r := send(t, "/v1/chat/completions", "sk-sse", `{"messages":[{"role":"user","content":"Count to five."}],"max_tokens":1000}`)
-			rem, _ := strconv.Atoi(r.header.Get("x-ratelimit-remaining-tokens"))
+			rem := intHeader(t, r, "x-ratelimit-remaining-tokens")
 			if rem < 100000-25-1020 || rem > 100000-25-1000 {
 				t.Errorf("remaining tokens %d, want ≈ %d", rem, 100000-25-1010)
 			}
@@ -139,7 +139,7 @@ func TestAnthropicStreamSettlesInputWithCacheWritesAndCumulativeOutput(t *testin
 			}
 			setUpstream(t, noUsage)
 			r = send(t, "/v1/messages", "sk-anth", body)
-			rem, _ := strconv.Atoi(r.header.Get("x-ratelimit-remaining-tokens"))
+			rem := intHeader(t, r, "x-ratelimit-remaining-tokens")
 			own := 1000 // the next request's output reservation
 			if tc.name == "itpm" {
 				own = 4 // its input: "Hi" + 3 for the message

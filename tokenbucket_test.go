@@ -110,8 +110,14 @@ func TestSweepDropsOnlyIdleFullKeys(t *testing.T) {
 	defer z.Destruct()
 	lim := Limits{RPM: 60}
 	t0 := int64(100 * sec)
-	busy, _ := z.admit(ask{kh: hashKey("busy"), lim: lim}, t0, false, false)
-	idle, _ := z.admit(ask{kh: hashKey("idle"), lim: lim}, t0, false, false)
+	busy, dec := z.admit(ask{kh: hashKey("busy"), lim: lim}, t0, false, false)
+	if !dec.ok {
+		t.Fatalf("busy key rejected: %+v", dec.verdict)
+	}
+	idle, dec := z.admit(ask{kh: hashKey("idle"), lim: lim}, t0, false, false)
+	if !dec.ok {
+		t.Fatalf("idle key rejected: %+v", dec.verdict)
+	}
 	idle.finish(t0, nil, false)
 	if n := z.sweep(t0 + sec/2); n != 0 {
 		t.Fatalf("swept %d keys whose buckets are not full", n)

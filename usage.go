@@ -83,21 +83,24 @@ func (uw *usageWriter) Write(p []byte) (int, error) {
 	if uw.status == 0 {
 		uw.WriteHeader(http.StatusOK)
 	}
+	// The last bytes of an answer whose length is known: settle before
+	// they go out, for a stream that has no end event too.
+	last := uw.length >= 0 && uw.written+int64(len(p)) >= uw.length
+	uw.written += int64(len(p))
 	switch {
 	case uw.mode == readJSON:
 		uw.keep(p)
-		if uw.length >= 0 && uw.written+int64(len(p)) >= uw.length {
+		if last {
 			uw.settle()
 		}
 	case uw.mode == readSSE && uw.strip:
-		return uw.writeEvents(p)
+		return uw.writeEvents(p, last)
 	case uw.mode == readSSE:
 		uw.scanLines(p)
-		if uw.ended {
+		if uw.ended || last {
 			uw.settle()
 		}
 	}
-	uw.written += int64(len(p))
 	return uw.ResponseWriter.Write(p)
 }
 
@@ -110,6 +113,9 @@ func (uw *usageWriter) Write(p []byte) (int, error) {
 func (uw *usageWriter) settle() {
 	if uw.t.done {
 		return
+	}
+	if uw.mode == readSSE && len(uw.tail) > 0 && !uw.ended {
+		uw.d.streamLine(uw.tail, &uw.acc) // a last line without its line end
 	}
 	nowNs := now().UnixNano()
 	switch u, ok := uw.usage(); {
@@ -178,7 +184,7 @@ func (uw *usageWriter) scanLines(p []byte) {
 // writeEvents holds back each event until it is complete, drops the
 // usage-only chunk the client did not ask for, and passes every other
 // event on unchanged.
-func (uw *usageWriter) writeEvents(p []byte) (int, error) {
+func (uw *usageWriter) writeEvents(p []byte, last bool) (int, error) {
 	uw.held = append(uw.held, p...)
 	start := 0
 	for {
@@ -200,22 +206,27 @@ func (uw *usageWriter) writeEvents(p []byte) (int, error) {
 	}
 	uw.held = append(uw.held[:0], uw.held[start:]...) // one shift per write
 	uw.scanned = len(uw.held)                         // searched: no event end in it
-	if len(uw.held) > maxHeldEvent {
+	if len(uw.held) > maxHeldEvent && !last {
 		// Not an event stream we understand: let it through as it is.
 		uw.strip = false
-		err := uw.flushHeld()
-		return len(p), err
+		return len(p), uw.flushHeld(false)
+	}
+	if last {
+		return len(p), uw.flushHeld(true)
 	}
 	return len(p), nil
 }
 
 // flushHeld writes out what is held back (the end of a stream that did not
-// end with a blank line).
-func (uw *usageWriter) flushHeld() error {
+// end with a blank line); at the answer's end it settles first.
+func (uw *usageWriter) flushHeld(end bool) error {
 	if len(uw.held) == 0 {
 		return nil
 	}
 	uw.scanLines(uw.held)
+	if end {
+		uw.settle()
+	}
 	_, err := uw.ResponseWriter.Write(uw.held)
 	uw.held, uw.scanned = uw.held[:0], 0
 	return err

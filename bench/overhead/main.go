@@ -133,6 +133,9 @@ http://%s {
 	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
 	cmd.Stderr = os.Stderr
 	check(cmd.Start())
+	started.Lock()
+	started.cmds = append(started.cmds, cmd)
+	started.Unlock()
 	for i := 0; i < 100; i++ {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
@@ -162,18 +165,22 @@ func drive(c *child, n int, keyHeaders []string) (rps float64, p50, p99 time.Dur
 				if i >= n {
 					return
 				}
-				req, _ := http.NewRequest(http.MethodPost, "http://"+c.addr+"/v1/chat/completions", bytes.NewReader(body))
+				req, err := http.NewRequest(http.MethodPost, "http://"+c.addr+"/v1/chat/completions", bytes.NewReader(body))
+				check(err)
 				req.Header.Set("Authorization", keyHeaders[i%len(keyHeaders)])
 				req.Header.Set("Content-Type", "application/json")
 				s := time.Now()
 				resp, err := client.Do(req)
-				if err != nil {
-					check(err)
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
+				check(err)
+				_, err = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
+				// Every request must be served: a 429 or 400 is cheaper than
+				// a proxied answer and would flatter the plugin's numbers.
 				if resp.StatusCode != 200 {
-					check(fmt.Errorf("%s: status %d", c.name, resp.StatusCode))
+					check(fmt.Errorf("%s: request %d: status %d, want 200", c.name, i, resp.StatusCode))
+				}
+				if err != nil {
+					check(fmt.Errorf("%s: request %d: reading the body: %w", c.name, i, err))
 				}
 				lat[i] = time.Since(s)
 			}
@@ -191,8 +198,13 @@ func cpuTime(pid int) time.Duration {
 	check(err)
 	// Fields after the command name, which is in parentheses.
 	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	if len(f) < 13 {
+		check(fmt.Errorf("/proc/%d/stat: %d fields after the command name, want at least 13", pid, len(f)))
+	}
+	utime, err := strconv.ParseInt(f[11], 10, 64)
+	check(err)
+	stime, err := strconv.ParseInt(f[12], 10, 64)
+	check(err)
 	const ticksPerSecond = 100 // CLK_TCK on Linux
 	return time.Duration(utime+stime) * time.Second / ticksPerSecond
 }
@@ -206,9 +218,21 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
+// started holds the Caddy children, for check to stop them: os.Exit skips
+// main's deferred kills.
+var started struct {
+	sync.Mutex
+	cmds []*exec.Cmd
+}
+
+// check aborts the run on err, from any goroutine, stopping the children.
 func check(err error) {
 	if err != nil {
+		started.Lock() // held until exit: one abort at a time
 		fmt.Fprintln(os.Stderr, err)
+		for _, cmd := range started.cmds {
+			_ = cmd.Process.Kill()
+		}
 		os.Exit(1)
 	}
 }

@@ -107,11 +107,32 @@ func (p *provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 type result struct {
-	key     int
-	status  int
-	fromAPI bool // a 429 the provider sent
-	latency time.Duration
-	at      time.Time
+	key        int
+	status     int
+	fromAPI    bool // a 429 the provider sent
+	retryAfter bool // it carried Retry-After
+	err        error
+	latency    time.Duration
+	at         time.Time
+}
+
+// unexpected describes a result that is none of a 200, the provider's
+// 429 handed through (a leak, which report counts) or the gateway's own
+// 429 with Retry-After, or is "" for those: a pacing run expects nothing
+// else, so anything else means the run is broken.
+func (r result) unexpected() string {
+	switch {
+	case r.err != nil:
+		return r.err.Error()
+	case r.status == 200:
+		return ""
+	case r.status == 429 && (r.fromAPI || r.retryAfter):
+		return ""
+	case r.status == 429:
+		return "gateway 429 without Retry-After (a request that can never fit)"
+	default:
+		return fmt.Sprintf("status %d", r.status)
+	}
 }
 
 func main() {
@@ -181,32 +202,52 @@ http://%s {
 	}
 	wg.Wait()
 	close(results)
-	report(prov, results, start.Add(*warmup), start.Add(total))
+	if !report(prov, results, start.Add(*warmup), start.Add(total)) {
+		caddy.Stop()
+		os.Exit(1)
+	}
 }
 
 func send(client *http.Client, gateway string, key int) result {
-	req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, "http://"+gateway+"/v1/chat/completions", bytes.NewReader(body))
+	t0 := time.Now()
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, "http://"+gateway+"/v1/chat/completions", bytes.NewReader(body))
+	if err != nil {
+		return result{key: key, status: -1, err: err, at: t0}
+	}
 	req.Header.Set("Authorization", fmt.Sprintf("Bearer sk-bench-%03d", key))
 	req.Header.Set("Content-Type", "application/json")
-	t0 := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
-		return result{key: key, status: -1, at: t0}
+		return result{key: key, status: -1, err: err, at: t0}
 	}
-	b, _ := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	return result{key: key, status: resp.StatusCode, fromAPI: bytes.Contains(b, []byte(providerMark)), latency: time.Since(t0), at: t0}
+	if err != nil {
+		err = fmt.Errorf("status %d, reading the body: %w", resp.StatusCode, err)
+	}
+	return result{key: key, status: resp.StatusCode, fromAPI: bytes.Contains(b, []byte(providerMark)),
+		retryAfter: resp.Header.Get("Retry-After") != "", err: err, latency: time.Since(t0), at: t0}
 }
 
-func report(prov *provider, results <-chan result, from, to time.Time) {
+// report prints the measured window's outcomes. It returns false when
+// any request of the whole run, warm-up included, had an unexpected
+// outcome (see result.unexpected), after listing those on stderr.
+func report(prov *provider, results <-chan result, from, to time.Time) bool {
 	var ok, shed, leaked, other int
 	var waits []time.Duration
 	perKey := make([]int, *keys)
+	unexpected := map[string]int{}
 	for r := range results {
+		u := r.unexpected()
+		if u != "" {
+			unexpected[u]++
+		}
 		if r.at.Before(from) || !r.at.Before(to) {
 			continue // sent during the warm-up or at the very end
 		}
 		switch {
+		case u != "":
+			other++
 		case r.status == 200:
 			ok++
 			perKey[r.key]++
@@ -241,6 +282,19 @@ func report(prov *provider, results <-chan result, from, to time.Time) {
 	fmt.Printf("client requests served:          %d; other failures: %d\n", ok, other)
 	fmt.Printf("queue wait (latency of served):  p50 %v  p99 %v\n", pct(0.5).Round(time.Millisecond), pct(0.99).Round(time.Millisecond))
 	fmt.Printf("fairness (served per key):       max %d / min %d = %.2f\n", maxK, minK, float64(maxK)/math.Max(1, float64(minK)))
+	if len(unexpected) == 0 {
+		return true
+	}
+	kinds := make([]string, 0, len(unexpected))
+	for u := range unexpected {
+		kinds = append(kinds, u)
+	}
+	sort.Strings(kinds)
+	fmt.Fprintln(os.Stderr, "FAIL: unexpected outcomes over the whole run (warm-up included); the figures above are not valid:")
+	for _, u := range kinds {
+		fmt.Fprintf(os.Stderr, "  %6d  %s\n", unexpected[u], u)
+	}
+	return false
 }
 
 func check(err error) {
