@@ -14,7 +14,7 @@ import (
 // the blocks and rejects repeats and unknown subdirectives. Defaults, key
 // files and zones are Provision's business, and the range of a value is
 // Validate's: where a value is out of range the parser returns the error
-// of the very check Validate makes (module.go), at the value's line.
+// of the very check Validate makes (validate.go), at the value's line.
 // Syntax:
 //
 //	llm_ratelimit [<matcher>] {
