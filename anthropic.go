@@ -297,8 +297,8 @@ var anthropicResetHints = []resetHint{
 	{"anthropic-ratelimit-output-tokens-reset", "anthropic-ratelimit-output-tokens-remaining"},
 }
 
-func (anthropicDialect) retryHint(h http.Header, _ []byte, now time.Time) (time.Duration, bool) {
-	return longestReset(h, anthropicResetHints, now)
+func (anthropicDialect) retryHint(h http.Header, _ []byte, at time.Time) (time.Duration, bool) {
+	return longestReset(h, anthropicResetHints, at)
 }
 
 // fatal429: a spend limit reached is not cured by waiting.

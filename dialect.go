@@ -54,7 +54,7 @@ type dialect interface {
 	appendError(dst []byte, e *apiError) []byte
 	// retryHint reads the format's own wait hint from an upstream answer
 	// (rate-limit reset headers, a hint in the body).
-	retryHint(h http.Header, body []byte, now time.Time) (time.Duration, bool)
+	retryHint(h http.Header, body []byte, at time.Time) (time.Duration, bool)
 	// fatal429 tells an upstream 429 body that no wait will cure (a quota
 	// or spend limit used up).
 	fatal429(body []byte) bool

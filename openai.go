@@ -513,8 +513,8 @@ var openAIResetHints = []resetHint{
 
 // retryHint: the longest x-ratelimit-reset-* (Go durations such as "6m0s",
 // "20ms") of the limits that are used up.
-func (openAIDialect) retryHint(h http.Header, _ []byte, now time.Time) (time.Duration, bool) {
-	return longestReset(h, openAIResetHints, now)
+func (openAIDialect) retryHint(h http.Header, _ []byte, at time.Time) (time.Duration, bool) {
+	return longestReset(h, openAIResetHints, at)
 }
 
 // fatal429: insufficient_quota is a billing limit; no wait cures it.

@@ -17,7 +17,7 @@ const maxHint = 24 * time.Hour
 // exhausted limits, a delay in the error body). Every dialect is asked: the
 // upstream of a request the handler did not parse may speak any of them.
 // Garbage (negative, huge, unparsable) is ignored.
-func retryHint(h http.Header, body []byte, now time.Time) (time.Duration, bool) {
+func retryHint(h http.Header, body []byte, at time.Time) (time.Duration, bool) {
 	if v := h.Get("retry-after-ms"); v != "" {
 		if ms, err := strconv.ParseFloat(v, 64); err == nil {
 			if d, ok := saneSeconds(ms / 1000); ok {
@@ -26,14 +26,14 @@ func retryHint(h http.Header, body []byte, now time.Time) (time.Duration, bool) 
 		}
 	}
 	if v := h.Get("Retry-After"); v != "" {
-		if d, ok := parseRetryAfter(v, now); ok {
+		if d, ok := parseRetryAfter(v, at); ok {
 			return d, true
 		}
 	}
 	var best time.Duration
 	found := false
 	for _, d := range dialects {
-		if w, ok := d.retryHint(h, body, now); ok && (!found || w > best) {
+		if w, ok := d.retryHint(h, body, at); ok && (!found || w > best) {
 			best, found = w, true
 		}
 	}
@@ -46,7 +46,7 @@ type resetHint struct{ reset, remaining string }
 
 // longestReset is the longest wait among the reset headers of limits that
 // are used up (remaining 0, or not sent).
-func longestReset(h http.Header, hints []resetHint, now time.Time) (time.Duration, bool) {
+func longestReset(h http.Header, hints []resetHint, at time.Time) (time.Duration, bool) {
 	var best time.Duration
 	found := false
 	for _, rh := range hints {
@@ -57,7 +57,7 @@ func longestReset(h http.Header, hints []resetHint, now time.Time) (time.Duratio
 		if rem := h.Get(rh.remaining); rem != "" && rem != "0" {
 			continue
 		}
-		d, ok := parseReset(v, now)
+		d, ok := parseReset(v, at)
 		if ok && (!found || d > best) {
 			best, found = d, true
 		}
@@ -83,24 +83,24 @@ func saneSeconds(secs float64) (time.Duration, bool) {
 }
 
 // parseRetryAfter reads Retry-After: delay-seconds or an HTTP-date.
-func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+func parseRetryAfter(v string, at time.Time) (time.Duration, bool) {
 	if secs, err := strconv.ParseFloat(v, 64); err == nil {
 		return saneSeconds(secs)
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		return sane(max(t.Sub(now), 0))
+		return sane(max(t.Sub(at), 0))
 	}
 	return 0, false
 }
 
 // parseReset reads a reset header: a Go duration ("6m0s", "18.642s",
 // "12ms") or an RFC 3339 time.
-func parseReset(v string, now time.Time) (time.Duration, bool) {
+func parseReset(v string, at time.Time) (time.Duration, bool) {
 	if d, err := time.ParseDuration(v); err == nil {
 		return sane(d)
 	}
 	if t, err := time.Parse(time.RFC3339, v); err == nil {
-		return sane(max(t.Sub(now), 0))
+		return sane(max(t.Sub(at), 0))
 	}
 	return 0, false
 }

@@ -91,12 +91,12 @@ func (z *zone) sweeper() {
 
 // sweep drops keys that are idle: nothing in flight and every bucket full,
 // which is exactly the state a key that was never seen has.
-func (z *zone) sweep(now int64) (dropped int) {
+func (z *zone) sweep(nowNs int64) (dropped int) {
 	for i := range z.shards {
 		s := &z.shards[i]
 		s.mu.Lock()
 		for kh, ks := range s.keys {
-			if ks.inflight == 0 && ks.idleAt <= now {
+			if ks.inflight == 0 && ks.idleAt <= nowNs {
 				delete(s.keys, kh)
 				z.nkeys.Add(-1)
 				dropped++
