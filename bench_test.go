@@ -267,26 +267,37 @@ func BenchmarkUsageFromSSE(b *testing.B) {
 	s.WriteString("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":200}}\n\ndata: [DONE]\n\n")
 	stream := []byte(s.String())
 	events := bytes.SplitAfter(stream, []byte("\n\n"))
-	h := &Handler{headersOn: false}
+	h := usageBenchHandler(b)
 	b.SetBytes(int64(len(stream)))
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		uw := usageWriter{ResponseWriter: &discardWriter{h: http.Header{"Content-Type": {"text/event-stream"}}}, h: h, d: dOpenAI}
 		uw.WriteHeader(200)
 		for _, ev := range events {
-			_, _ = uw.Write(ev)
+			if _, err := uw.Write(ev); err != nil {
+				b.Fatal(err)
+			}
 		}
-		if u, ok := uw.usage(); !ok || u.Output != 200 {
-			b.Fatal("no usage")
+		if u, ok := uw.usage(); !ok || u.Output != 200 || !uw.t.done {
+			b.Fatalf("usage %+v %v, settled %v", u, ok, uw.t.done)
 		}
+		uw.release()
 	}
+}
+
+// usageBenchHandler is a handler with a zone, whose metrics the usage
+// readers' settle counts into.
+func usageBenchHandler(b *testing.B) *Handler {
+	z := newZone("bench-usage-" + b.Name())
+	b.Cleanup(func() { _ = z.Destruct() })
+	return &Handler{zone: z}
 }
 
 // BenchmarkUsageFromJSONTail reads the usage of a 9 KB JSON answer as it
 // passes in 4 KB writes.
 func BenchmarkUsageFromJSONTail(b *testing.B) {
 	answer := []byte(`{"id":"x","choices":[{"message":{"content":"` + strings.Repeat("word ", 1800) + `"}}],"usage":{"prompt_tokens":20,"completion_tokens":1800}}`)
-	h := &Handler{headersOn: false}
+	h := usageBenchHandler(b)
 	b.SetBytes(int64(len(answer)))
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
@@ -294,12 +305,15 @@ func BenchmarkUsageFromJSONTail(b *testing.B) {
 		uw.WriteHeader(200)
 		for p := answer; len(p) > 0; {
 			n := min(4096, len(p))
-			_, _ = uw.Write(p[:n])
+			if _, err := uw.Write(p[:n]); err != nil {
+				b.Fatal(err)
+			}
 			p = p[n:]
 		}
 		if u, ok := uw.usage(); !ok || u.Output != 1800 {
-			b.Fatal("no usage")
+			b.Fatalf("usage %+v %v", u, ok)
 		}
+		uw.release()
 	}
 }
 
