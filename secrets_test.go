@@ -57,6 +57,11 @@ max_wait 1s`)
 	req.Header.Set("x-api-key", keys[0])
 	req.Header.Set("Accept", "text/event-stream")
 	record(sendReq(t, req))
+	// Gemini: the key in x-goog-api-key, and unknown in the query string.
+	gem := newReq(t, geminiModelPath+":generateContent", "", `{"contents":[{"parts":[{"text":"hi"}]}]}`)
+	gem.Header.Set("x-goog-api-key", keys[0])
+	record(sendReq(t, gem))
+	record(sendReq(t, newReq(t, geminiModelPath+":generateContent?key="+keys[2], "", `{"contents":[]}`))) // unknown: 401
 	for _, path := range []string{"/llm_ratelimit/stats", "/llm_ratelimit/stats/leaks/" + hashKey(keys[0]).id(), "/metrics", "/config/"} {
 		resp, err := client.Get("http://" + testAdmin + path)
 		if err != nil {
@@ -88,7 +93,7 @@ max_wait 1s`)
 			t.Errorf("raw key %q leaked: …%s…", k, out[max(0, i-200):min(len(out), i+50)])
 		}
 	}
-	for _, want := range []string{hashKey(keys[0]).id(), hashKey(keys[2]).id(), `"outcome":"rejected"`, "retrying upstream"} {
+	for _, want := range []string{hashKey(keys[0]).id(), hashKey(keys[2]).id(), `"outcome":"rejected"`, "retrying upstream", `"status":"UNAUTHENTICATED"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the scenario did not produce %q: the test would prove nothing", want)
 		}
