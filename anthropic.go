@@ -272,6 +272,7 @@ var anthropicErrorTypes = [...]string{
 	errRateLimited:   "rate_limit_error",
 	errCooldown:      "rate_limit_error",
 	errUnavailable:   "api_error",
+	errModelNotFound: "not_found_error",
 }
 
 func (anthropicDialect) appendError(dst []byte, e *apiError) []byte {

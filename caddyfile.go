@@ -42,6 +42,12 @@ import (
 //		upstream {
 //			rpm <n>  tpm <n>  itpm <n>  otpm <n>  concurrent <n>
 //		}
+//		upstream <name> {                 # repeated: a pool of accounts
+//			rpm <n>  tpm <n>  itpm <n>  otpm <n>  concurrent <n>
+//			header_up <field> <value>     # repeated
+//			models    <name|glob>...
+//			priority  <n>
+//		}
 //		max_wait    <duration>
 //		max_queue   <n>
 //		max_keys    <n> | -1
@@ -105,10 +111,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			continue
 		case "upstream":
-			if seen[sub] {
-				return d.Errf("%s: given twice", sub)
-			}
-			seen[sub] = true
 			if err := h.parseUpstream(d); err != nil {
 				return err
 			}

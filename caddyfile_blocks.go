@@ -1,6 +1,8 @@
 package llmratelimit
 
 import (
+	"net/http"
+	"slices"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -103,14 +105,82 @@ func (h *Handler) parseRetry(d *caddyfile.Dispenser) error {
 // parseUpstream reads "upstream { <limits> }"; the cursor is on
 // "upstream".
 func (h *Handler) parseUpstream(d *caddyfile.Dispenser) error {
-	if d.NextArg() {
-		return d.ArgErr()
+	if !d.NextArg() {
+		// The unnamed block: the single account.
+		if h.Upstream != nil {
+			return d.Err("upstream: given twice")
+		}
+		if len(h.Upstreams) > 0 {
+			return d.Err("upstream: an unnamed block cannot be mixed with named upstream blocks (a pool): name every account")
+		}
+		var l Limits
+		if err := parseBlock(d, "upstream", limitSetters(d, "upstream", &l, "rpm", "tpm", "itpm", "otpm", "concurrent")); err != nil {
+			return err
+		}
+		h.Upstream = &l
+		return nil
 	}
-	var l Limits
-	if err := parseBlock(d, "upstream", limitSetters(d, "upstream", &l, "rpm", "tpm", "itpm", "otpm", "concurrent")); err != nil {
+	name := d.Val()
+	if d.NextArg() {
+		return d.Errf("upstream %s: want one name, got more: %q", name, d.Val())
+	}
+	if h.Upstream != nil {
+		return d.Errf("upstream %s: named upstream blocks (a pool) cannot be mixed with the unnamed block: name every account", name)
+	}
+	if err := checkAccountName(name); err != nil {
+		return d.Errf("%w", err)
+	}
+	for _, a := range h.Upstreams {
+		if a.Name == name {
+			return d.Errf("upstream %s: defined twice", name)
+		}
+	}
+	where := "upstream " + name
+	acct := Account{Name: name}
+	subs := limitSetters(d, where, &acct.Limits, "rpm", "tpm", "itpm", "otpm", "concurrent")
+	subs["header_up"] = func() error {
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.Errf("%s: header_up: want <field> <value>, got %d arguments", where, len(args))
+		}
+		if acct.HeaderUp == nil {
+			acct.HeaderUp = make(map[string]string)
+		}
+		if _, dup := acct.HeaderUp[http.CanonicalHeaderKey(args[0])]; dup {
+			return d.Errf("%s: header_up %s: given twice", where, args[0])
+		}
+		acct.HeaderUp[http.CanonicalHeaderKey(args[0])] = args[1]
+		return nil
+	}
+	subs["models"] = func() error {
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.Errf("%s: models: want one or more model names or globs", where)
+		}
+		for _, m := range args {
+			if err := checkModelName(m); err != nil {
+				return d.Errf("%s: models: %w", where, err)
+			}
+		}
+		acct.Models = append(acct.Models, args...)
+		return nil
+	}
+	subs["priority"] = func() error {
+		v, err := oneArg(d, where+": priority")
+		if err != nil {
+			return err
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return d.Errf("%s: priority: want an integer, got %q", where, v)
+		}
+		acct.Priority = n
+		return nil
+	}
+	if err := parseBlock(d, where, subs, "header_up"); err != nil {
 		return err
 	}
-	h.Upstream = &l
+	h.Upstreams = append(h.Upstreams, acct)
 	return nil
 }
 
@@ -206,7 +276,7 @@ func limitSetters(d *caddyfile.Dispenser, where string, l *Limits, names ...stri
 // parseBlock walks the block that must follow a tier or model line, calling
 // the parser of each subdirective and rejecting repeats, nested tier or
 // model blocks and anything else it does not know.
-func parseBlock(d *caddyfile.Dispenser, where string, subs map[string]func() error) error {
+func parseBlock(d *caddyfile.Dispenser, where string, subs map[string]func() error, repeatable ...string) error {
 	line, file := d.Line(), d.File()
 	nesting := d.Nesting()
 	opened := d.NextBlock(nesting)
@@ -227,7 +297,7 @@ func parseBlock(d *caddyfile.Dispenser, where string, subs map[string]func() err
 				return d.Errf("%s: unknown subdirective %q", where, sub)
 			}
 		}
-		if seen[sub] {
+		if seen[sub] && !slices.Contains(repeatable, sub) {
 			return d.Errf("%s: %s: given twice", where, sub)
 		}
 		seen[sub] = true

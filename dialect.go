@@ -212,6 +212,7 @@ const (
 	errRateLimited                  // 429: over a limit of the gateway's
 	errCooldown                     // 429: the upstream asked to slow down
 	errUnavailable                  // 503: the shared store is unreachable (fail closed)
+	errModelNotFound                // 404: no provider account serves the model
 )
 
 var errStatus = [...]int{
@@ -222,6 +223,7 @@ var errStatus = [...]int{
 	errRateLimited:   http.StatusTooManyRequests,
 	errCooldown:      http.StatusTooManyRequests,
 	errUnavailable:   http.StatusServiceUnavailable,
+	errModelNotFound: http.StatusNotFound,
 }
 
 // apiError is one of the handler's own error answers, before a dialect

@@ -270,6 +270,7 @@ var geminiStatus = [...]string{
 	errRateLimited:   "RESOURCE_EXHAUSTED",
 	errCooldown:      "RESOURCE_EXHAUSTED",
 	errUnavailable:   "UNAVAILABLE",
+	errModelNotFound: "NOT_FOUND",
 }
 
 // appendError appends Google's error body:

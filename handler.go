@@ -48,8 +48,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return clientGone(err)
 	}
 
-	// 5. Admission.
-	q := ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), up: h.up, d: req.demand}
+	// 5. Admission, over the accounts that serve the model.
+	accts := h.accountsFor(req.info.Model)
+	if h.pool && len(accts) == 0 {
+		return h.reply(w, d, &apiError{kind: errModelNotFound,
+			msg: "The model `" + req.info.Model + "` does not exist or no provider account of this gateway serves it."}, outcomeInvalid)
+	}
+	q := ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), accts: accts, d: req.demand}
 	var t ticket
 	var dec decision
 	var waited time.Duration

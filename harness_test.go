@@ -388,3 +388,12 @@ func parseUsageJSON(d dialect, body []byte) (usage, bool) {
 	}
 	return d.jsonUsage(body)
 }
+
+// unnamed is the unnamed upstream block of these limits as the accounts
+// of an ask; none for zero limits.
+func unnamed(up Limits) []*accountCfg {
+	if up == (Limits{}) {
+		return nil
+	}
+	return []*accountCfg{{name: defaultAccount, lim: up}}
+}

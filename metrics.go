@@ -38,6 +38,14 @@ var (
 		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "store_errors_total",
 		Help: "Calls to the shared store (Redis) that failed; with fail open the request was decided on this instance's own buckets.",
 	}, []string{"zone"})
+	metricUpstreamCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "upstream_calls_total",
+		Help: "Attempts sent to each provider account (upstream: the account's name, default for the unnamed block), by the status it answered.",
+	}, []string{"zone", "upstream", "status"})
+	metricUpstreamCooldown = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "upstream_cooldown_seconds_total",
+		Help: "Seconds each provider account was put in cooldown by its 429 and 529 answers.",
+	}, []string{"zone", "upstream"})
 	metricKeysDesc = prometheus.NewDesc("caddy_llm_ratelimit_keys",
 		"Keys a zone holds state for (idle keys whose buckets are full are dropped).", []string{"zone"}, nil)
 	metricInFlightDesc = prometheus.NewDesc("caddy_llm_ratelimit_in_flight",
@@ -73,7 +81,8 @@ func (zoneCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 var collectors = []prometheus.Collector{
-	metricRequests, metricTokens, metricRetries, metricQueueWait, metricEstimateRatio, metricStoreErrors, zoneCollector{},
+	metricRequests, metricTokens, metricRetries, metricQueueWait, metricEstimateRatio, metricStoreErrors,
+	metricUpstreamCalls, metricUpstreamCooldown, zoneCollector{},
 }
 
 // registerMetrics puts the package's collectors into a config's registry.
@@ -102,6 +111,29 @@ type zoneMetrics struct {
 	storeErrors                  prometheus.Counter
 	retriesMu                    sync.Mutex
 	retries                      map[int]prometheus.Counter
+	calls                        sync.Map // accountStatus → prometheus.Counter
+	zone                         string
+}
+
+type accountStatus struct {
+	account string
+	status  int
+}
+
+// call counts one attempt sent to an account; the counter of each
+// account and status is resolved once, then read without a lock.
+func (m *zoneMetrics) call(account string, status int) {
+	k := accountStatus{account, status}
+	c, ok := m.calls.Load(k)
+	if !ok {
+		c, _ = m.calls.LoadOrStore(k, metricUpstreamCalls.WithLabelValues(m.zone, account, strconv.Itoa(status)))
+	}
+	c.(prometheus.Counter).Inc()
+}
+
+// cooldown counts seconds an account was put in cooldown.
+func (m *zoneMetrics) cooldown(account string, seconds float64) {
+	metricUpstreamCooldown.WithLabelValues(m.zone, account).Add(seconds)
 }
 
 func newZoneMetrics(zone string) *zoneMetrics {
@@ -115,6 +147,7 @@ func newZoneMetrics(zone string) *zoneMetrics {
 		estimateRatio: metricEstimateRatio.WithLabelValues(zone),
 		storeErrors:   metricStoreErrors.WithLabelValues(zone),
 		retries:       make(map[int]prometheus.Counter),
+		zone:          zone,
 	}
 	for _, o := range []string{outcomeAllowed, outcomeQueued, outcomeRejected, outcomeDryRunRejected, outcomeUnauthorized, outcomeInvalid} {
 		m.outcomes[o] = metricRequests.WithLabelValues(zone, o)

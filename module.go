@@ -173,8 +173,17 @@ type Handler struct {
 
 	// Upstream is the provider account's quota that every key of the zone
 	// shares: one set of buckets per zone, debited in the same
-	// all-or-nothing admission as the key's own, and by every retry.
+	// all-or-nothing admission as the key's own, and by every retry. It is
+	// the single-account form; Upstreams is the pool.
 	Upstream *Limits `json:"upstream,omitempty"`
+
+	// Upstreams is a pool of provider accounts (named upstream blocks):
+	// every attempt of a request is served by one account that serves its
+	// model, chosen by affinity to the key's previous account, then
+	// priority, then headroom; an account that answers 429 or 529 cools
+	// down for the provider's hint and the retry goes to another account
+	// at once. Not together with Upstream.
+	Upstreams []Account `json:"upstreams,omitempty"`
 
 	// MaxWait lets a request that does not fit now wait up to this long in
 	// the zone's fair queue instead of being rejected. Default 0: reject at
@@ -201,18 +210,20 @@ type Handler struct {
 	// 2m in all). {"off": true} disables it.
 	Retry *RetryConfig `json:"retry,omitempty"`
 
-	logger    *zap.Logger
-	zone      *zone
-	dialect   dialect            // the configured format; nil for auto
-	keys      map[keyHash]string // key → tier name
-	tiers     map[string]Limits  // resolved: inherited from the defaults
-	models    map[string]*Model  // exact names
-	globs     []*Model           // glob patterns, longest first
-	headersOn bool
-	retry     *retryPolicy // nil: retries off
-	released  *atomic.Bool // Cleanup has given the zone back
-	rs        *redisStore  // the shared store, or nil
-	up        Limits       // the upstream quota; zero: none
+	logger     *zap.Logger
+	zone       *zone
+	dialect    dialect            // the configured format; nil for auto
+	keys       map[keyHash]string // key → tier name
+	tiers      map[string]Limits  // resolved: inherited from the defaults
+	models     map[string]*Model  // exact names
+	globs      []*Model           // glob patterns, longest first
+	headersOn  bool
+	retry      *retryPolicy  // nil: retries off
+	released   *atomic.Bool  // Cleanup has given the zone back
+	rs         *redisStore   // the shared store, or nil
+	accounts   []*accountCfg // the unnamed upstream block, or the pool
+	pool       bool          // named accounts: chosen per attempt
+	acctFields []string      // the request fields accounts change
 }
 
 // CaddyModule returns the Caddy module information.
@@ -238,9 +249,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.headersOn = h.Headers == nil || *h.Headers
 	h.retry = h.Retry.policy()
-	if h.Upstream != nil {
-		h.up = *h.Upstream
-	}
 	if h.MaxQueue == 0 {
 		h.MaxQueue = defaultMaxQueue
 	}
@@ -274,6 +282,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.dialect = dialectNamed(h.Format) // Validate reports an unknown name
 	}
 	h.provisionModels()
+	h.provisionAccounts()
 
 	// Validate before taking the zone, so that a config that fails never
 	// touches live state.

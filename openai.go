@@ -466,6 +466,7 @@ var openAIErrors = [...]struct{ typ, code string }{
 	errRateLimited:   {"", "rate_limit_exceeded"},
 	errCooldown:      {"requests", "rate_limit_exceeded"},
 	errUnavailable:   {"server_error", "store_unavailable"},
+	errModelNotFound: {"invalid_request_error", "model_not_found"},
 }
 
 // openAILimitTypes is the error type of a 429, by the limit it names.
@@ -476,6 +477,7 @@ var openAILimitTypes = [...]string{
 	dimOutput:      "output_tokens",
 	dimConcurrency: "concurrency",
 	dimKeys:        "requests",
+	dimCooldown:    "requests",
 }
 
 func (openAIDialect) appendError(dst []byte, e *apiError) []byte {

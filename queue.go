@@ -70,7 +70,7 @@ func (z *zone) admitOrWait(ctx context.Context, q ask, maxWait time.Duration, ma
 	// a waiter: nobody waits, or its key has no waiters and it shares no
 	// upstream quota with them.
 	_, keyWaits := wq.keys[q.kh]
-	if wq.n == 0 || (!keyWaits && !q.up.any() && q.up.Concurrent == 0) {
+	if wq.n == 0 || (!keyWaits && !q.shared()) {
 		t, dec = z.admit(q, start.UnixNano(), false, false)
 		if dec.ok || dec.never {
 			wq.mu.Unlock()

@@ -26,7 +26,7 @@ func TestUpstreamBucketIsSharedAndKeyLimitsStillApply(t *testing.T) {
 	start := int64(1_000 * sec)
 	for step := time.Duration(0); step < 3*time.Minute; step += 100 * time.Millisecond {
 		for i, k := range keys {
-			tk, dec := z.admit(ask{kh: hashKey(k.name), lim: k.lim, up: up}, start+int64(step), false, false)
+			tk, dec := z.admit(ask{kh: hashKey(k.name), lim: k.lim, accts: unnamed(up)}, start+int64(step), false, false)
 			if dec.ok {
 				grants = append(grants, grant{step, i})
 				tk.finish(start+int64(step), nil, false)
@@ -76,7 +76,7 @@ type queueResult struct {
 
 func startWaiter(z *zone, ctx context.Context, key string, lim, up Limits, maxWait time.Duration, maxQueue int, out chan<- queueResult) {
 	go func() {
-		tk, dec, waited, err := z.admitOrWait(ctx, ask{kh: hashKey(key), lim: lim, up: up}, maxWait, maxQueue, false)
+		tk, dec, waited, err := z.admitOrWait(ctx, ask{kh: hashKey(key), lim: lim, accts: unnamed(up)}, maxWait, maxQueue, false)
 		if err == nil && dec.ok {
 			tk.finish(now().UnixNano(), nil, false)
 		}
@@ -91,7 +91,7 @@ func TestQueueGrantsRoundRobinAcrossKeys(t *testing.T) {
 	up := Limits{RPM: 60} // one request a second
 	// Use the upstream's whole bucket up.
 	for i := 0; i < 60; i++ {
-		tk, dec := z.admit(ask{kh: hashKey("warm"), up: up}, now().UnixNano(), false, false)
+		tk, dec := z.admit(ask{kh: hashKey("warm"), accts: unnamed(up)}, now().UnixNano(), false, false)
 		if !dec.ok {
 			t.Fatalf("warm-up %d rejected", i)
 		}

@@ -45,6 +45,7 @@ var dimensionNames = [...]string{
 	dimOutput:      "output tokens per min (OTPM)",
 	dimConcurrency: "concurrent requests",
 	dimKeys:        "active API keys",
+	dimCooldown:    "provider accounts",
 }
 
 // rejectMessage names the limit, the figure, what was used and requested,
@@ -66,6 +67,9 @@ func rejectMessage(dec decision, m *Model) string {
 	if v.never {
 		return fmt.Sprintf("request too large for %s: Limit %d, Requested %d. The request can never fit within this limit; reduce its input or max_tokens.",
 			name, u.limit, requested)
+	}
+	if u.dim == dimCooldown {
+		return fmt.Sprintf("Every provider account that serves this request is cooling down after the provider answered 429. Please try again in %s.", humanWait(v.wait))
 	}
 	if u.dim == dimKeys {
 		return fmt.Sprintf("Too many active API keys in this gateway (limit %d): new keys are served again once idle ones are released. Please try again in %s.",

@@ -154,9 +154,16 @@ var recordBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // a new upstream call, charged on t; d shapes the handler's own answer.
 // A client that goes away during a wait ends it at once (status 499).
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d dialect, req *llmRequest, t *ticket) error {
+	var saved savedHeaders
+	if t.acfg != nil && h.pool {
+		saveHeaders(r, h.acctFields, &saved)
+		h.attemptOn(w, r, t.acfg)
+	}
 	p := h.retry
 	if p == nil || !req.canRetry {
-		return next.ServeHTTP(w, r)
+		err := next.ServeHTTP(w, r)
+		h.finalAttempt(t, statusOf(w, err), w.Header(), p)
+		return err
 	}
 	start := now()
 	deadline := start.Add(p.maxTotal)
@@ -165,19 +172,23 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	}
 
 	// A closed cooldown gate holds every request of the zone, first tries
-	// included: one upstream hint, not a herd of 429s.
-	if err := h.zone.gate.wait(r.Context(), p, deadline); err != nil {
-		if errors.Is(err, errGateTooLong) {
-			wait := h.zone.gate.remaining()
-			return h.reply(w, d, &apiError{kind: errCooldown, wait: wait,
-				msg: "The upstream asked to slow down; please try again in " + humanWait(wait) + "."}, "")
+	// included: one upstream hint, not a herd of 429s. A pool cools down
+	// each account on its own instead.
+	if !h.pool {
+		if err := h.zone.gate.wait(r.Context(), p, deadline); err != nil {
+			if errors.Is(err, errGateTooLong) {
+				wait := h.zone.gate.remaining()
+				return h.reply(w, d, &apiError{kind: errCooldown, wait: wait,
+					msg: "The upstream asked to slow down; please try again in " + humanWait(wait) + "."}, "")
+			}
+			return clientGone(err)
 		}
-		return clientGone(err)
 	}
 
 	before := snapshotHeader(w.Header())
 	buf := recordBufs.Get().(*bytes.Buffer)
 	defer recordBufs.Put(buf)
+	moved := false // the attempt goes to another account, charged there
 	for attempt := 1; ; attempt++ {
 		buf.Reset()
 		last := attempt > p.attempts
@@ -187,7 +198,13 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		if attempt > 1 {
 			w.Header().Set("x-llm-ratelimit-attempts", strconv.Itoa(attempt))
 			restoreBody(r, req.body)
-			t.chargeRetry(now().UnixNano())
+			if !moved {
+				t.chargeRetry(now().UnixNano())
+			}
+			if t.acfg != nil && h.pool {
+				saved.restore(r)
+				h.attemptOn(w, r, t.acfg)
+			}
 		}
 		err := next.ServeHTTP(rec, r)
 		status := rec.Status()
@@ -199,22 +216,45 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 			// The proxy failed before answering (e.g. 502 dial error).
 			status = he.StatusCode
 		default:
+			h.finalAttempt(t, statusOf(rec, err), rec.Header(), p)
 			return err // streamed through, or not retryable
 		}
+		h.countCall(t, status)
 
 		hint, hinted := retryHint(rec.Header(), buf.Bytes(), now())
 		if status == http.StatusTooManyRequests && !retryableBody(buf.Bytes()) {
 			w.Header().Set("x-should-retry", "false")
 			return h.handThrough(rec, err, attempt)
 		}
+		backoff := p.backoff(attempt - 1)
+		// A pool account that answers 429 or 529 cools down for the hint
+		// (or the backoff), and the retry goes at once to another account
+		// that can take the request.
+		moved = false
+		if h.pool && (status == http.StatusTooManyRequests || status == 529) {
+			cool := backoff
+			if hinted {
+				cool = hint
+			}
+			from := t.acfg.name
+			if moved = t.failover(now().UnixNano(), cool); moved && !last {
+				h.logger.Debug("failing over to another account", zap.Int("status", status), zap.Int("attempt", attempt),
+					zap.String("from", from), zap.String("to", t.acfg.name), zap.Duration("cooldown", cool))
+				h.zone.m.retry(h.Zone, status)
+				before.restore(w.Header())
+				continue
+			}
+		}
 		var wait time.Duration
 		if hinted {
 			wait = p.stretch(hint)
-			h.zone.gate.close(now().Add(hint))
+			if !h.pool {
+				h.zone.gate.close(now().Add(hint))
+			}
 		} else {
-			wait = p.backoff(attempt - 1)
+			wait = backoff
 		}
-		if now().Add(wait).After(deadline) {
+		if last || now().Add(wait).After(deadline) {
 			h.logger.Info("giving up on upstream retries",
 				zap.Int("status", status), zap.Int("attempts", attempt), zap.Duration("next_wait", wait))
 			return h.handThrough(rec, err, attempt)
@@ -227,6 +267,62 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 			return clientGone(err)
 		}
 	}
+}
+
+// attemptOn prepares an attempt served by account ac, and names it in the
+// response (headers on).
+func (h *Handler) attemptOn(w http.ResponseWriter, r *http.Request, ac *accountCfg) {
+	applyAccount(r, ac)
+	if h.headersOn {
+		w.Header()["X-Llm-Ratelimit-Upstream"] = []string{ac.name}
+	}
+}
+
+// finalAttempt counts the attempt whose answer goes to the client, and
+// cools its pool account down when that answer is a 429 or 529.
+func (h *Handler) finalAttempt(t *ticket, status int, hdr http.Header, p *retryPolicy) {
+	h.countCall(t, status)
+	if !h.pool || (status != http.StatusTooManyRequests && status != 529) {
+		return
+	}
+	cool, ok := retryHint(hdr, nil, now())
+	if !ok {
+		cool = time.Second
+		if p != nil {
+			cool = p.base
+		}
+	}
+	t.coolDown(now().UnixNano(), cool)
+}
+
+// countCall counts an attempt sent to the request's account ("default"
+// for the unnamed block, or when no account applies).
+func (h *Handler) countCall(t *ticket, status int) {
+	name := defaultAccount
+	if t.acfg != nil {
+		name = t.acfg.name
+	}
+	h.zone.m.call(name, status)
+}
+
+// statusOf is the status an attempt ended with: what was written, else
+// the handler error's, else 502.
+func statusOf(w http.ResponseWriter, err error) int {
+	type statuser interface{ Status() int }
+	if s, ok := w.(statuser); ok && s.Status() != 0 {
+		return s.Status()
+	}
+	if uw, ok := w.(*usageWriter); ok && uw.status != 0 {
+		return uw.status
+	}
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode != 0 {
+		return he.StatusCode
+	}
+	if err == nil {
+		return http.StatusOK
+	}
+	return http.StatusBadGateway
 }
 
 // handThrough gives the client the last upstream answer: the buffered

@@ -92,11 +92,27 @@ type UpstreamStats struct {
 	InFlight      int64  `json:"in_flight"`
 }
 
+// AccountStats is one provider account of a zone in the stats.
+type AccountStats struct {
+	UpstreamStats
+	// CooldownUntil is when a 429 from the provider stops cooling the
+	// account down (RFC 3339); null when it is not cooling.
+	CooldownUntil *string `json:"cooldown_until"`
+	// CallsTotal counts the attempts sent to the account.
+	CallsTotal int64 `json:"calls_total"`
+	// RateLimitedTotal counts the attempts it answered 429 or 529.
+	RateLimitedTotal int64 `json:"rate_limited_total"`
+}
+
 // ZoneStats is one zone in the stats.
 type ZoneStats struct {
-	Keys        []KeyStats    `json:"keys"`
-	Upstream    UpstreamStats `json:"upstream"`
-	QueueLength int           `json:"queue_length"`
+	Keys []KeyStats `json:"keys"`
+	// Upstream is the unnamed upstream block's account.
+	Upstream UpstreamStats `json:"upstream"`
+	// Upstreams is every account of the zone by name ("default" for the
+	// unnamed block).
+	Upstreams   map[string]AccountStats `json:"upstreams"`
+	QueueLength int                     `json:"queue_length"`
 }
 
 // available is a bucket's level now, rounded down, without changing it;
@@ -121,17 +137,32 @@ func (z *zone) stats(nowNs int64) ZoneStats {
 		s.mu.Unlock()
 	}
 	sort.Slice(out.Keys, func(i, j int) bool { return out.Keys[i].KeyID < out.Keys[j].KeyID })
+	out.Upstreams = map[string]AccountStats{}
 	z.upMu.Lock()
-	lim := z.upLimits
-	out.Upstream = UpstreamStats{
-		RPMAvailable:  available(z.upstream.rpm, lim.RPM, nowNs),
-		TPMAvailable:  available(z.upstream.tpm, lim.TPM, nowNs),
-		ITPMAvailable: available(z.upstream.itpm, lim.ITPM, nowNs),
-		OTPMAvailable: available(z.upstream.otpm, lim.OTPM, nowNs),
-		InFlight:      z.upInflight,
+	for name, st := range z.accounts {
+		as := AccountStats{UpstreamStats: st.snapshot(nowNs), CallsTotal: st.calls, RateLimitedTotal: st.rateLimited}
+		if st.cooldownUntil > nowNs {
+			t := time.Unix(0, st.cooldownUntil).UTC().Format(time.RFC3339Nano)
+			as.CooldownUntil = &t
+		}
+		out.Upstreams[name] = as
+		if name == defaultAccount {
+			out.Upstream = as.UpstreamStats
+		}
 	}
 	z.upMu.Unlock()
 	return out
+}
+
+// snapshot is the account's buckets now, without changing them.
+func (st *account) snapshot(nowNs int64) UpstreamStats {
+	return UpstreamStats{
+		RPMAvailable:  available(st.rpm, st.lim.RPM, nowNs),
+		TPMAvailable:  available(st.tpm, st.lim.TPM, nowNs),
+		ITPMAvailable: available(st.itpm, st.lim.ITPM, nowNs),
+		OTPMAvailable: available(st.otpm, st.lim.OTPM, nowNs),
+		InFlight:      st.inflight,
+	}
 }
 
 // keyStats returns one key's stats; false when the zone holds no state

@@ -200,7 +200,8 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	if q.d.model != nil {
 		add(keyBase+"m:"+q.d.model.Name+":", q.d.model.Limits, scopeModel)
 	}
-	add(base+"upstream:", q.up, scopeUpstream)
+	up := q.unnamedUpstream()
+	add(base+"upstream:", up, scopeUpstream)
 	nb := len(keys)
 	args := []any{nb, 0}
 	for _, u := range uses {
@@ -213,7 +214,7 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		key   string
 		limit int64
 		sc    scope
-	}{{keyBase + "leases", q.lim.Concurrent, scopeKey}, {base + "upstream:leases", q.up.Concurrent, scopeUpstream}} {
+	}{{keyBase + "leases", q.lim.Concurrent, scopeKey}, {base + "upstream:leases", up.Concurrent, scopeUpstream}} {
 		if l.limit > 0 {
 			id := rs.instance + ":" + strconv.FormatUint(rs.leaseSeq.Add(1), 10)
 			keys = append(keys, l.key)

@@ -102,7 +102,8 @@ const (
 	dimInput
 	dimOutput
 	dimConcurrency
-	dimKeys // the zone's max_keys
+	dimKeys     // the zone's max_keys
+	dimCooldown // every account that serves the request is cooling down
 )
 
 // scope says whose bucket a limit belongs to.
@@ -157,9 +158,7 @@ func (a *admission) add(b *bucket, limit int64, need float64, d dimension, s sco
 func (a *admission) try(nowNs int64) verdict {
 	v := a.check(nowNs)
 	if v.ok {
-		for i := 0; i < a.n; i++ {
-			a.uses[i].b.level -= a.uses[i].need
-		}
+		a.debit()
 	}
 	return v
 }
@@ -278,3 +277,13 @@ func (a *admission) quotas() (req, tok quota) {
 	}
 	return req, tok
 }
+
+// debit takes every bucket's need (after a check that said ok).
+func (a *admission) debit() {
+	for i := 0; i < a.n; i++ {
+		a.uses[i].b.level -= a.uses[i].need
+	}
+}
+
+// durationNs is a span of unix nanoseconds as a Duration.
+func durationNs(ns int64) time.Duration { return time.Duration(ns) }

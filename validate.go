@@ -39,6 +39,9 @@ func (h *Handler) Validate() error {
 			return err
 		}
 	}
+	if err := h.validateAccounts(); err != nil {
+		return err
+	}
 	if err := checkMaxWait(time.Duration(h.MaxWait)); err != nil {
 		return err
 	}
@@ -256,6 +259,56 @@ func checkJitter(v float64) error {
 func checkRetryStatus(code int) error {
 	if code < 400 || code > 599 {
 		return fmt.Errorf("retry statuses: %d is not an error status (400..599)", code)
+	}
+	return nil
+}
+
+// validateAccounts checks the pool: named, distinct accounts, not mixed
+// with the unnamed block, with valid limits, headers and model globs.
+func (h *Handler) validateAccounts() error {
+	if len(h.Upstreams) == 0 {
+		return nil
+	}
+	if h.Upstream != nil {
+		return fmt.Errorf("upstream: the unnamed block cannot be mixed with named upstream blocks (a pool): name every account")
+	}
+	if h.Store != nil && h.Store.Redis != nil {
+		return fmt.Errorf("upstream: named accounts are kept in this process; sharing a pool through store redis is not supported yet")
+	}
+	seen := make(map[string]bool, len(h.Upstreams))
+	for _, a := range h.Upstreams {
+		if err := checkAccountName(a.Name); err != nil {
+			return err
+		}
+		if seen[a.Name] {
+			return fmt.Errorf("upstream %s: defined twice", a.Name)
+		}
+		seen[a.Name] = true
+		where := "upstream " + a.Name + ": "
+		if err := a.Limits.validate(where); err != nil {
+			return err
+		}
+		for field := range a.HeaderUp {
+			if field == "" {
+				return fmt.Errorf("%sheader_up: a header needs a field name", where)
+			}
+		}
+		for _, m := range a.Models {
+			if err := checkModelName(m); err != nil {
+				return fmt.Errorf("%smodels: %w", where, err)
+			}
+		}
+	}
+	return nil
+}
+
+// checkAccountName: an account has a name, and not the unnamed block's.
+func checkAccountName(name string) error {
+	if name == "" {
+		return fmt.Errorf("upstream: a named account needs a name")
+	}
+	if name == defaultAccount {
+		return fmt.Errorf("upstream %s: the name %q is the unnamed block's; choose another", name, defaultAccount)
 	}
 	return nil
 }

@@ -27,12 +27,11 @@ type zone struct {
 	gate   gate // the upstream cooldown gate (retry.go)
 	queue  waitQueue
 
-	// The shared upstream quota, taken only by zones that configure one,
-	// after the key's shard lock.
-	upMu       sync.Mutex
-	upstream   limitBuckets
-	upInflight int64
-	upLimits   Limits // as of the last request, for stats
+	// The provider accounts (the unnamed upstream block is the account
+	// "default"), taken only by requests that an account serves, after the
+	// key's shard lock.
+	upMu     sync.Mutex
+	accounts map[string]*account
 
 	m     *zoneMetrics
 	nkeys atomic.Int64 // keys with state, against max_keys
@@ -51,10 +50,13 @@ type shard struct {
 // once it is back to the state a new key would have.
 type keyState struct {
 	limitBuckets
-	models   map[string]*limitBuckets // per key × model block name
-	inflight int64
-	idleAt   int64 // unix ns when every bucket is full again
-	stats    keyStats
+	models map[string]*limitBuckets // per key × model block name
+	// lastAccount is the account that served the key's last request
+	// (affinity: providers cache prompts per account).
+	lastAccount string
+	inflight    int64
+	idleAt      int64 // unix ns when every bucket is full again
+	stats       keyStats
 }
 
 func newZone(name string) *zone {
@@ -148,8 +150,23 @@ type ask struct {
 	maxKeys int    // the zone's cap on keys with state; 0: none
 	tier    string // for stats
 	lim     Limits // the key's (its tier or the defaults)
-	up      Limits // the zone's shared upstream quota; zero: none
-	d       demand
+	// accts are the provider accounts that can serve the request (the
+	// unnamed upstream block, or the pool's accounts for its model); nil:
+	// none applies.
+	accts []*accountCfg
+	d     demand
+}
+
+// shared tells whether the request takes a shared account's quota.
+func (q *ask) shared() bool { return len(q.accts) > 0 }
+
+// unnamedUpstream is the unnamed upstream block's quota (zero: none); the
+// shared store keeps only that one account.
+func (q *ask) unnamedUpstream() Limits {
+	if len(q.accts) == 1 && !q.accts[0].pool {
+		return q.accts[0].lim
+	}
+	return Limits{}
 }
 
 // ticket is an admitted (or dry-run-forwarded) request's hold on its key
@@ -162,9 +179,10 @@ type ticket struct {
 	ks      *keyState
 	mb      *limitBuckets // key × model buckets, or nil
 	a       ask
-	upHeld  bool // holds an upstream concurrency slot and reservation
-	debited bool // false for a request that dry_run let through
-	done    bool // finished: finish does nothing more
+	acct    *account    // the account serving the current attempt, or nil
+	acfg    *accountCfg // its config
+	debited bool        // false for a request that dry_run let through
+	done    bool        // finished: finish does nothing more
 }
 
 // decision is the outcome of zone.admit.
@@ -185,8 +203,7 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 	s := z.shard(q.kh)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	useUp := q.up.any() || q.up.Concurrent > 0
-	if useUp {
+	if q.shared() {
 		z.upMu.Lock()
 		defer z.upMu.Unlock()
 	}
@@ -201,7 +218,7 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		s.keys[q.kh.prefix()] = ks
 		z.nkeys.Add(1)
 	}
-	t := ticket{z: z, s: s, ks: ks, a: q, upHeld: useUp}
+	t := ticket{z: z, s: s, ks: ks, a: q}
 	var a admission
 	ks.limitBuckets.admitInto(&a, q.lim, q.d, scopeKey)
 	if q.d.model != nil {
@@ -215,21 +232,36 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		}
 		t.mb.admitInto(&a, q.d.model.Limits, q.d, scopeModel)
 	}
-	if useUp {
-		z.upstream.admitInto(&a, q.up, q.d, scopeUpstream)
-		z.upLimits = q.up
-	}
 
 	var dec decision
 	switch {
 	case q.lim.Concurrent > 0 && ks.inflight >= q.lim.Concurrent:
 		dec.verdict = a.concurrencyFull(nowNs, q.lim.Concurrent, scopeKey)
-	case q.up.Concurrent > 0 && z.upInflight >= q.up.Concurrent:
-		dec.verdict = a.concurrencyFull(nowNs, q.up.Concurrent, scopeUpstream)
-	case peek:
+	case !q.shared() && peek:
 		dec.verdict = a.check(nowNs)
-	default:
+	case !q.shared():
 		dec.verdict = a.try(nowNs)
+	case len(q.accts) == 1 && !q.accts[0].pool:
+		// The unnamed upstream block: one account, in the same admission.
+		ac := q.accts[0]
+		st := z.accountState(ac.name)
+		st.admitInto(&a, ac.lim, q.d, scopeUpstream)
+		st.lim = ac.lim
+		switch {
+		case ac.lim.Concurrent > 0 && st.inflight >= ac.lim.Concurrent:
+			dec.verdict = a.concurrencyFull(nowNs, ac.lim.Concurrent, scopeUpstream)
+		case peek:
+			dec.verdict = a.check(nowNs)
+		default:
+			dec.verdict = a.try(nowNs)
+		}
+		t.acfg, t.acct = ac, st
+	default:
+		// A pool: the key's own buckets first (when they block, no account
+		// helps), then the account that serves the attempt.
+		if dec.verdict = a.check(nowNs); dec.ok {
+			t.acfg, t.acct, dec.verdict = z.chooseAccount(&a, q.accts, q.d, ks.lastAccount, nil, nowNs, peek)
+		}
 	}
 	dec.req, dec.tok = a.quotas()
 	if peek {
@@ -237,11 +269,18 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 	}
 	if dec.ok || dryRun {
 		ks.inflight++
-		if useUp {
-			z.upInflight++
+		if q.shared() {
+			if t.acct == nil { // dry_run forwards what did not fit: to the first account
+				t.acfg, t.acct = q.accts[0], z.accountState(q.accts[0].name)
+			}
+			t.acct.inflight++
+			t.acct.calls++
+			ks.lastAccount = t.acfg.name
 		}
 		t.debited = dec.ok
 		ks.stats.admitted(nowNs, q)
+	} else {
+		t.acfg, t.acct = nil, nil
 	}
 	ks.touch(q.lim, t.mb, q.d.model)
 	return t, dec
@@ -272,10 +311,10 @@ func (t *ticket) finish(nowNs int64, u *usage, refund bool) {
 func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	t.s.mu.Lock()
 	defer t.s.mu.Unlock()
-	if t.upHeld {
+	if t.acct != nil {
 		t.z.upMu.Lock()
 		defer t.z.upMu.Unlock()
-		t.z.upInflight--
+		t.acct.inflight--
 	}
 	t.ks.inflight--
 	t.ks.stats.finished(nowNs, t.a.d, u, refund)
@@ -295,8 +334,8 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	if t.mb != nil {
 		t.mb.settle(t.a.d.model.Limits, nowNs, dIn, dOut)
 	}
-	if t.upHeld {
-		t.z.upstream.settle(t.a.up, nowNs, dIn, dOut)
+	if t.acct != nil {
+		t.acct.settle(t.acfg.lim, nowNs, dIn, dOut)
 	}
 	var ml *Model
 	if t.mb != nil {
@@ -308,11 +347,14 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 // chargeRetry counts one more upstream call against the upstream's request
 // bucket: a retry is a new call. Its tokens are the ones already reserved.
 func (t *ticket) chargeRetry(nowNs int64) {
-	if !t.upHeld || !t.debited || t.a.up.RPM <= 0 {
+	if t.acct == nil {
 		return
 	}
 	t.z.upMu.Lock()
-	t.z.upstream.rpm.add(nowNs, t.a.up.RPM, -1)
+	t.acct.calls++
+	if t.debited && t.acfg.lim.RPM > 0 {
+		t.acct.rpm.add(nowNs, t.acfg.lim.RPM, -1)
+	}
 	t.z.upMu.Unlock()
 }
 

@@ -1,0 +1,395 @@
+package llmratelimit
+
+import (
+	"net/http"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// This file is the pool of provider accounts: named upstream blocks, each
+// an account with its own quota, credentials and models. Every attempt of
+// a request is served by one account, chosen in the same atomic admission
+// as the key's buckets (zone.admit); an account that answers 429 cools
+// down and the retry moves to another one at once (ticket.failover).
+
+// Account is one provider account of a pool (a named upstream block).
+type Account struct {
+	// Name identifies the account: in {vars.llm_upstream}, the
+	// x-llm-ratelimit-upstream response header, the stats and the metrics.
+	Name string `json:"name"`
+	// The account's quota at the provider; a limit left out has no bucket.
+	Limits
+	// HeaderUp sets request headers on every attempt this account serves;
+	// placeholders work ({env.OPENAI_KEY_1}). When it sets Authorization or
+	// x-api-key, the client's own Authorization, x-api-key and
+	// x-goog-api-key headers and ?key= are removed first: a client's
+	// gateway key never reaches the provider.
+	HeaderUp map[string]string `json:"header_up,omitempty"`
+	// Models are the models this account serves, as path.Match globs.
+	// Default: every model.
+	Models []string `json:"models,omitempty"`
+	// Priority orders the accounts that can take a request: lower goes
+	// first. Default 0.
+	Priority int `json:"priority,omitempty"`
+}
+
+// defaultAccount names the unnamed upstream block in stats and metrics.
+const defaultAccount = "default"
+
+// accountCfg is an account as provisioned: its header_up resolved as far
+// as it can be before a request.
+type accountCfg struct {
+	name     string
+	lim      Limits
+	models   []string
+	priority int
+	idx      int  // config order, the last tie-breaker
+	pool     bool // a named account: chosen, cooled down, routed
+	creds    bool // header_up sets Authorization or x-api-key
+	headers  []headerUp
+}
+
+type headerUp struct {
+	field, value string
+	dynamic      bool // holds request placeholders, replaced per attempt
+}
+
+// provisionAccounts resolves the unnamed block and the named pool into the
+// accounts a request can be served by.
+func (h *Handler) provisionAccounts() {
+	h.accounts = nil
+	if h.Upstream != nil {
+		h.accounts = append(h.accounts, &accountCfg{name: defaultAccount, lim: *h.Upstream})
+	}
+	global := caddy.NewReplacer() // {env.*} and other global placeholders
+	for i, a := range h.Upstreams {
+		ac := &accountCfg{name: a.Name, lim: a.Limits, models: a.Models, priority: a.Priority, idx: i, pool: true}
+		for field, value := range a.HeaderUp {
+			field = http.CanonicalHeaderKey(field)
+			v := global.ReplaceKnown(value, "")
+			ac.headers = append(ac.headers, headerUp{field: field, value: v, dynamic: strings.Contains(v, "{")})
+			if field == "Authorization" || field == "X-Api-Key" {
+				ac.creds = true
+			}
+		}
+		h.accounts = append(h.accounts, ac)
+	}
+	h.pool = len(h.Upstreams) > 0
+	h.acctFields = nil
+	if h.pool {
+		h.acctFields = accountFields(h.accounts)
+	}
+}
+
+// serves tells whether the account serves a model; a request that names
+// no model can go to any account.
+func (ac *accountCfg) serves(model string) bool {
+	if len(ac.models) == 0 || model == "" {
+		return true
+	}
+	for _, m := range ac.models {
+		if m == model {
+			return true
+		}
+		if ok, _ := path.Match(m, model); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// accountsFor is the accounts that serve a model, in config order; nil
+// without any account, and empty (not nil) when a pool has none for it.
+func (h *Handler) accountsFor(model string) []*accountCfg {
+	if len(h.accounts) == 0 || !h.pool {
+		return h.accounts
+	}
+	n := 0
+	for _, ac := range h.accounts {
+		if ac.serves(model) {
+			n++
+		}
+	}
+	if n == len(h.accounts) {
+		return h.accounts
+	}
+	out := make([]*accountCfg, 0, n)
+	for _, ac := range h.accounts {
+		if ac.serves(model) {
+			out = append(out, ac)
+		}
+	}
+	return out
+}
+
+// credentialHeaders are the client's own credentials, removed when an
+// account brings its own.
+var credentialHeaders = [...]string{"Authorization", "X-Api-Key", "X-Goog-Api-Key"}
+
+// applyAccount prepares the request for an attempt served by ac: the
+// account's name in {vars.llm_upstream} (matchers run again on every
+// attempt), the client's credentials removed when the account brings its
+// own, and the account's header_up set.
+func applyAccount(r *http.Request, ac *accountCfg) {
+	caddyhttp.SetVar(r.Context(), "llm_upstream", ac.name)
+	if ac.creds {
+		for _, f := range credentialHeaders {
+			delete(r.Header, f)
+		}
+		if r.URL != nil && strings.Contains(r.URL.RawQuery, "key=") {
+			q := r.URL.Query()
+			if q.Has("key") {
+				q.Del("key")
+				r.URL.RawQuery = q.Encode()
+			}
+		}
+	}
+	var repl *caddy.Replacer
+	for _, hu := range ac.headers {
+		v := hu.value
+		if hu.dynamic {
+			if repl == nil {
+				repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+			}
+			if repl != nil {
+				v = repl.ReplaceAll(v, "")
+			}
+		}
+		r.Header[hu.field] = []string{v}
+	}
+}
+
+// savedHeaders keeps the request's fields that accounts change, so that
+// an attempt served by another account starts from the client's request.
+type savedHeaders struct {
+	fields []string
+	vals   [][]string
+	query  string
+}
+
+func saveHeaders(r *http.Request, fields []string, into *savedHeaders) {
+	into.fields = fields
+	into.vals = into.vals[:0]
+	for _, f := range fields {
+		into.vals = append(into.vals, r.Header[f])
+	}
+	if r.URL != nil {
+		into.query = r.URL.RawQuery
+	}
+}
+
+func (s *savedHeaders) restore(r *http.Request) {
+	for i, f := range s.fields {
+		if s.vals[i] == nil {
+			delete(r.Header, f)
+		} else {
+			r.Header[f] = s.vals[i]
+		}
+	}
+	if r.URL != nil {
+		r.URL.RawQuery = s.query
+	}
+}
+
+// accountFields is every request field that some account may change.
+func accountFields(accts []*accountCfg) []string {
+	fields := append([]string(nil), credentialHeaders[:]...)
+	for _, ac := range accts {
+		for _, hu := range ac.headers {
+			dup := false
+			for _, f := range fields {
+				dup = dup || f == hu.field
+			}
+			if !dup {
+				fields = append(fields, hu.field)
+			}
+		}
+	}
+	return fields
+}
+
+// account is the state of one provider account in a zone, guarded by the
+// zone's upMu: its buckets, its requests in flight, its cooldown and its
+// counters.
+type account struct {
+	limitBuckets
+	inflight      int64
+	cooldownUntil int64  // unix ns: a 429 cooled it down until then
+	lim           Limits // as of the last request, for stats
+	calls         int64  // attempts sent to it
+	rateLimited   int64  // attempts it answered 429 or 529
+}
+
+// accountState is the zone's state of an account, created on first use.
+// The caller holds z.upMu.
+func (z *zone) accountState(name string) *account {
+	st := z.accounts[name]
+	if st == nil {
+		if z.accounts == nil {
+			z.accounts = make(map[string]*account)
+		}
+		st = new(account)
+		z.accounts[name] = st
+	}
+	return st
+}
+
+// headroom is the smallest remaining fraction over the account's buckets
+// (1 for an account without limits).
+func (st *account) headroom(lim Limits, nowNs int64) float64 {
+	h := 1.0
+	for _, p := range [...]struct {
+		b     *bucket
+		limit int64
+	}{{&st.rpm, lim.RPM}, {&st.tpm, lim.TPM}, {&st.itpm, lim.ITPM}, {&st.otpm, lim.OTPM}} {
+		if p.limit > 0 {
+			h = min(h, p.b.advance(nowNs, p.limit)/float64(p.limit))
+		}
+	}
+	return h
+}
+
+// maxAccounts bounds the candidates ordered on the stack per choice.
+const maxAccounts = 32
+
+// chooseAccount picks the account that serves an attempt, among accts,
+// and debits it (unless peek): a candidate must not be cooling down, must
+// have a free slot and its buckets must serve the demand together with
+// the buckets already in a (the key's, for a first attempt). The order is
+// affinity (the account that served the key's previous request), then the
+// lowest priority, then the most headroom, then config order. When none
+// can take it now, the verdict says how long until one could, and why.
+// The caller holds the key's shard lock and z.upMu.
+func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affinity string, exclude *account, nowNs int64, peek bool) (*accountCfg, *account, verdict) {
+	base := a.n
+	var order [maxAccounts]int
+	var room [maxAccounts]float64
+	n := 0
+	for i, ac := range accts {
+		if n == len(order) {
+			break
+		}
+		st := z.accountState(ac.name)
+		if st == exclude {
+			continue
+		}
+		room[n] = st.headroom(ac.lim, nowNs)
+		order[n] = i
+		// Insertion sort: few accounts, no allocation.
+		for j := n; j > 0 && accountBefore(accts[order[j]], room[j], accts[order[j-1]], room[j-1], affinity); j-- {
+			order[j], order[j-1] = order[j-1], order[j]
+			room[j], room[j-1] = room[j-1], room[j]
+		}
+		n++
+	}
+	var best verdict
+	allNever := n > 0
+	for k := 0; k < n; k++ {
+		ac := accts[order[k]]
+		st := z.accountState(ac.name)
+		var v verdict
+		switch {
+		case ac.pool && st.cooldownUntil > nowNs:
+			v = verdict{wait: durationNs(st.cooldownUntil - nowNs), blocking: use{dim: dimCooldown, scope: scopeUpstream}}
+		case ac.lim.Concurrent > 0 && st.inflight >= ac.lim.Concurrent:
+			v = verdict{wait: 1e9, blocking: use{limit: ac.lim.Concurrent, need: 1, dim: dimConcurrency, scope: scopeUpstream}}
+		default:
+			a.n = base
+			st.admitInto(a, ac.lim, d, scopeUpstream)
+			if v = a.check(nowNs); v.ok {
+				if !peek {
+					a.debit()
+				}
+				st.lim = ac.lim
+				return ac, st, v
+			}
+		}
+		if !v.never {
+			allNever = false
+			if best.wait == 0 || v.wait < best.wait {
+				best = v
+			}
+		} else if best.wait == 0 && !best.never {
+			best = v
+		}
+	}
+	a.n = base
+	if allNever {
+		best.wait = 0
+	}
+	return nil, nil, best
+}
+
+// accountBefore orders candidates: affinity, priority, headroom, config
+// order.
+func accountBefore(x *accountCfg, xRoom float64, y *accountCfg, yRoom float64, affinity string) bool {
+	if (x.name == affinity) != (y.name == affinity) {
+		return x.name == affinity
+	}
+	if x.priority != y.priority {
+		return x.priority < y.priority
+	}
+	if xRoom != yRoom {
+		return xRoom > yRoom
+	}
+	return x.idx < y.idx
+}
+
+// coolDown puts the ticket's pool account in cooldown for cool after it
+// answered 429 or 529, without moving the request (its answer goes to the
+// client as it is).
+func (t *ticket) coolDown(nowNs int64, cool time.Duration) {
+	if t.acct == nil || !t.acfg.pool {
+		return
+	}
+	t.z.upMu.Lock()
+	defer t.z.upMu.Unlock()
+	t.coolLocked(nowNs, cool)
+}
+
+// coolLocked counts the 429 and lengthens the account's cooldown to
+// nowNs+cool, never shortening it. The caller holds z.upMu.
+func (t *ticket) coolLocked(nowNs int64, cool time.Duration) {
+	st := t.acct
+	st.rateLimited++
+	if until := nowNs + int64(min(max(cool, 0), maxDuration)); until > st.cooldownUntil {
+		t.z.m.cooldown(t.acfg.name, float64(until-max(st.cooldownUntil, nowNs))/1e9)
+		st.cooldownUntil = until
+	}
+}
+
+// failover cools the ticket's account down for cool (a later hint may
+// lengthen a cooldown, never shorten it) and moves the request to another
+// account that can take it now: the failed attempt's tokens go back to the
+// first account, whose request still counts, and the new account is
+// charged a request and the reservation. false: no other account can take
+// it now, and the request stays where it is.
+func (t *ticket) failover(nowNs int64, cool time.Duration) bool {
+	if t.acct == nil || !t.acfg.pool {
+		return false
+	}
+	t.s.mu.Lock()
+	defer t.s.mu.Unlock()
+	t.z.upMu.Lock()
+	defer t.z.upMu.Unlock()
+	st := t.acct
+	t.coolLocked(nowNs, cool)
+	var a admission
+	ac, next, _ := t.z.chooseAccount(&a, t.a.accts, t.a.d, "", st, nowNs, !t.debited)
+	if next == nil {
+		return false
+	}
+	if t.debited {
+		st.settle(t.acfg.lim, nowNs, t.a.d.in, t.a.d.out)
+	}
+	st.inflight--
+	next.inflight++
+	next.calls++
+	t.acct, t.acfg = next, ac
+	t.ks.lastAccount = ac.name
+	return true
+}
