@@ -218,11 +218,16 @@ func accountFields(accts []*accountCfg) []string {
 type account struct {
 	limitBuckets
 	inflight      int64
-	cooldownUntil int64  // unix ns: a 429 cooled it down until then
-	lim           Limits // as of the last request, for stats
-	calls         int64  // attempts sent to it
-	rateLimited   int64  // attempts it answered 429 or 529
+	cooldownUntil int64         // unix ns: a 429 cooled it down until then
+	cfg           Limits        // its configured quota, as of the last request
+	learned       *learnedState // what its rate-limit headers said; nil: nothing yet
+	calls         int64         // attempts sent to it
+	rateLimited   int64         // attempts it answered 429 or 529
 }
+
+// limits is the account's quota in force: the configured one with the
+// learned limits applied.
+func (st *account) limits(cfg Limits) Limits { return st.learned.limits(cfg) }
 
 // accountState is the zone's state of an account, created on first use.
 // The caller holds z.upMu.
@@ -277,7 +282,8 @@ func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affini
 		if st == exclude {
 			continue
 		}
-		room[n] = st.headroom(ac.lim, nowNs)
+		st.learned.rise(nowNs)
+		room[n] = st.headroom(st.limits(ac.lim), nowNs)
 		order[n] = i
 		// Insertion sort: few accounts, no allocation.
 		for j := n; j > 0 && accountBefore(accts[order[j]], room[j], accts[order[j-1]], room[j-1], affinity); j-- {
@@ -299,12 +305,12 @@ func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affini
 			v = verdict{wait: 1e9, blocking: use{limit: ac.lim.Concurrent, need: 1, dim: dimConcurrency, scope: scopeUpstream}}
 		default:
 			a.n = base
-			st.admitInto(a, ac.lim, d, scopeUpstream)
+			st.admitInto(a, st.limits(ac.lim), d, scopeUpstream)
 			if v = a.check(nowNs); v.ok {
 				if !peek {
 					a.debit()
 				}
-				st.lim = ac.lim
+				st.cfg = ac.lim
 				return ac, st, v
 			}
 		}
@@ -384,12 +390,14 @@ func (t *ticket) failover(nowNs int64, cool time.Duration) bool {
 		return false
 	}
 	if t.debited {
-		st.settle(t.acfg.lim, nowNs, t.a.d.in, t.a.d.out)
+		st.settle(st.limits(t.acfg.lim), nowNs, t.a.d.in, t.a.d.out)
+		next.learned.count(1, t.a.d)
 	}
 	st.inflight--
 	next.inflight++
 	next.calls++
 	t.acct, t.acfg = next, ac
+	t.sent = next.learned.snapshot(nowNs)
 	t.ks.lastAccount = ac.name
 	return true
 }

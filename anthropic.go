@@ -289,20 +289,24 @@ func appendAnthropicError(dst []byte, typ, msg string) []byte {
 	return append(dst, "}}"...)
 }
 
-// anthropicResetHints pairs each anthropic-ratelimit-*-reset header (RFC
-// 3339) with the remaining header of the same limit.
-var anthropicResetHints = []resetHint{
-	{"anthropic-ratelimit-requests-reset", "anthropic-ratelimit-requests-remaining"},
-	{"anthropic-ratelimit-tokens-reset", "anthropic-ratelimit-tokens-remaining"},
-	{"anthropic-ratelimit-input-tokens-reset", "anthropic-ratelimit-input-tokens-remaining"},
-	{"anthropic-ratelimit-output-tokens-reset", "anthropic-ratelimit-output-tokens-remaining"},
-}
-
 func (anthropicDialect) retryHint(h http.Header, _ []byte, at time.Time) (time.Duration, bool) {
-	return longestReset(h, anthropicResetHints, at)
+	return longestReset(h, anthropicRateHeaders, at)
 }
 
 // fatal429: a spend limit reached is not cured by waiting.
 func (anthropicDialect) fatal429(body []byte) bool {
 	return bytes.Contains(body, []byte("enforced_spend_limit_reached"))
+}
+
+// anthropicRateHeaders are Anthropic's rate-limit headers; resets are RFC
+// 3339 times.
+var anthropicRateHeaders = []rateHeader{
+	{dimRequests, "anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"},
+	{dimTokens, "anthropic-ratelimit-tokens-limit", "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"},
+	{dimInput, "anthropic-ratelimit-input-tokens-limit", "anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-reset"},
+	{dimOutput, "anthropic-ratelimit-output-tokens-limit", "anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-reset"},
+}
+
+func (anthropicDialect) rateLimits(h http.Header, at time.Time, r *rateReport) {
+	readRateHeaders(h, anthropicRateHeaders, at, r)
 }

@@ -37,6 +37,7 @@ import (
 //			image_tokens   <n>
 //		}
 //		default_max_output <n>
+//		learn_limits on|off
 //		headers on|off
 //		dry_run
 //		upstream {
@@ -246,6 +247,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.DefaultMaxOutput = n
+		case "learn_limits":
+			v, err := oneArg(d, sub)
+			if err != nil {
+				return err
+			}
+			var on bool
+			switch v {
+			case "on":
+				on = true
+			case "off":
+			default:
+				return d.Errf("learn_limits: must be on or off, got %q", v)
+			}
+			h.LearnLimits = &on
 		case "headers":
 			v, err := oneArg(d, sub)
 			if err != nil {

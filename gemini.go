@@ -321,3 +321,6 @@ func (geminiDialect) retryHint(_ http.Header, body []byte, _ time.Time) (time.Du
 // (RESOURCE_EXHAUSTED), and its RetryInfo tells them apart: the retry loop
 // waits as it says.
 func (geminiDialect) fatal429([]byte) bool { return false }
+
+// rateLimits: the Gemini API sends no rate-limit headers.
+func (geminiDialect) rateLimits(http.Header, time.Time, *rateReport) {}

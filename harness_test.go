@@ -397,3 +397,11 @@ func unnamed(up Limits) []*accountCfg {
 	}
 	return []*accountCfg{{name: defaultAccount, lim: up}}
 }
+
+// httptestServer is another real upstream for one test.
+func httptestServer(t *testing.T, f http.HandlerFunc) *httptest.Server {
+	t.Helper()
+	s := httptest.NewServer(f)
+	t.Cleanup(s.Close)
+	return s
+}

@@ -177,6 +177,14 @@ type Handler struct {
 	// the single-account form; Upstreams is the pool.
 	Upstream *Limits `json:"upstream,omitempty"`
 
+	// LearnLimits reads the providers' own rate-limit headers
+	// (x-ratelimit-*, anthropic-ratelimit-*) on every upstream answer and
+	// paces to what they say: for the account that served, or, in a zone
+	// without upstream blocks, for the client's own key. A learned limit
+	// applies where none is configured; where both are, the smaller wins.
+	// Default true.
+	LearnLimits *bool `json:"learn_limits,omitempty"`
+
 	// Upstreams is a pool of provider accounts (named upstream blocks):
 	// every attempt of a request is served by one account that serves its
 	// model, chosen by affinity to the key's previous account, then
@@ -224,6 +232,7 @@ type Handler struct {
 	accounts   []*accountCfg // the unnamed upstream block, or the pool
 	pool       bool          // named accounts: chosen per attempt
 	acctFields []string      // the request fields accounts change
+	learn      bool          // learn_limits
 }
 
 // CaddyModule returns the Caddy module information.
@@ -248,6 +257,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.DefaultMaxOutput = defaultMaxOutput
 	}
 	h.headersOn = h.Headers == nil || *h.Headers
+	h.learn = h.LearnLimits == nil || *h.LearnLimits
 	h.retry = h.Retry.policy()
 	if h.MaxQueue == 0 {
 		h.MaxQueue = defaultMaxQueue

@@ -505,21 +505,24 @@ func appendOpenAIError(dst []byte, typ, code, msg string) []byte {
 	return append(dst, "}}"...)
 }
 
-// openAIResetHints pairs each reset header with the remaining header of the
-// same limit: a reset counts only for a limit that is used up (or whose
-// remaining figure the upstream did not send).
-var openAIResetHints = []resetHint{
-	{"x-ratelimit-reset-requests", "x-ratelimit-remaining-requests"},
-	{"x-ratelimit-reset-tokens", "x-ratelimit-remaining-tokens"},
-}
-
 // retryHint: the longest x-ratelimit-reset-* (Go durations such as "6m0s",
 // "20ms") of the limits that are used up.
 func (openAIDialect) retryHint(h http.Header, _ []byte, at time.Time) (time.Duration, bool) {
-	return longestReset(h, openAIResetHints, at)
+	return longestReset(h, openAIRateHeaders, at)
 }
 
 // fatal429: insufficient_quota is a billing limit; no wait cures it.
 func (openAIDialect) fatal429(body []byte) bool {
 	return bytes.Contains(body, []byte("insufficient_quota"))
+}
+
+// openAIRateHeaders are OpenAI's rate-limit headers; resets are Go
+// durations ("1s", "6m0s", "20ms").
+var openAIRateHeaders = []rateHeader{
+	{dimRequests, "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"},
+	{dimTokens, "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"},
+}
+
+func (openAIDialect) rateLimits(h http.Header, at time.Time, r *rateReport) {
+	readRateHeaders(h, openAIRateHeaders, at, r)
 }

@@ -312,3 +312,60 @@ func TestCooldownIsLengthenedNeverShortened(t *testing.T) {
 		t.Fatalf("a %+v, b %+v", st, sb)
 	}
 }
+
+// Each account can go to its own reverse_proxy (a second region): a vars
+// matcher on llm_upstream, evaluated again for every attempt.
+func TestVarsMatcherRoutesEachAttemptToItsAccountsRegion(t *testing.T) {
+	var euCalls, usCalls int
+	var mu sync.Mutex
+	eu := httptestServer(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		euCalls++
+		mu.Unlock()
+		chatCompletion(w, r, 5, 2)
+	})
+	setUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		usCalls++
+		mu.Unlock()
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Retry-After", "30")
+		w.WriteHeader(429) // the US account is rate limited
+		fmt.Fprint(w, `{"error":{"message":"Rate limit reached","type":"requests"}}`)
+	})
+	cfg := fmt.Sprintf(`{
+	admin %s
+	auto_https off
+	persist_config off
+}
+http://%s {
+	route {
+		llm_ratelimit {
+			zone pool_regions
+			upstream us {
+				header_up Authorization "Bearer sk-provider-us"
+			}
+			upstream eu {
+				header_up Authorization "Bearer sk-provider-eu"
+				priority 1
+			}
+		}
+		@eu vars llm_upstream eu
+		reverse_proxy @eu %s
+		reverse_proxy %s
+	}
+}
+`, testAdmin, nextGateway(), eu.Listener.Addr(), upstream.Listener.Addr())
+	if err := load(t, cfg); err != nil {
+		t.Fatal(err)
+	}
+	r := send(t, "/v1/chat/completions", "sk-regions", chatBody)
+	if r.status != 200 || r.header.Get("x-llm-ratelimit-upstream") != "eu" {
+		t.Fatalf("%d %v %s", r.status, r.header, r.body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if usCalls != 1 || euCalls != 1 {
+		t.Fatalf("us %d calls, eu %d calls; want the first attempt in us, the retry in eu", usCalls, euCalls)
+	}
+}

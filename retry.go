@@ -226,6 +226,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 			w.Header().Set("x-should-retry", "false")
 			return h.handThrough(rec, err, attempt)
 		}
+		t.learn(now().UnixNano(), status, rec.Header())
 		backoff := p.backoff(attempt - 1)
 		// A pool account that answers 429 or 529 cools down for the hint
 		// (or the backoff), and the retry goes at once to another account

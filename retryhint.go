@@ -40,13 +40,9 @@ func retryHint(h http.Header, body []byte, at time.Time) (time.Duration, bool) {
 	return best, found
 }
 
-// resetHint pairs a rate-limit reset header with the remaining header of
-// the same limit.
-type resetHint struct{ reset, remaining string }
-
 // longestReset is the longest wait among the reset headers of limits that
 // are used up (remaining 0, or not sent).
-func longestReset(h http.Header, hints []resetHint, at time.Time) (time.Duration, bool) {
+func longestReset(h http.Header, hints []rateHeader, at time.Time) (time.Duration, bool) {
 	var best time.Duration
 	found := false
 	for _, rh := range hints {

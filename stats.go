@@ -81,6 +81,9 @@ type KeyStats struct {
 	RequestsTotal      int64  `json:"requests_total"`
 	InputTokensTotal   int64  `json:"input_tokens_total"`
 	OutputTokensTotal  int64  `json:"output_tokens_total"`
+	// Learned is what the key's provider said of its quota, when the key
+	// itself went upstream (a zone without accounts).
+	Learned *LearnedStats `json:"learned,omitempty"`
 }
 
 // UpstreamStats is a zone's shared upstream quota in the stats.
@@ -102,6 +105,9 @@ type AccountStats struct {
 	CallsTotal int64 `json:"calls_total"`
 	// RateLimitedTotal counts the attempts it answered 429 or 529.
 	RateLimitedTotal int64 `json:"rate_limited_total"`
+	// Learned is what the provider's rate-limit headers said; null before
+	// any did (or with learn_limits off).
+	Learned *LearnedStats `json:"learned"`
 }
 
 // ZoneStats is one zone in the stats.
@@ -140,7 +146,7 @@ func (z *zone) stats(nowNs int64) ZoneStats {
 	out.Upstreams = map[string]AccountStats{}
 	z.upMu.Lock()
 	for name, st := range z.accounts {
-		as := AccountStats{UpstreamStats: st.snapshot(nowNs), CallsTotal: st.calls, RateLimitedTotal: st.rateLimited}
+		as := AccountStats{UpstreamStats: st.snapshot(nowNs), Learned: st.learned.stats(nowNs), CallsTotal: st.calls, RateLimitedTotal: st.rateLimited}
 		if st.cooldownUntil > nowNs {
 			t := time.Unix(0, st.cooldownUntil).UTC().Format(time.RFC3339Nano)
 			as.CooldownUntil = &t
@@ -156,11 +162,13 @@ func (z *zone) stats(nowNs int64) ZoneStats {
 
 // snapshot is the account's buckets now, without changing them.
 func (st *account) snapshot(nowNs int64) UpstreamStats {
+	st.learned.rise(nowNs)
+	lim := st.limits(st.cfg)
 	return UpstreamStats{
-		RPMAvailable:  available(st.rpm, st.lim.RPM, nowNs),
-		TPMAvailable:  available(st.tpm, st.lim.TPM, nowNs),
-		ITPMAvailable: available(st.itpm, st.lim.ITPM, nowNs),
-		OTPMAvailable: available(st.otpm, st.lim.OTPM, nowNs),
+		RPMAvailable:  available(st.rpm, lim.RPM, nowNs),
+		TPMAvailable:  available(st.tpm, lim.TPM, nowNs),
+		ITPMAvailable: available(st.itpm, lim.ITPM, nowNs),
+		OTPMAvailable: available(st.otpm, lim.OTPM, nowNs),
 		InFlight:      st.inflight,
 	}
 }
@@ -197,5 +205,6 @@ func (ks *keyState) snapshot(kh keyPrefix, nowNs int64) KeyStats {
 		RequestsTotal:      st.requests,
 		InputTokensTotal:   st.inTokens,
 		OutputTokensTotal:  st.outTokens,
+		Learned:            ks.learned.stats(nowNs),
 	}
 }

@@ -59,6 +59,9 @@ func (uw *usageWriter) WriteHeader(code int) {
 		return
 	}
 	uw.status = code
+	// What the provider's own rate-limit headers say is learned before the
+	// handler's replace them.
+	uw.t.learn(now().UnixNano(), code, uw.Header())
 	if uw.h.headersOn {
 		setQuotaHeaders(uw.Header(), uw.req, uw.tok)
 	}

@@ -54,9 +54,12 @@ type keyState struct {
 	// lastAccount is the account that served the key's last request
 	// (affinity: providers cache prompts per account).
 	lastAccount string
-	inflight    int64
-	idleAt      int64 // unix ns when every bucket is full again
-	stats       keyStats
+	// learned is the key's own quota as its provider's headers told it
+	// (a zone without accounts: the client's key went upstream).
+	learned  *learnedState
+	inflight int64
+	idleAt   int64 // unix ns when every bucket is full again
+	stats    keyStats
 }
 
 func newZone(name string) *zone {
@@ -154,7 +157,10 @@ type ask struct {
 	// unnamed upstream block, or the pool's accounts for its model); nil:
 	// none applies.
 	accts []*accountCfg
-	d     demand
+	// learn: the provider's rate-limit headers are learned (learn_limits);
+	// learnKey: they describe this key (a zone without accounts).
+	learn, learnKey bool
+	d               demand
 }
 
 // shared tells whether the request takes a shared account's quota.
@@ -181,6 +187,7 @@ type ticket struct {
 	a       ask
 	acct    *account    // the account serving the current attempt, or nil
 	acfg    *accountCfg // its config
+	sent    sent        // the current attempt, for what its answer says
 	debited bool        // false for a request that dry_run let through
 	done    bool        // finished: finish does nothing more
 }
@@ -219,8 +226,9 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		z.nkeys.Add(1)
 	}
 	t := ticket{z: z, s: s, ks: ks, a: q}
+	lim := t.keyLimits(nowNs)
 	var a admission
-	ks.limitBuckets.admitInto(&a, q.lim, q.d, scopeKey)
+	ks.limitBuckets.admitInto(&a, lim, q.d, scopeKey)
 	if q.d.model != nil {
 		if ks.models == nil {
 			ks.models = make(map[string]*limitBuckets, 1)
@@ -235,8 +243,8 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 
 	var dec decision
 	switch {
-	case q.lim.Concurrent > 0 && ks.inflight >= q.lim.Concurrent:
-		dec.verdict = a.concurrencyFull(nowNs, q.lim.Concurrent, scopeKey)
+	case lim.Concurrent > 0 && ks.inflight >= lim.Concurrent:
+		dec.verdict = a.concurrencyFull(nowNs, lim.Concurrent, scopeKey)
 	case !q.shared() && peek:
 		dec.verdict = a.check(nowNs)
 	case !q.shared():
@@ -245,8 +253,9 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		// The unnamed upstream block: one account, in the same admission.
 		ac := q.accts[0]
 		st := z.accountState(ac.name)
-		st.admitInto(&a, ac.lim, q.d, scopeUpstream)
-		st.lim = ac.lim
+		st.learned.rise(nowNs)
+		st.admitInto(&a, st.limits(ac.lim), q.d, scopeUpstream)
+		st.cfg = ac.lim
 		switch {
 		case ac.lim.Concurrent > 0 && st.inflight >= ac.lim.Concurrent:
 			dec.verdict = a.concurrencyFull(nowNs, ac.lim.Concurrent, scopeUpstream)
@@ -276,14 +285,39 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 			t.acct.inflight++
 			t.acct.calls++
 			ks.lastAccount = t.acfg.name
+			if q.learn && t.acct.learned == nil {
+				t.acct.learned = newLearnedState(nowNs)
+			}
+			if dec.ok {
+				t.acct.learned.count(1, q.d)
+			}
+			t.sent = t.acct.learned.snapshot(nowNs)
+		} else if q.learnKey {
+			if dec.ok {
+				ks.learned.count(1, q.d)
+			}
+			t.sent = ks.learned.snapshot(nowNs)
 		}
 		t.debited = dec.ok
-		ks.stats.admitted(nowNs, q)
+		shown := q
+		shown.lim = lim // the limits in force, learned ones included
+		ks.stats.admitted(nowNs, shown)
 	} else {
 		t.acfg, t.acct = nil, nil
 	}
-	ks.touch(q.lim, t.mb, q.d.model)
+	ks.touch(lim, t.mb, q.d.model)
 	return t, dec
+}
+
+// keyLimits is the key's limits in force: its tier's, with what its
+// provider's headers taught applied when the key itself went upstream.
+// The caller holds the key's shard lock.
+func (t *ticket) keyLimits(nowNs int64) Limits {
+	if !t.a.learnKey {
+		return t.a.lim
+	}
+	t.ks.learned.rise(nowNs)
+	return t.ks.learned.limits(t.a.lim)
 }
 
 // finish settles a ticket and gives its slots back, once: later calls do
@@ -330,18 +364,19 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	default:
 		return
 	}
-	t.ks.limitBuckets.settle(t.a.lim, nowNs, dIn, dOut)
+	lim := t.keyLimits(nowNs)
+	t.ks.limitBuckets.settle(lim, nowNs, dIn, dOut)
 	if t.mb != nil {
 		t.mb.settle(t.a.d.model.Limits, nowNs, dIn, dOut)
 	}
 	if t.acct != nil {
-		t.acct.settle(t.acfg.lim, nowNs, dIn, dOut)
+		t.acct.settle(t.acct.limits(t.acfg.lim), nowNs, dIn, dOut)
 	}
 	var ml *Model
 	if t.mb != nil {
 		ml = t.a.d.model
 	}
-	t.ks.touch(t.a.lim, t.mb, ml)
+	t.ks.touch(lim, t.mb, ml)
 }
 
 // chargeRetry counts one more upstream call against the upstream's request
@@ -352,9 +387,11 @@ func (t *ticket) chargeRetry(nowNs int64) {
 	}
 	t.z.upMu.Lock()
 	t.acct.calls++
-	if t.debited && t.acfg.lim.RPM > 0 {
-		t.acct.rpm.add(nowNs, t.acfg.lim.RPM, -1)
+	if lim := t.acct.limits(t.acfg.lim); t.debited && lim.RPM > 0 {
+		t.acct.rpm.add(nowNs, lim.RPM, -1)
+		t.acct.learned.count(1, demand{})
 	}
+	t.sent = t.acct.learned.snapshot(nowNs)
 	t.z.upMu.Unlock()
 }
 

@@ -1,0 +1,272 @@
+package llmratelimit
+
+import (
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// This file is the learned limits: what the providers' own rate-limit
+// headers say about the account (or, in a zone without accounts, the key)
+// that served an attempt. A learned limit applies where the config sets
+// none and the smaller wins where both exist; after each answer a bucket
+// is never above what the provider reported remaining, less what this
+// gateway admitted since the call was sent; and the refill rate adapts as
+// TCP's congestion window does, so that gateways sharing one account
+// without a shared store converge on shares that add up to its quota.
+
+// Learned dimensions: requests, tokens, input tokens, output tokens (the
+// order of dimension's first four).
+const numLearned = 4
+
+// maxLearnedLimit bounds a believable per-minute figure; a larger one is
+// garbage and ignored.
+const maxLearnedLimit = 1_000_000_000_000
+
+// The rate adaptation, per SPEC "Learned limits": a provider 429 on a
+// request the learned bucket admitted cuts the rate to 70 %, at most once
+// per round trip; each second without one adds back 1 % of the learned
+// limit, up to all of it.
+const (
+	learnDecrease  = 0.7
+	learnIncrease  = 0.01 // of the learned limit per second
+	learnMinFactor = 0.05
+)
+
+// rateReport is what one answer's rate-limit headers said, by dimension.
+type rateReport struct {
+	limit, remaining [numLearned]int64 // -1: not said (or garbage)
+	reset            [numLearned]time.Duration
+	any              bool
+}
+
+func newRateReport() rateReport {
+	var r rateReport
+	for d := range numLearned {
+		r.limit[d], r.remaining[d], r.reset[d] = -1, -1, -1
+	}
+	return r
+}
+
+// rateHeader names one dimension's limit, remaining and reset headers.
+type rateHeader struct {
+	dim                     dimension
+	limit, remaining, reset string
+}
+
+// readRateHeaders reads a header family into r. Garbage (negative, -1,
+// huge, not a number, a reset that does not parse) is ignored value by
+// value: it never turns a limit to 0.
+func readRateHeaders(h http.Header, family []rateHeader, at time.Time, r *rateReport) {
+	for _, f := range family {
+		if v, ok := headerCount(h, f.limit); ok && v > 0 {
+			r.limit[f.dim], r.any = v, true
+		}
+		if v, ok := headerCount(h, f.remaining); ok {
+			r.remaining[f.dim], r.any = v, true
+		}
+		if v := h.Get(f.reset); v != "" {
+			if d, ok := parseReset(v, at); ok {
+				r.reset[f.dim] = d
+			}
+		}
+	}
+}
+
+// headerCount reads a non-negative integer header within believable bounds.
+func headerCount(h http.Header, name string) (int64, bool) {
+	v := strings.TrimSpace(h.Get(name))
+	if v == "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 || n > maxLearnedLimit {
+		return 0, false
+	}
+	return n, true
+}
+
+// rateLimitsOf reads every dialect's rate-limit headers from an answer:
+// the upstream of a request may speak any of them.
+func rateLimitsOf(h http.Header, at time.Time) (rateReport, bool) {
+	r := newRateReport()
+	for _, d := range dialects {
+		d.rateLimits(h, at, &r)
+	}
+	return r, r.any
+}
+
+// learnedState is what was learned about one account or key, guarded by
+// the lock of its owner (z.upMu for an account, the shard's for a key).
+type learnedState struct {
+	limit  [numLearned]int64 // per minute; 0: not learned
+	seenAt [numLearned]int64 // unix ns
+	// factor scales the learned limits (the adaptive refill rate).
+	factor   float64
+	lastCut  int64 // unix ns of the last decrease
+	lastRise int64 // unix ns the factor was last raised
+	// admitted counts what was admitted through this state, by dimension,
+	// to subtract from a reported remaining what was sent since.
+	admitted [numLearned]float64
+}
+
+func newLearnedState(nowNs int64) *learnedState {
+	return &learnedState{factor: 1, lastRise: nowNs}
+}
+
+// rise adds back the rate, 1 % of the limit per second since it last did.
+func (ls *learnedState) rise(nowNs int64) {
+	if ls == nil || nowNs <= ls.lastRise {
+		return
+	}
+	ls.factor = math.Min(1, ls.factor+learnIncrease*float64(nowNs-ls.lastRise)/1e9)
+	ls.lastRise = nowNs
+}
+
+// limits is cfg with the learned limits applied: a learned limit (scaled
+// by the rate factor) where cfg sets none, the smaller where both do.
+func (ls *learnedState) limits(cfg Limits) Limits {
+	if ls == nil {
+		return cfg
+	}
+	apply := func(c *int64, d dimension) {
+		l := ls.limit[d]
+		if l <= 0 {
+			return
+		}
+		eff := max(int64(math.Floor(float64(l)*ls.factor)), 1)
+		if *c == 0 || eff < *c {
+			*c = eff
+		}
+	}
+	apply(&cfg.RPM, dimRequests)
+	apply(&cfg.TPM, dimTokens)
+	apply(&cfg.ITPM, dimInput)
+	apply(&cfg.OTPM, dimOutput)
+	return cfg
+}
+
+// count records a demand admitted through this state.
+func (ls *learnedState) count(req float64, d demand) {
+	if ls == nil {
+		return
+	}
+	ls.admitted[dimRequests] += req
+	ls.admitted[dimTokens] += d.in + d.out
+	ls.admitted[dimInput] += d.in
+	ls.admitted[dimOutput] += d.out
+}
+
+// sent is a snapshot taken when an attempt is sent.
+type sent struct {
+	at       int64
+	admitted [numLearned]float64
+	learned  bool // a learned limit was in force for it
+}
+
+func (ls *learnedState) snapshot(nowNs int64) sent {
+	if ls == nil {
+		return sent{at: nowNs}
+	}
+	s := sent{at: nowNs, admitted: ls.admitted}
+	for _, l := range ls.limit {
+		s.learned = s.learned || l > 0
+	}
+	return s
+}
+
+// observe takes one answer's report into the state and the buckets lb
+// (whose configured limits are cfg): the learned limits, the cap of each
+// bucket at what the provider said remains less what was sent since, and
+// the rate cut of a 429 that the learned limits had let through.
+func (ls *learnedState) observe(r *rateReport, status int, s sent, lb *limitBuckets, cfg Limits, nowNs int64) {
+	ls.rise(nowNs)
+	for d := range numLearned {
+		if r.limit[d] > 0 {
+			ls.limit[d], ls.seenAt[d] = r.limit[d], nowNs
+		}
+	}
+	if status == http.StatusTooManyRequests && s.learned && s.at > ls.lastCut {
+		ls.factor = math.Max(learnMinFactor, ls.factor*learnDecrease)
+		ls.lastCut, ls.lastRise = nowNs, nowNs
+	}
+	eff := ls.limits(cfg)
+	for d, p := range [...]struct {
+		b     *bucket
+		limit int64
+	}{{&lb.rpm, eff.RPM}, {&lb.tpm, eff.TPM}, {&lb.itpm, eff.ITPM}, {&lb.otpm, eff.OTPM}} {
+		rem := r.remaining[d]
+		if rem < 0 || p.limit <= 0 {
+			continue
+		}
+		level := p.b.advance(nowNs, p.limit)
+		if capLevel := float64(rem) - (ls.admitted[d] - s.admitted[d]); level > capLevel {
+			p.b.level = capLevel
+		}
+	}
+}
+
+// LearnedStats is what the stats show of a learned state.
+type LearnedStats struct {
+	// Limits by dimension: requests, tokens, input_tokens, output_tokens.
+	Limits map[string]LearnedLimit `json:"limits"`
+	// RateFactor is the adaptive share of the learned limits in force.
+	RateFactor float64 `json:"rate_factor"`
+}
+
+// LearnedLimit is one learned figure and when it was last seen.
+type LearnedLimit struct {
+	Limit  int64  `json:"limit"`
+	SeenAt string `json:"seen_at"`
+}
+
+var learnedNames = [numLearned]string{"requests", "tokens", "input_tokens", "output_tokens"}
+
+func (ls *learnedState) stats(nowNs int64) *LearnedStats {
+	if ls == nil || ls.limit == [numLearned]int64{} {
+		return nil
+	}
+	ls.rise(nowNs)
+	out := &LearnedStats{Limits: map[string]LearnedLimit{}, RateFactor: math.Round(ls.factor*1000) / 1000}
+	for d, l := range ls.limit {
+		if l > 0 {
+			out.Limits[learnedNames[d]] = LearnedLimit{Limit: l, SeenAt: time.Unix(0, ls.seenAt[d]).UTC().Format(time.RFC3339)}
+		}
+	}
+	return out
+}
+
+// learn takes what an attempt's answer said about its quota: into its
+// account's state, or, for a key that went upstream itself, the key's.
+func (t *ticket) learn(nowNs int64, status int, h http.Header) {
+	if !t.a.learn || (t.acct == nil && !t.a.learnKey) || t.s == nil {
+		return
+	}
+	r, ok := rateLimitsOf(h, time.Unix(0, nowNs))
+	if !ok && status != http.StatusTooManyRequests {
+		return
+	}
+	if t.acct != nil {
+		t.z.upMu.Lock()
+		defer t.z.upMu.Unlock()
+		if t.acct.learned == nil {
+			if !ok {
+				return
+			}
+			t.acct.learned = newLearnedState(nowNs)
+		}
+		t.acct.learned.observe(&r, status, t.sent, &t.acct.limitBuckets, t.acfg.lim, nowNs)
+		return
+	}
+	t.s.mu.Lock()
+	defer t.s.mu.Unlock()
+	if t.ks.learned == nil {
+		if !ok {
+			return
+		}
+		t.ks.learned = newLearnedState(nowNs)
+	}
+	t.ks.learned.observe(&r, status, t.sent, &t.ks.limitBuckets, t.a.lim, nowNs)
+}
