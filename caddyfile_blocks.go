@@ -197,14 +197,26 @@ func (h *Handler) parseTier(d *caddyfile.Dispenser) error {
 		return d.Errf("tier %s: defined twice", name)
 	}
 	where := "tier " + name
-	var l Limits
-	if err := parseBlock(d, where, limitSetters(d, where, &l, "rpm", "tpm", "itpm", "otpm", "concurrent")); err != nil {
+	var tier Tier
+	subs := limitSetters(d, where, &tier.Limits, "rpm", "tpm", "itpm", "otpm", "concurrent")
+	subs["lane"] = func() error {
+		v, err := oneArg(d, where+": lane")
+		if err != nil {
+			return err
+		}
+		if err := checkLane(v); err != nil {
+			return d.Errf("%s: %w", where, err)
+		}
+		tier.Lane = v
+		return nil
+	}
+	if err := parseBlock(d, where, subs); err != nil {
 		return err
 	}
 	if h.Tiers == nil {
-		h.Tiers = make(map[string]Limits)
+		h.Tiers = make(map[string]Tier)
 	}
-	h.Tiers[name] = l
+	h.Tiers[name] = tier
 	return nil
 }
 

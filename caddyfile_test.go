@@ -170,9 +170,9 @@ func TestAdaptsEverySubdirective(t *testing.T) {
 		Format:  "openai",
 		MaxBody: 10_000_000,
 		Limits:  Limits{RPM: 60, TPM: 100000, ITPM: 80000, OTPM: 20000, Concurrent: 4},
-		Tiers: map[string]Limits{
-			"gold": {RPM: 600, TPM: 1000000, ITPM: 800000, OTPM: 200000, Concurrent: 40},
-			"free": {RPM: 3},
+		Tiers: map[string]Tier{
+			"gold": {Limits: Limits{RPM: 600, TPM: 1000000, ITPM: 800000, OTPM: 200000, Concurrent: 40}},
+			"free": {Limits: Limits{RPM: 3}},
 		},
 		APIKeys: []APIKey{
 			{Key: "sk-gold-key", Tier: "gold"},
@@ -291,23 +291,23 @@ func TestUnmarshalsEachSubdirective(t *testing.T) {
 				otpm 500000
 				concurrent 50
 			}
-		}`, Handler{Tiers: map[string]Limits{"pro": {RPM: 600, TPM: 2000000, ITPM: 1500000, OTPM: 500000, Concurrent: 50}}}},
+		}`, Handler{Tiers: map[string]Tier{"pro": {Limits: Limits{RPM: 600, TPM: 2000000, ITPM: 1500000, OTPM: 500000, Concurrent: 50}}}}},
 		{"tier with an empty block inherits everything", `llm_ratelimit {
 			tier plain {
 			}
-		}`, Handler{Tiers: map[string]Limits{"plain": {}}}},
+		}`, Handler{Tiers: map[string]Tier{"plain": {}}}},
 		{"api_key raw", `llm_ratelimit {
 			tier pro {
 				rpm 1
 			}
 			api_key sk-x pro
-		}`, Handler{Tiers: map[string]Limits{"pro": {RPM: 1}}, APIKeys: []APIKey{{Key: "sk-x", Tier: "pro"}}}},
+		}`, Handler{Tiers: map[string]Tier{"pro": {Limits: Limits{RPM: 1}}}, APIKeys: []APIKey{{Key: "sk-x", Tier: "pro"}}}},
 		{"api_key hashed, before its tier", `llm_ratelimit {
 			api_key ` + hashedSpec + ` pro
 			tier pro {
 				rpm 1
 			}
-		}`, Handler{Tiers: map[string]Limits{"pro": {RPM: 1}}, APIKeys: []APIKey{{Key: hashedSpec, Tier: "pro"}}}},
+		}`, Handler{Tiers: map[string]Tier{"pro": {Limits: Limits{RPM: 1}}}, APIKeys: []APIKey{{Key: hashedSpec, Tier: "pro"}}}},
 		{"keys_file", `llm_ratelimit {
 			keys_file /etc/caddy/keys.txt
 		}`, Handler{KeysFile: "/etc/caddy/keys.txt"}},
@@ -400,6 +400,10 @@ func TestRejectsBadConfigsWithLine(t *testing.T) {
 			want: []string{"upstream a: models: want one or more", "Caddyfile:4"}},
 		{name: "priority not a number", block: "upstream a {\n\tpriority high\n}",
 			want: []string{"upstream a: priority: want an integer", `"high"`, "Caddyfile:4"}},
+		{name: "unknown lane", block: "tier t {\n\tlane fast\n}",
+			want: []string{"tier t: lane: must be interactive or batch", `"fast"`, "Caddyfile:4"}},
+		{name: "learn_limits maybe", block: "learn_limits maybe",
+			want: []string{"learn_limits: must be on or off", "Caddyfile:3"}},
 		{name: "account named default", block: "upstream default {\n\trpm 1\n}",
 			want: []string{`the name "default" is the unnamed block's`, "Caddyfile:3"}},
 		{name: "upstream unknown limit", block: "upstream {\n\tburst 5\n}",
@@ -533,8 +537,8 @@ func TestValidateGivesTheCaddyfileErrors(t *testing.T) {
 		{name: "format", block: "format cohere", json: Handler{Format: "cohere"}},
 		{name: "rpm", block: "rpm -5", json: Handler{Limits: Limits{RPM: -5}}},
 		{name: "tier limit", block: "tier pro {\n\totpm -1\n}",
-			json: Handler{Tiers: map[string]Limits{"pro": {OTPM: -1}}}},
-		{name: "tier name", block: "tier \"\" {\n}", json: Handler{Tiers: map[string]Limits{"": {}}}},
+			json: Handler{Tiers: map[string]Tier{"pro": {Limits: Limits{OTPM: -1}}}}},
+		{name: "tier name", block: "tier \"\" {\n}", json: Handler{Tiers: map[string]Tier{"": {}}}},
 		{name: "upstream limit", block: "upstream {\n\tconcurrent -2\n}",
 			json: Handler{Upstream: &Limits{Concurrent: -2}}},
 		{name: "model limit", block: "model m {\n\titpm -3\n}",
@@ -573,7 +577,7 @@ func TestValidateGivesTheCaddyfileErrors(t *testing.T) {
 		{name: "retry statuses", block: "retry {\n\tstatuses 429 200\n}",
 			json: Handler{Retry: &RetryConfig{Statuses: []int{429, 200}}}},
 		{name: "api_key given twice", block: "tier pro {\n}\napi_key sk-twice pro\napi_key sk-twice pro",
-			json: Handler{Tiers: map[string]Limits{"pro": {}}, APIKeys: []APIKey{{Key: "sk-twice", Tier: "pro"}, {Key: "sk-twice", Tier: "pro"}}},
+			json: Handler{Tiers: map[string]Tier{"pro": {}}, APIKeys: []APIKey{{Key: "sk-twice", Tier: "pro"}, {Key: "sk-twice", Tier: "pro"}}},
 			want: "the same key is given twice"},
 		{name: "api_key with an empty tier", block: "api_key sk-x \"\"",
 			json: Handler{APIKeys: []APIKey{{Key: "sk-x"}}}, want: `unknown tier ""`},

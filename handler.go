@@ -55,7 +55,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			msg: "The model `" + req.info.Model + "` does not exist or no provider account of this gateway serves it."}, outcomeInvalid)
 	}
 	q := ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), accts: accts, d: req.demand,
-		learn: h.learn, learnKey: h.learn && len(accts) == 0}
+		learn: h.learn, learnKey: h.learn && len(accts) == 0, lane: h.lanes[tier]}
 	var t ticket
 	var dec decision
 	var waited time.Duration

@@ -86,6 +86,16 @@ func (l Limits) validate(where string) error {
 	return nil
 }
 
+// Tier is a named set of limits, and the queue lane of its keys.
+type Tier struct {
+	Limits
+	// Lane is "interactive" (default) or "batch": waiters of the
+	// interactive lane are granted before waiters of the batch lane on the
+	// shared accounts. A batch waiter whose wait cannot fit max_wait is
+	// rejected at admission, never starved.
+	Lane string `json:"lane,omitempty"`
+}
+
 // APIKey assigns a key to a tier.
 type APIKey struct {
 	// Key is the raw API key, or "sha256:<64 hex digits>" of it so that the
@@ -143,7 +153,7 @@ type Handler struct {
 
 	// Tiers are named sets of limits. A tier inherits every limit it does
 	// not set from the defaults.
-	Tiers map[string]Limits `json:"tiers,omitempty"`
+	Tiers map[string]Tier `json:"tiers,omitempty"`
 
 	// APIKeys assigns keys to tiers.
 	APIKeys []APIKey `json:"api_keys,omitempty"`
@@ -226,13 +236,14 @@ type Handler struct {
 	models     map[string]*Model  // exact names
 	globs      []*Model           // glob patterns, longest first
 	headersOn  bool
-	retry      *retryPolicy  // nil: retries off
-	released   *atomic.Bool  // Cleanup has given the zone back
-	rs         *redisStore   // the shared store, or nil
-	accounts   []*accountCfg // the unnamed upstream block, or the pool
-	pool       bool          // named accounts: chosen per attempt
-	acctFields []string      // the request fields accounts change
-	learn      bool          // learn_limits
+	retry      *retryPolicy    // nil: retries off
+	released   *atomic.Bool    // Cleanup has given the zone back
+	rs         *redisStore     // the shared store, or nil
+	accounts   []*accountCfg   // the unnamed upstream block, or the pool
+	pool       bool            // named accounts: chosen per attempt
+	acctFields []string        // the request fields accounts change
+	learn      bool            // learn_limits
+	lanes      map[string]lane // tier → its queue lane
 }
 
 // CaddyModule returns the Caddy module information.
@@ -267,7 +278,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	h.tiers = make(map[string]Limits, len(h.Tiers))
+	h.lanes = make(map[string]lane, len(h.Tiers))
 	for name, t := range h.Tiers {
+		h.lanes[name] = laneOf(t.Lane)
 		h.tiers[name] = t.inherit(h.Limits)
 	}
 	h.keys = make(map[keyHash]string, len(h.APIKeys))

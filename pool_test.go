@@ -369,3 +369,40 @@ http://%s {
 		t.Fatalf("us %d calls, eu %d calls; want the first attempt in us, the retry in eu", usCalls, euCalls)
 	}
 }
+
+// The pool's subdirectives land in the JSON config, each a documented field.
+func TestPoolAdaptsToJSON(t *testing.T) {
+	out, err := adaptCaddyfileForTest(`:8080 {
+	llm_ratelimit {
+		learn_limits off
+		tier bulk {
+			rpm 10
+			lane batch
+		}
+		upstream key1 {
+			rpm 500
+			tpm 30000
+			header_up Authorization "Bearer {env.OPENAI_KEY_1}"
+			header_up OpenAI-Organization org-1
+			models gpt-* o3*
+			priority 1
+		}
+		upstream key2 {
+			concurrent 8
+		}
+	}
+	reverse_proxy 127.0.0.1:9
+}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`"learn_limits":false`,
+		`"tiers":{"bulk":{"lane":"batch","rpm":10}}`,
+		`"upstreams":[{"header_up":{"Authorization":"Bearer {env.OPENAI_KEY_1}","Openai-Organization":"org-1"},"models":["gpt-*","o3*"],"name":"key1","priority":1,"rpm":500,"tpm":30000},{"concurrent":8,"name":"key2"}]`,
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("adapted JSON lacks %s:\n%s", want, out)
+		}
+	}
+}

@@ -37,8 +37,25 @@ type waitQueue struct {
 // they need, for predicting waits.
 type keyWaiters struct {
 	kh   keyHash
+	lane lane
 	list []*waiter
 	need [4]float64 // by dimension: requests, tokens, input, output
+}
+
+// lane is a waiter's priority on the shared accounts: the interactive
+// lane's waiters are granted before the batch lane's.
+type lane uint8
+
+const (
+	laneInteractive lane = iota
+	laneBatch
+)
+
+func laneOf(name string) lane {
+	if name == "batch" {
+		return laneBatch
+	}
+	return laneInteractive
 }
 
 // waiter is a request waiting in the queue. done is closed once it is
@@ -151,7 +168,7 @@ func (wq *waitQueue) push(w *waiter) {
 	}
 	k := wq.keys[w.q.kh]
 	if k == nil {
-		k = &keyWaiters{kh: w.q.kh}
+		k = &keyWaiters{kh: w.q.kh, lane: w.q.lane}
 		wq.keys[w.q.kh] = k
 		wq.ring = append(wq.ring, k)
 	}
@@ -252,27 +269,35 @@ func (wq *waitQueue) dispatchLocked(nowNs int64) {
 		i++
 	}
 	for len(wq.ring) > 0 {
-		granted := false
-		for i := 0; i < len(wq.ring); i++ {
-			idx := (wq.next + i) % len(wq.ring)
-			k := wq.ring[idx]
-			w := k.list[0]
-			t, dec := wq.z.admit(w.q, nowNs, false, false)
-			if dec.ok || dec.never {
-				wq.decide(k, t, dec)
-				if len(wq.ring) > 0 && wq.ring[idx%len(wq.ring)] == k {
-					wq.next = (idx + 1) % len(wq.ring) // k keeps waiters: next key's turn
-				} else if len(wq.ring) > 0 {
-					wq.next = idx % len(wq.ring) // k left the ring: the key after it moved into idx
+		granted, blocked := false, false
+		// The interactive lane first, then the batch lane; within a lane,
+		// round-robin over the keys.
+		for pass := laneInteractive; pass <= laneBatch && !granted && !blocked; pass++ {
+			for i := 0; i < len(wq.ring); i++ {
+				idx := (wq.next + i) % len(wq.ring)
+				k := wq.ring[idx]
+				if k.lane != pass {
+					continue
 				}
-				granted = true
-				break
-			}
-			if dec.blocking.dim != dimConcurrency {
-				next = min(next, nowNs+int64(max(dec.wait, time.Millisecond)))
-			}
-			if dec.blocking.scope == scopeUpstream {
-				break // the shared quota goes to whoever's turn it is
+				w := k.list[0]
+				t, dec := wq.z.admit(w.q, nowNs, false, false)
+				if dec.ok || dec.never {
+					wq.decide(k, t, dec)
+					if len(wq.ring) > 0 && wq.ring[idx%len(wq.ring)] == k {
+						wq.next = (idx + 1) % len(wq.ring) // k keeps waiters: next key's turn
+					} else if len(wq.ring) > 0 {
+						wq.next = idx % len(wq.ring) // k left the ring: the key after it moved into idx
+					}
+					granted = true
+					break
+				}
+				if dec.blocking.dim != dimConcurrency {
+					next = min(next, nowNs+int64(max(dec.wait, time.Millisecond)))
+				}
+				if dec.blocking.scope == scopeUpstream {
+					blocked = true
+					break // the shared quota goes to whoever's turn it is
+				}
 			}
 		}
 		if !granted {

@@ -85,6 +85,11 @@ func (h *Handler) Validate() error {
 		if err := checkTierName(name); err != nil {
 			return err
 		}
+		if l := h.Tiers[name].Lane; l != "" {
+			if err := checkLane(l); err != nil {
+				return fmt.Errorf("tier %s: %w", name, err)
+			}
+		}
 		if err := h.Tiers[name].validate("tier " + name + ": "); err != nil {
 			return err
 		}
@@ -311,4 +316,13 @@ func checkAccountName(name string) error {
 		return fmt.Errorf("upstream %s: the name %q is the unnamed block's; choose another", name, defaultAccount)
 	}
 	return nil
+}
+
+// checkLane: a tier's queue lane is interactive or batch.
+func checkLane(s string) error {
+	switch s {
+	case "interactive", "batch":
+		return nil
+	}
+	return fmt.Errorf("lane: must be interactive or batch, got %q", s)
 }

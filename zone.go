@@ -160,6 +160,7 @@ type ask struct {
 	// learn: the provider's rate-limit headers are learned (learn_limits);
 	// learnKey: they describe this key (a zone without accounts).
 	learn, learnKey bool
+	lane            lane // the queue lane of the key's tier
 	d               demand
 }
 
