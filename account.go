@@ -24,10 +24,10 @@ type Account struct {
 	// The account's quota at the provider; a limit left out has no bucket.
 	Limits
 	// HeaderUp sets request headers on every attempt this account serves;
-	// placeholders work ({env.OPENAI_KEY_1}). When it sets Authorization or
-	// x-api-key, the client's own Authorization, x-api-key and
-	// x-goog-api-key headers and ?key= are removed first: a client's
-	// gateway key never reaches the provider.
+	// placeholders work ({env.OPENAI_KEY_1}). When it sets Authorization,
+	// x-api-key or api-key (Azure), the client's own Authorization,
+	// x-api-key, x-goog-api-key and api-key headers and ?key= are removed
+	// first: a client's gateway key never reaches the provider.
 	HeaderUp map[string]string `json:"header_up,omitempty"`
 	// Models are the models this account serves, as path.Match globs.
 	// Default: every model.
@@ -72,7 +72,7 @@ func (h *Handler) provisionAccounts() {
 			field = http.CanonicalHeaderKey(field)
 			v := global.ReplaceKnown(value, "")
 			ac.headers = append(ac.headers, headerUp{field: field, value: v, dynamic: strings.Contains(v, "{")})
-			if field == "Authorization" || field == "X-Api-Key" {
+			if field == "Authorization" || field == "X-Api-Key" || field == "Api-Key" {
 				ac.creds = true
 			}
 		}
@@ -128,7 +128,7 @@ func (h *Handler) accountsFor(model string) []*accountCfg {
 
 // credentialHeaders are the client's own credentials, removed when an
 // account brings its own.
-var credentialHeaders = [...]string{"Authorization", "X-Api-Key", "X-Goog-Api-Key"}
+var credentialHeaders = [...]string{"Authorization", "X-Api-Key", "X-Goog-Api-Key", "Api-Key"}
 
 // applyAccount prepares the request for an attempt served by ac: the
 // account's name in {vars.llm_upstream} (matchers run again on every

@@ -1,0 +1,53 @@
+package llmratelimit
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// TestReadmeCaddyfilesLoad adapts and validates (provisions) every
+// complete Caddyfile in README.md, so that no example rots. The grammar
+// block (with <placeholders>) is the only one skipped; keys_file paths
+// point at a real file.
+func TestReadmeCaddyfilesLoad(t *testing.T) {
+	raw, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := filepath.Join(t.TempDir(), "keys.txt")
+	if err := os.WriteFile(keys, []byte("# the example's keys would be here\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	blocks := regexp.MustCompile("(?s)```caddyfile\n(.*?)```").FindAllStringSubmatch(string(raw), -1)
+	checked := 0
+	for i, b := range blocks {
+		cfg := b[1]
+		if strings.Contains(cfg, "<name>") {
+			continue // the grammar, not a Caddyfile
+		}
+		cfg = regexp.MustCompile(`keys_file \S+`).ReplaceAllString(cfg, "keys_file "+keys)
+		cfg = strings.ReplaceAll(cfg, "admin localhost:2019", "admin off")
+		out, err := adaptCaddyfileForTest(cfg)
+		if err != nil {
+			t.Errorf("README Caddyfile %d does not adapt: %v\n%s", i+1, err, cfg)
+			continue
+		}
+		var c caddy.Config
+		if err := json.Unmarshal(out, &c); err != nil {
+			t.Fatal(err)
+		}
+		if err := caddy.Validate(&c); err != nil {
+			t.Errorf("README Caddyfile %d does not load: %v\n%s", i+1, err, cfg)
+		}
+		checked++
+	}
+	if checked < 7 {
+		t.Fatalf("checked %d README Caddyfiles, want every complete one (7 or more)", checked)
+	}
+}
