@@ -2,6 +2,7 @@ package llmratelimit
 
 import (
 	"fmt"
+
 	"io"
 	"net/http"
 	"strconv"
@@ -9,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // providerLog records what reached the provider: each request's account
@@ -141,6 +144,15 @@ func TestFailoverServesThroughAnotherAccountWithoutWaitingTheHint(t *testing.T) 
 	until, err := time.Parse(time.RFC3339Nano, *a.CooldownUntil)
 	if err != nil || until.Sub(start) != 20*time.Second {
 		t.Fatalf("a cools down until %v (%v), want the hint's 20s after %v", until, err, start)
+	}
+	if n := testutil.ToFloat64(metricUpstreamCalls.WithLabelValues("pool_failover", "a", "429")); n != 1 {
+		t.Errorf("upstream_calls_total{a,429} = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(metricUpstreamCalls.WithLabelValues("pool_failover", "b", "200")); n != 1 {
+		t.Errorf("upstream_calls_total{b,200} = %v, want 1", n)
+	}
+	if s := testutil.ToFloat64(metricUpstreamCooldown.WithLabelValues("pool_failover", "a")); s != 20 {
+		t.Errorf("upstream_cooldown_seconds_total{a} = %v, want 20", s)
 	}
 	// While a cools down, the key's next requests go straight to b.
 	clk.Advance(19 * time.Second)
