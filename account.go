@@ -51,6 +51,7 @@ type accountCfg struct {
 	pool     bool // a named account: chosen, cooled down, routed
 	creds    bool // header_up sets Authorization or x-api-key
 	headers  []headerUp
+	calls    *callCounters // upstream_calls_total of this account
 }
 
 type headerUp struct {
@@ -62,12 +63,14 @@ type headerUp struct {
 // accounts a request can be served by.
 func (h *Handler) provisionAccounts() {
 	h.accounts = nil
+	h.defaultCalls = &callCounters{zone: h.Zone, account: defaultAccount}
 	if h.Upstream != nil {
-		h.accounts = append(h.accounts, &accountCfg{name: defaultAccount, lim: *h.Upstream})
+		h.accounts = append(h.accounts, &accountCfg{name: defaultAccount, lim: *h.Upstream, calls: h.defaultCalls})
 	}
 	global := caddy.NewReplacer() // {env.*} and other global placeholders
 	for i, a := range h.Upstreams {
-		ac := &accountCfg{name: a.Name, lim: a.Limits, models: a.Models, priority: a.Priority, idx: i, pool: true}
+		ac := &accountCfg{name: a.Name, lim: a.Limits, models: a.Models, priority: a.Priority, idx: i, pool: true,
+			calls: &callCounters{zone: h.Zone, account: a.Name}}
 		for field, value := range a.HeaderUp {
 			field = http.CanonicalHeaderKey(field)
 			v := global.ReplaceKnown(value, "")
@@ -269,10 +272,11 @@ const maxAccounts = 32
 // lowest priority, then the most headroom, then config order. When none
 // can take it now, the verdict says how long until one could, and why.
 // The caller holds the key's shard lock and z.upMu.
-func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affinity string, exclude *account, nowNs int64, peek bool) (*accountCfg, *account, verdict) {
+func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affinity, exclude *account, nowNs int64, peek bool) (*accountCfg, *account, verdict) {
 	base := a.n
 	var order [maxAccounts]int
 	var room [maxAccounts]float64
+	var sticky [maxAccounts]bool // the key's previous account
 	n := 0
 	for i, ac := range accts {
 		if n == len(order) {
@@ -285,10 +289,12 @@ func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affini
 		st.learned.rise(nowNs)
 		room[n] = st.headroom(st.limits(ac.lim), nowNs)
 		order[n] = i
+		sticky[n] = st == affinity
 		// Insertion sort: few accounts, no allocation.
-		for j := n; j > 0 && accountBefore(accts[order[j]], room[j], accts[order[j-1]], room[j-1], affinity); j-- {
+		for j := n; j > 0 && accountBefore(accts[order[j]], room[j], sticky[j], accts[order[j-1]], room[j-1], sticky[j-1]); j-- {
 			order[j], order[j-1] = order[j-1], order[j]
 			room[j], room[j-1] = room[j-1], room[j]
+			sticky[j], sticky[j-1] = sticky[j-1], sticky[j]
 		}
 		n++
 	}
@@ -332,9 +338,9 @@ func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affini
 
 // accountBefore orders candidates: affinity, priority, headroom, config
 // order.
-func accountBefore(x *accountCfg, xRoom float64, y *accountCfg, yRoom float64, affinity string) bool {
-	if (x.name == affinity) != (y.name == affinity) {
-		return x.name == affinity
+func accountBefore(x *accountCfg, xRoom float64, xSticky bool, y *accountCfg, yRoom float64, ySticky bool) bool {
+	if xSticky != ySticky {
+		return xSticky
 	}
 	if x.priority != y.priority {
 		return x.priority < y.priority
@@ -385,7 +391,7 @@ func (t *ticket) failover(nowNs int64, cool time.Duration) bool {
 	st := t.acct
 	t.coolLocked(nowNs, cool)
 	var a admission
-	ac, next, _ := t.z.chooseAccount(&a, t.a.accts, t.a.d, "", st, nowNs, !t.debited)
+	ac, next, _ := t.z.chooseAccount(&a, t.a.accts, t.a.d, nil, st, nowNs, !t.debited)
 	if next == nil {
 		return false
 	}
@@ -398,6 +404,6 @@ func (t *ticket) failover(nowNs int64, cool time.Duration) bool {
 	next.calls++
 	t.acct, t.acfg = next, ac
 	t.sent = next.learned.snapshot(nowNs)
-	t.ks.lastAccount = ac.name
+	t.ks.lastAccount = next
 	return true
 }

@@ -58,9 +58,9 @@ type dialect interface {
 	// fatal429 tells an upstream 429 body that no wait will cure (a quota
 	// or spend limit used up).
 	fatal429(body []byte) bool
-	// rateLimits reads the format's rate-limit headers (limit, remaining,
-	// reset per dimension) from an upstream answer into r.
-	rateLimits(h http.Header, at time.Time, r *rateReport)
+	// rateHeaders are the format's rate-limit headers (limit, remaining,
+	// reset per dimension), nil for none.
+	rateHeaders() []rateHeader
 }
 
 // dialects is the registry, sorted by name. Each dialect's file adds

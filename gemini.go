@@ -322,5 +322,5 @@ func (geminiDialect) retryHint(_ http.Header, body []byte, _ time.Time) (time.Du
 // waits as it says.
 func (geminiDialect) fatal429([]byte) bool { return false }
 
-// rateLimits: the Gemini API sends no rate-limit headers.
-func (geminiDialect) rateLimits(http.Header, time.Time, *rateReport) {}
+// rateHeaders: the Gemini API sends no rate-limit headers.
+func (geminiDialect) rateHeaders() []rateHeader { return nil }

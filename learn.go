@@ -50,7 +50,8 @@ func newRateReport() rateReport {
 	return r
 }
 
-// rateHeader names one dimension's limit, remaining and reset headers.
+// rateHeader names one dimension's limit, remaining and reset headers, in
+// canonical form (read without canonicalising, so without allocating).
 type rateHeader struct {
 	dim                     dimension
 	limit, remaining, reset string
@@ -67,7 +68,7 @@ func readRateHeaders(h http.Header, family []rateHeader, at time.Time, r *rateRe
 		if v, ok := headerCount(h, f.remaining); ok {
 			r.remaining[f.dim], r.any = v, true
 		}
-		if v := h.Get(f.reset); v != "" {
+		if v := headerValue(h, f.reset); v != "" {
 			if d, ok := parseReset(v, at); ok {
 				r.reset[f.dim] = d
 			}
@@ -77,7 +78,7 @@ func readRateHeaders(h http.Header, family []rateHeader, at time.Time, r *rateRe
 
 // headerCount reads a non-negative integer header within believable bounds.
 func headerCount(h http.Header, name string) (int64, bool) {
-	v := strings.TrimSpace(h.Get(name))
+	v := strings.TrimSpace(headerValue(h, name))
 	if v == "" {
 		return 0, false
 	}
@@ -88,12 +89,20 @@ func headerCount(h http.Header, name string) (int64, bool) {
 	return n, true
 }
 
+// headerValue is the first value of a header given in canonical form.
+func headerValue(h http.Header, canonical string) string {
+	if v := h[canonical]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
 // rateLimitsOf reads every dialect's rate-limit headers from an answer:
 // the upstream of a request may speak any of them.
 func rateLimitsOf(h http.Header, at time.Time) (rateReport, bool) {
 	r := newRateReport()
 	for _, d := range dialects {
-		d.rateLimits(h, at, &r)
+		readRateHeaders(h, d.rateHeaders(), at, &r)
 	}
 	return r, r.any
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -111,24 +112,31 @@ type zoneMetrics struct {
 	storeErrors                  prometheus.Counter
 	retriesMu                    sync.Mutex
 	retries                      map[int]prometheus.Counter
-	calls                        sync.Map // accountStatus → prometheus.Counter
 	zone                         string
 }
 
-type accountStatus struct {
-	account string
-	status  int
+// callCounters are one account's upstream_calls_total children, by status,
+// each resolved on first use and then read without a lock or an
+// allocation.
+type callCounters struct {
+	zone, account string
+	byStatus      [600]atomic.Pointer[prometheus.Counter]
 }
 
-// call counts one attempt sent to an account; the counter of each
-// account and status is resolved once, then read without a lock.
-func (m *zoneMetrics) call(account string, status int) {
-	k := accountStatus{account, status}
-	c, ok := m.calls.Load(k)
-	if !ok {
-		c, _ = m.calls.LoadOrStore(k, metricUpstreamCalls.WithLabelValues(m.zone, account, strconv.Itoa(status)))
+func (c *callCounters) inc(status int) {
+	if c == nil {
+		return
 	}
-	c.(prometheus.Counter).Inc()
+	if status < 0 || status >= len(c.byStatus) {
+		status = 0
+	}
+	p := c.byStatus[status].Load()
+	if p == nil {
+		counter := metricUpstreamCalls.WithLabelValues(c.zone, c.account, strconv.Itoa(status))
+		p = &counter
+		c.byStatus[status].Store(p)
+	}
+	(*p).Inc()
 }
 
 // cooldown counts seconds an account was put in cooldown.

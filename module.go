@@ -228,22 +228,23 @@ type Handler struct {
 	// 2m in all). {"off": true} disables it.
 	Retry *RetryConfig `json:"retry,omitempty"`
 
-	logger     *zap.Logger
-	zone       *zone
-	dialect    dialect            // the configured format; nil for auto
-	keys       map[keyHash]string // key → tier name
-	tiers      map[string]Limits  // resolved: inherited from the defaults
-	models     map[string]*Model  // exact names
-	globs      []*Model           // glob patterns, longest first
-	headersOn  bool
-	retry      *retryPolicy    // nil: retries off
-	released   *atomic.Bool    // Cleanup has given the zone back
-	rs         *redisStore     // the shared store, or nil
-	accounts   []*accountCfg   // the unnamed upstream block, or the pool
-	pool       bool            // named accounts: chosen per attempt
-	acctFields []string        // the request fields accounts change
-	learn      bool            // learn_limits
-	lanes      map[string]lane // tier → its queue lane
+	logger       *zap.Logger
+	zone         *zone
+	dialect      dialect            // the configured format; nil for auto
+	keys         map[keyHash]string // key → tier name
+	tiers        map[string]Limits  // resolved: inherited from the defaults
+	models       map[string]*Model  // exact names
+	globs        []*Model           // glob patterns, longest first
+	headersOn    bool
+	retry        *retryPolicy    // nil: retries off
+	released     *atomic.Bool    // Cleanup has given the zone back
+	rs           *redisStore     // the shared store, or nil
+	accounts     []*accountCfg   // the unnamed upstream block, or the pool
+	pool         bool            // named accounts: chosen per attempt
+	acctFields   []string        // the request fields accounts change
+	learn        bool            // learn_limits
+	defaultCalls *callCounters   // upstream_calls_total when no named account serves
+	lanes        map[string]lane // tier → its queue lane
 }
 
 // CaddyModule returns the Caddy module information.

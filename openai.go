@@ -519,10 +519,8 @@ func (openAIDialect) fatal429(body []byte) bool {
 // openAIRateHeaders are OpenAI's rate-limit headers; resets are Go
 // durations ("1s", "6m0s", "20ms").
 var openAIRateHeaders = []rateHeader{
-	{dimRequests, "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"},
-	{dimTokens, "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"},
+	{dimRequests, "X-Ratelimit-Limit-Requests", "X-Ratelimit-Remaining-Requests", "X-Ratelimit-Reset-Requests"},
+	{dimTokens, "X-Ratelimit-Limit-Tokens", "X-Ratelimit-Remaining-Tokens", "X-Ratelimit-Reset-Tokens"},
 }
 
-func (openAIDialect) rateLimits(h http.Header, at time.Time, r *rateReport) {
-	readRateHeaders(h, openAIRateHeaders, at, r)
-}
+func (openAIDialect) rateHeaders() []rateHeader { return openAIRateHeaders }

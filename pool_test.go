@@ -273,7 +273,11 @@ func TestAccountChoice(t *testing.T) {
 				z.accountState(name).cooldownUntil = nowNs + int64(d)
 			}
 			var a admission
-			ac, st, v := z.chooseAccount(&a, accts, demand{}, c.affinity, nil, nowNs, false)
+			var affinity *account
+			if c.affinity != "" {
+				affinity = z.accountState(c.affinity)
+			}
+			ac, st, v := z.chooseAccount(&a, accts, demand{}, affinity, nil, nowNs, false)
 			got := ""
 			if ac != nil {
 				got = ac.name

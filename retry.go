@@ -299,11 +299,11 @@ func (h *Handler) finalAttempt(t *ticket, status int, hdr http.Header, p *retryP
 // countCall counts an attempt sent to the request's account ("default"
 // for the unnamed block, or when no account applies).
 func (h *Handler) countCall(t *ticket, status int) {
-	name := defaultAccount
-	if t.acfg != nil {
-		name = t.acfg.name
+	if t.acfg != nil && t.acfg.calls != nil {
+		t.acfg.calls.inc(status)
+		return
 	}
-	h.zone.m.call(name, status)
+	h.defaultCalls.inc(status)
 }
 
 // statusOf is the status an attempt ended with: what was written, else

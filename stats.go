@@ -31,9 +31,9 @@ func (s *keyStats) roll(nowNs int64) {
 	}
 }
 
-func (s *keyStats) admitted(nowNs int64, q ask) {
+func (s *keyStats) admitted(nowNs int64, tier string, lim Limits) {
 	s.roll(nowNs)
-	s.tier, s.rpm, s.tpm = q.tier, q.lim.RPM, q.lim.TPM
+	s.tier, s.rpm, s.tpm = tier, lim.RPM, lim.TPM
 	s.requests++
 	s.curReq++
 }

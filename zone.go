@@ -53,7 +53,7 @@ type keyState struct {
 	models map[string]*limitBuckets // per key × model block name
 	// lastAccount is the account that served the key's last request
 	// (affinity: providers cache prompts per account).
-	lastAccount string
+	lastAccount *account
 	// learned is the key's own quota as its provider's headers told it
 	// (a zone without accounts: the client's key went upstream).
 	learned  *learnedState
@@ -285,7 +285,7 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 			}
 			t.acct.inflight++
 			t.acct.calls++
-			ks.lastAccount = t.acfg.name
+			ks.lastAccount = t.acct
 			if q.learn && t.acct.learned == nil {
 				t.acct.learned = newLearnedState(nowNs)
 			}
@@ -300,9 +300,7 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 			t.sent = ks.learned.snapshot(nowNs)
 		}
 		t.debited = dec.ok
-		shown := q
-		shown.lim = lim // the limits in force, learned ones included
-		ks.stats.admitted(nowNs, shown)
+		ks.stats.admitted(nowNs, q.tier, lim) // the limits in force, learned ones included
 	} else {
 		t.acfg, t.acct = nil, nil
 	}
