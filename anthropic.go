@@ -216,7 +216,7 @@ var (
 
 var (
 	anthropicUsageKey   = []byte(`"usage"`)
-	anthropicUsageNames = []string{"input_tokens", "cache_creation_input_tokens", "output_tokens"}
+	anthropicUsageNames = []string{"input_tokens", "cache_creation_input_tokens", "output_tokens", "cache_read_input_tokens"}
 )
 
 // jsonUsage reads the usage object of a message.
@@ -254,12 +254,13 @@ func (anthropicDialect) streamUsage(a *usageAcc) (usage, bool) {
 
 // anthropicUsage combines the members read by anthropicUsageNames:
 // input_tokens + cache_creation_input_tokens (cache reads do not count
-// against ITPM), and output_tokens.
+// against ITPM), output_tokens, and everything read, cache reads included.
 func anthropicUsage(a *usageAcc) (usage, bool) {
 	if a.found&0b101 == 0 {
 		return usage{}, false
 	}
-	return usage{Input: satAdd(a.v[0], a.v[1]), Output: a.v[2]}, true
+	in := satAdd(a.v[0], a.v[1])
+	return usage{Input: in, Output: a.v[2], Read: satAdd(in, a.v[3])}, true
 }
 
 // anthropicErrorTypes is the error type of each of the handler's own

@@ -38,6 +38,7 @@ import (
 //		}
 //		default_max_output <n>
 //		learn_limits on|off
+//		calibrate on|off
 //		headers on|off
 //		dry_run
 //		upstream {
@@ -247,7 +248,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.DefaultMaxOutput = n
-		case "learn_limits":
+		case "learn_limits", "calibrate":
 			v, err := oneArg(d, sub)
 			if err != nil {
 				return err
@@ -258,9 +259,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				on = true
 			case "off":
 			default:
-				return d.Errf("learn_limits: must be on or off, got %q", v)
+				return d.Errf("%s: must be on or off, got %q", sub, v)
 			}
-			h.LearnLimits = &on
+			if sub == "calibrate" {
+				h.Calibrate = &on
+			} else {
+				h.LearnLimits = &on
+			}
 		case "headers":
 			v, err := oneArg(d, sub)
 			if err != nil {

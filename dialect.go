@@ -150,6 +150,9 @@ type usage struct {
 	Input int64
 	// Output counts the output tokens (reasoning tokens included).
 	Output int64
+	// Read is all the input the model read, cached input included: what
+	// calibration compares the estimate with.
+	Read int64
 }
 
 // maxSettledTokens bounds a usage figure that settling believes. No
@@ -162,6 +165,7 @@ const maxSettledTokens = 1_000_000_000
 func (u usage) clamped() usage {
 	u.Input = min(max(u.Input, 0), maxSettledTokens)
 	u.Output = min(max(u.Output, 0), maxSettledTokens)
+	u.Read = min(max(u.Read, 0), maxSettledTokens)
 	return u
 }
 

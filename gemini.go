@@ -257,7 +257,7 @@ func (geminiDialect) streamUsage(a *usageAcc) (usage, bool) {
 	if a.found&0b111 == 0 {
 		return usage{}, false
 	}
-	return usage{Input: a.v[0], Output: satAdd(a.v[1], a.v[2])}, true
+	return usage{Input: a.v[0], Output: satAdd(a.v[1], a.v[2]), Read: a.v[0]}, true
 }
 
 // geminiStatus is Google's status name of each of the handler's own

@@ -222,7 +222,17 @@ func (h *Handler) demandFor(info *requestInfo, m *Model, d dialect) demand {
 	}
 	raw := float64(info.TextTokens) + 3*float64(info.Messages) +
 		float64(lowCost)*float64(info.ImagesLow) + float64(imageCost)*float64(info.Images)
-	dm := demand{in: math.Ceil(raw * ratio), model: m}
+	dm := demand{raw: raw, modelFactor: ratio, model: m}
+	if h.calibrate && d != nil {
+		dm.calib = h.starCalib
+		if m != nil {
+			dm.calib = m.calib
+		}
+		if dm.calib != nil {
+			dm.modelFactor = dm.calib.factor()
+		}
+	}
+	dm.in = math.Ceil(raw * dm.modelFactor)
 	if m != nil && !m.Limits.any() {
 		dm.model = nil // a model block without limits has no buckets
 	}

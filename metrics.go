@@ -49,6 +49,8 @@ var (
 	}, []string{"zone", "upstream"})
 	metricKeysDesc = prometheus.NewDesc("caddy_llm_ratelimit_keys",
 		"Keys a zone holds state for (idle keys whose buckets are full are dropped).", []string{"zone"}, nil)
+	metricCalibrationDesc = prometheus.NewDesc("caddy_llm_ratelimit_calibration_factor",
+		"The input estimate's calibration factor per model block (model: a configured block name, or * for requests no block matches).", []string{"zone", "model"}, nil)
 	metricInFlightDesc = prometheus.NewDesc("caddy_llm_ratelimit_in_flight",
 		"Requests of a zone admitted and not yet finished.", []string{"zone"}, nil)
 )
@@ -70,6 +72,7 @@ type zoneCollector struct{}
 func (zoneCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- metricKeysDesc
 	ch <- metricInFlightDesc
+	ch <- metricCalibrationDesc
 }
 
 func (zoneCollector) Collect(ch chan<- prometheus.Metric) {
@@ -77,6 +80,10 @@ func (zoneCollector) Collect(ch chan<- prometheus.Metric) {
 		z := v.(*zone)
 		ch <- prometheus.MustNewConstMetric(metricKeysDesc, prometheus.GaugeValue, float64(z.keyCount()), z.name)
 		ch <- prometheus.MustNewConstMetric(metricInFlightDesc, prometheus.GaugeValue, float64(z.inFlight()), z.name)
+		z.calib.Range(func(k, v any) bool {
+			ch <- prometheus.MustNewConstMetric(metricCalibrationDesc, prometheus.GaugeValue, v.(*modelCalib).factor(), z.name, k.(string))
+			return true
+		})
 		return true
 	})
 }

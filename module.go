@@ -124,6 +124,8 @@ type Model struct {
 	// ImageTokens is what one image costs. Default: the format's own image
 	// cost (see README).
 	ImageTokens int64 `json:"image_tokens,omitempty"`
+
+	calib *modelCalib // the zone's calibration of this block
 }
 
 // Handler rate limits LLM API requests per API key. Put it before
@@ -187,6 +189,15 @@ type Handler struct {
 	// the single-account form; Upstreams is the pool.
 	Upstream *Limits `json:"upstream,omitempty"`
 
+	// Calibrate learns, from every answer that reports its usage, the
+	// ratio of the input the model really read to the raw estimate: a
+	// factor per model block (or "*"), starting at its token_ratio, and a
+	// factor per key relative to it, both exponentially weighted within
+	// [0.25, 4]. The admission estimate is raw × model factor × key
+	// factor. false pins the model factor at token_ratio and the key factor
+	// at 1. Default true.
+	Calibrate *bool `json:"calibrate,omitempty"`
+
 	// LearnLimits reads the providers' own rate-limit headers
 	// (x-ratelimit-*, anthropic-ratelimit-*) on every upstream answer and
 	// paces to what they say: for the account that served, or, in a zone
@@ -236,14 +247,16 @@ type Handler struct {
 	models       map[string]*Model  // exact names
 	globs        []*Model           // glob patterns, longest first
 	headersOn    bool
-	retry        *retryPolicy    // nil: retries off
-	released     *atomic.Bool    // Cleanup has given the zone back
-	rs           *redisStore     // the shared store, or nil
-	accounts     []*accountCfg   // the unnamed upstream block, or the pool
-	pool         bool            // named accounts: chosen per attempt
-	acctFields   []string        // the request fields accounts change
-	learn        bool            // learn_limits
-	defaultCalls *callCounters   // upstream_calls_total when no named account serves
+	retry        *retryPolicy  // nil: retries off
+	released     *atomic.Bool  // Cleanup has given the zone back
+	rs           *redisStore   // the shared store, or nil
+	accounts     []*accountCfg // the unnamed upstream block, or the pool
+	pool         bool          // named accounts: chosen per attempt
+	acctFields   []string      // the request fields accounts change
+	learn        bool          // learn_limits
+	defaultCalls *callCounters // upstream_calls_total when no named account serves
+	calibrate    bool
+	starCalib    *modelCalib     // the factor of requests no model block matches
 	lanes        map[string]lane // tier → its queue lane
 }
 
@@ -270,6 +283,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.headersOn = h.Headers == nil || *h.Headers
 	h.learn = h.LearnLimits == nil || *h.LearnLimits
+	h.calibrate = h.Calibrate == nil || *h.Calibrate
 	h.retry = h.Retry.policy()
 	if h.MaxQueue == 0 {
 		h.MaxQueue = defaultMaxQueue
@@ -337,6 +351,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.zone = z.(*zone)
 	h.released = new(atomic.Bool)
+	for i := range h.Models {
+		m := &h.Models[i]
+		m.calib = h.zone.calibFor(m.Name, m.TokenRatio)
+	}
+	h.starCalib = h.zone.calibFor(calibStar, 1)
 	return nil
 }
 

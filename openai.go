@@ -383,9 +383,9 @@ func (openAIDialect) streamLine(line []byte, acc *usageAcc) bool {
 func (openAIDialect) streamUsage(a *usageAcc) (usage, bool) {
 	switch {
 	case a.found&0b0011 != 0:
-		return usage{Input: a.v[0], Output: a.v[1]}, true
+		return usage{Input: a.v[0], Output: a.v[1], Read: a.v[0]}, true
 	case a.found&0b1100 != 0:
-		return usage{Input: a.v[2], Output: a.v[3]}, true
+		return usage{Input: a.v[2], Output: a.v[3], Read: a.v[2]}, true
 	}
 	return usage{}, false
 }

@@ -11,16 +11,17 @@ import (
 // from this minute's and the previous minute's counts.
 type keyStats struct {
 	tier                          string
-	rpm, tpm                      int64 // the limits of its last request
-	requests, inTokens, outTokens int64 // since the key's state was created
-	minute                        int64 // the unix minute cur counts
+	rpm, tpm                      int64    // the limits of its last request
+	requests, inTokens, outTokens int64    // since the key's state was created
+	minute                        int32    // the unix minute cur counts
+	calib                         keyCalib // the key's calibration factor
 	curReq, prevReq               int32
 	curTok, prevTok               int64
 }
 
 // roll moves the minute window to now's minute.
 func (s *keyStats) roll(nowNs int64) {
-	m := nowNs / int64(time.Minute)
+	m := int32(nowNs / int64(time.Minute))
 	switch {
 	case m == s.minute:
 	case m == s.minute+1:
@@ -57,7 +58,7 @@ func (s *keyStats) finished(nowNs int64, d demand, u *usage, refund bool) {
 
 // lastMinute estimates the count over the sliding last minute.
 func (s *keyStats) lastMinute(nowNs int64, cur, prev int64) int64 {
-	m := nowNs / int64(time.Minute)
+	m := int32(nowNs / int64(time.Minute))
 	switch {
 	case m == s.minute:
 		frac := float64(nowNs%int64(time.Minute)) / float64(time.Minute)
@@ -84,6 +85,9 @@ type KeyStats struct {
 	// Learned is what the key's provider said of its quota, when the key
 	// itself went upstream (a zone without accounts).
 	Learned *LearnedStats `json:"learned,omitempty"`
+	// CalibrationFactor is the key's estimate correction, relative to its
+	// model's (1: none).
+	CalibrationFactor float64 `json:"calibration_factor"`
 }
 
 // UpstreamStats is a zone's shared upstream quota in the stats.
@@ -119,6 +123,9 @@ type ZoneStats struct {
 	// unnamed block).
 	Upstreams   map[string]AccountStats `json:"upstreams"`
 	QueueLength int                     `json:"queue_length"`
+	// Calibration is the estimate's factor per model block name ("*" for
+	// requests no block matches) and how many answers taught it.
+	Calibration map[string]CalibrationStats `json:"calibration"`
 }
 
 // available is a bucket's level now, rounded down, without changing it;
@@ -143,6 +150,7 @@ func (z *zone) stats(nowNs int64) ZoneStats {
 		s.mu.Unlock()
 	}
 	sort.Slice(out.Keys, func(i, j int) bool { return out.Keys[i].KeyID < out.Keys[j].KeyID })
+	out.Calibration = z.calibrationStats()
 	out.Upstreams = map[string]AccountStats{}
 	z.upMu.Lock()
 	for name, st := range z.accounts {
@@ -206,5 +214,6 @@ func (ks *keyState) snapshot(kh keyPrefix, nowNs int64) KeyStats {
 		InputTokensTotal:   st.inTokens,
 		OutputTokensTotal:  st.outTokens,
 		Learned:            ks.learned.stats(nowNs),
+		CalibrationFactor:  math.Round(st.calib.factor()*1000) / 1000,
 	}
 }

@@ -17,15 +17,15 @@ func TestParseUsageJSON(t *testing.T) {
 		want usage
 		ok   bool
 	}{
-		{"openai chat", dOpenAI, `{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}`, usage{19, 10}, true},
-		{"openai chat, usage first, big content after", dOpenAI, `{"usage":{"completion_tokens":3,"prompt_tokens":4},"choices":[{"message":{"content":"` + longContent + `"}}]}`, usage{4, 3}, true},
-		{"openai chat, big content before usage", dOpenAI, `{"choices":[{"message":{"content":"` + longContent + `","usage":{"prompt_tokens":999}}}],"usage":{"prompt_tokens":4,"completion_tokens":3}}`, usage{4, 3}, true},
-		{"openai completions", dOpenAI, `{"object":"text_completion","choices":[{"text":"x"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}`, usage{5, 7}, true},
-		{"openai embeddings", dOpenAI, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023,-0.0093,0.0156]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}`, usage{8, 0}, true},
-		{"openai responses", dOpenAI, `{"id":"resp_1","object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"Hi"}]}],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}`, usage{36, 87}, true},
-		{"anthropic with cache fields", dAnthropic, `{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":50,"cache_creation_input_tokens":2000,"cache_read_input_tokens":30000,"output_tokens":120,"service_tier":"standard"}}`, usage{2050, 120}, true},
-		{"anthropic without cache fields", dAnthropic, `{"type":"message","usage":{"input_tokens":12,"output_tokens":6}}`, usage{12, 6}, true},
-		{"anthropic cache null", dAnthropic, `{"usage":{"input_tokens":12,"cache_creation_input_tokens":null,"output_tokens":6}}`, usage{12, 6}, true},
+		{"openai chat", dOpenAI, `{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}`, usage{Input: 19, Output: 10}, true},
+		{"openai chat, usage first, big content after", dOpenAI, `{"usage":{"completion_tokens":3,"prompt_tokens":4},"choices":[{"message":{"content":"` + longContent + `"}}]}`, usage{Input: 4, Output: 3}, true},
+		{"openai chat, big content before usage", dOpenAI, `{"choices":[{"message":{"content":"` + longContent + `","usage":{"prompt_tokens":999}}}],"usage":{"prompt_tokens":4,"completion_tokens":3}}`, usage{Input: 4, Output: 3}, true},
+		{"openai completions", dOpenAI, `{"object":"text_completion","choices":[{"text":"x"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}`, usage{Input: 5, Output: 7}, true},
+		{"openai embeddings", dOpenAI, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023,-0.0093,0.0156]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}`, usage{Input: 8, Output: 0}, true},
+		{"openai responses", dOpenAI, `{"id":"resp_1","object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"Hi"}]}],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}`, usage{Input: 36, Output: 87}, true},
+		{"anthropic with cache fields", dAnthropic, `{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":50,"cache_creation_input_tokens":2000,"cache_read_input_tokens":30000,"output_tokens":120,"service_tier":"standard"}}`, usage{Input: 2050, Output: 120}, true},
+		{"anthropic without cache fields", dAnthropic, `{"type":"message","usage":{"input_tokens":12,"output_tokens":6}}`, usage{Input: 12, Output: 6}, true},
+		{"anthropic cache null", dAnthropic, `{"usage":{"input_tokens":12,"cache_creation_input_tokens":null,"output_tokens":6}}`, usage{Input: 12, Output: 6}, true},
 		{"missing usage", dOpenAI, `{"id":"x","choices":[]}`, usage{}, false},
 		{"usage null", dOpenAI, `{"usage":null}`, usage{}, false},
 		{"usage empty", dAnthropic, `{"usage":{}}`, usage{}, false},
@@ -43,17 +43,18 @@ func TestParseUsageJSON(t *testing.T) {
 		{"html error page", dAnthropic, `<html>502 Bad Gateway</html>`, usage{}, false},
 		{"negative and fractional counts are ignored", dOpenAI, `{"usage":{"prompt_tokens":-1,"completion_tokens":2.5}}`, usage{}, false},
 		{"format none", dNone, `{"usage":{"prompt_tokens":1}}`, usage{}, false},
-		{"openai with spaces", dOpenAI, "{\"usage\" : {\n  \"prompt_tokens\" : 19 ,\n  \"completion_tokens\": 10\n}}", usage{19, 10}, true},
-		{"anthropic with spaces", dAnthropic, `{"usage": {"input_tokens": 50, "cache_creation_input_tokens": 20, "output_tokens": 7}}`, usage{70, 7}, true},
-		{"gemini", dGemini, `{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":11,"candidatesTokenCount":7,"thoughtsTokenCount":5,"cachedContentTokenCount":3,"totalTokenCount":23}}`, usage{11, 12}, true},
-		{"gemini without thoughts, with spaces", dGemini, "{\"usageMetadata\": {\"promptTokenCount\": 4, \"candidatesTokenCount\": 2}}", usage{4, 2}, true},
-		{"gemini streamed array: the last chunk counts", dGemini, `[{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":1}},` + "\r\n" + `{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":9,"thoughtsTokenCount":2}}]`, usage{4, 11}, true},
+		{"openai with spaces", dOpenAI, "{\"usage\" : {\n  \"prompt_tokens\" : 19 ,\n  \"completion_tokens\": 10\n}}", usage{Input: 19, Output: 10}, true},
+		{"anthropic with spaces", dAnthropic, `{"usage": {"input_tokens": 50, "cache_creation_input_tokens": 20, "output_tokens": 7}}`, usage{Input: 70, Output: 7}, true},
+		{"gemini", dGemini, `{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":11,"candidatesTokenCount":7,"thoughtsTokenCount":5,"cachedContentTokenCount":3,"totalTokenCount":23}}`, usage{Input: 11, Output: 12}, true},
+		{"gemini without thoughts, with spaces", dGemini, "{\"usageMetadata\": {\"promptTokenCount\": 4, \"candidatesTokenCount\": 2}}", usage{Input: 4, Output: 2}, true},
+		{"gemini streamed array: the last chunk counts", dGemini, `[{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":1}},` + "\r\n" + `{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":9,"thoughtsTokenCount":2}}]`, usage{Input: 4, Output: 11}, true},
 		{"gemini output saturates", dGemini, `{"usageMetadata":{"promptTokenCount":1,"candidatesTokenCount":9223372036854775807,"thoughtsTokenCount":9}}`, usage{Input: 1, Output: math.MaxInt64}, true},
 		{"gemini reads no openai usage", dGemini, `{"usage":{"prompt_tokens":1}}`, usage{}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			got, ok := parseUsageJSON(c.f, []byte(c.body))
+			got.Read = 0 // TestUsageReadIsAllTheInput checks it
 			if got != c.want || ok != c.ok {
 				t.Errorf("parseUsageJSON = %+v, %v; want %+v, %v", got, ok, c.want, c.ok)
 			}
@@ -171,21 +172,21 @@ func TestStreamLinesAreReadWithAnyJSONSpacing(t *testing.T) {
 		want  usage
 		ok    bool
 	}{
-		{"openai done", dOpenAI, []string{`data: {"choices":[],"usage": {"prompt_tokens": 3, "completion_tokens": 4}}`, "data: [DONE]\r"}, true, usage{3, 4}, true},
-		{"openai done without a space", dOpenAI, []string{`data:{"usage":{"prompt_tokens":3,"completion_tokens":4}}`, "data:[DONE]"}, true, usage{3, 4}, true},
-		{"openai responses completed, spaced", dOpenAI, []string{`data: {"type" : "response.completed", "response": {"usage": {"input_tokens": 5, "output_tokens": 6}}}`}, true, usage{5, 6}, true},
+		{"openai done", dOpenAI, []string{`data: {"choices":[],"usage": {"prompt_tokens": 3, "completion_tokens": 4}}`, "data: [DONE]\r"}, true, usage{Input: 3, Output: 4}, true},
+		{"openai done without a space", dOpenAI, []string{`data:{"usage":{"prompt_tokens":3,"completion_tokens":4}}`, "data:[DONE]"}, true, usage{Input: 3, Output: 4}, true},
+		{"openai responses completed, spaced", dOpenAI, []string{`data: {"type" : "response.completed", "response": {"usage": {"input_tokens": 5, "output_tokens": 6}}}`}, true, usage{Input: 5, Output: 6}, true},
 		{"openai: [DONE] inside content is no end", dOpenAI, []string{`data: {"choices":[{"delta":{"content":"data: [DONE]"}}]}`}, false, usage{}, false},
 		{"anthropic spaced", dAnthropic, []string{
 			`data: {"type": "message_start", "message": {"usage": {"input_tokens": 10, "output_tokens": 1}}}`,
 			`data: {"type" :"message_delta", "usage": {"output_tokens": 8}}`,
 			`data: {"type":  "message_stop"}`,
-		}, true, usage{10, 8}, true},
+		}, true, usage{Input: 10, Output: 8}, true},
 		{"anthropic: message_stop in text is no end", dAnthropic, []string{`data: {"type":"content_block_delta","delta":{"text":"\"type\":\"message_stop\""}}`}, false, usage{}, false},
 		{"anthropic without message_delta has no final usage", dAnthropic, []string{`data: {"type": "message_start", "message": {"usage": {"input_tokens": 10, "output_tokens": 1}}}`}, false, usage{}, false},
 		{"gemini: cumulative, the last counts", dGemini, []string{
 			`data: {"usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 1}}` + "\r",
 			`data: {"usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 4, "thoughtsTokenCount": 3}}` + "\r",
-		}, false, usage{9, 7}, true},
+		}, false, usage{Input: 9, Output: 7}, true},
 		{"event lines are not data", dOpenAI, []string{"event: usage", `: {"usage":{"prompt_tokens":1}}`}, false, usage{}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -195,6 +196,7 @@ func TestStreamLinesAreReadWithAnyJSONSpacing(t *testing.T) {
 				end = c.d.streamLine([]byte(l), &acc) || end
 			}
 			u, ok := c.d.streamUsage(&acc)
+			u.Read = 0
 			if end != c.end || u != c.want || ok != c.ok {
 				t.Fatalf("end %v usage %+v %v; want end %v usage %+v %v", end, u, ok, c.end, c.want, c.ok)
 			}

@@ -1,6 +1,7 @@
 package llmratelimit
 
 import (
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,7 @@ const sweepInterval = time.Minute
 // zone is the state of one zone: every key's buckets, sharded by key.
 type zone struct {
 	name   string
+	calib  sync.Map // model block name or "*" → *modelCalib
 	shards [shardCount]shard
 	gate   gate // the upstream cooldown gate (retry.go)
 	queue  waitQueue
@@ -143,6 +145,11 @@ func (z *zone) inFlight() int64 {
 type demand struct {
 	in, out float64
 	model   *Model // nil when no model block applies
+	// raw is the input estimate before any factor; modelFactor the model
+	// factor applied to it; calib the model's calibration (nil with
+	// calibrate off).
+	raw, modelFactor float64
+	calib            *modelCalib
 }
 
 // ask is one request's claim on a zone: whose it is, the limits that apply
@@ -225,6 +232,10 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		ks = new(keyState)
 		s.keys[q.kh.prefix()] = ks
 		z.nkeys.Add(1)
+	}
+	if q.d.calib != nil {
+		// The key's own correction, relative to its model's.
+		q.d.in = math.Ceil(q.d.raw * q.d.modelFactor * ks.stats.calib.factor())
 	}
 	t := ticket{z: z, s: s, ks: ks, a: q}
 	lim := t.keyLimits(nowNs)
@@ -330,6 +341,9 @@ func (t *ticket) finish(nowNs int64, u *usage, refund bool) {
 		return
 	}
 	t.done = true
+	if !refund {
+		t.a.d.calibrateModel(u)
+	}
 	if t.rt != nil {
 		t.rt.finish(t.a.d, u, refund)
 		return
@@ -351,6 +365,9 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	}
 	t.ks.inflight--
 	t.ks.stats.finished(nowNs, t.a.d, u, refund)
+	if !refund {
+		t.a.d.calibrateKey(u, &t.ks.stats.calib)
+	}
 	if !t.debited {
 		return
 	}
