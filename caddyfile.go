@@ -248,39 +248,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.DefaultMaxOutput = n
-		case "learn_limits", "calibrate":
-			v, err := oneArg(d, sub)
+		case "learn_limits", "calibrate", "headers":
+			on, err := onOff(d, sub)
 			if err != nil {
 				return err
 			}
-			var on bool
-			switch v {
-			case "on":
-				on = true
-			case "off":
-			default:
-				return d.Errf("%s: must be on or off, got %q", sub, v)
-			}
-			if sub == "calibrate" {
+			switch sub {
+			case "calibrate":
 				h.Calibrate = &on
-			} else {
+			case "learn_limits":
 				h.LearnLimits = &on
-			}
-		case "headers":
-			v, err := oneArg(d, sub)
-			if err != nil {
-				return err
-			}
-			var on bool
-			switch v {
-			case "on":
-				on = true
-			case "off":
-				on = false
 			default:
-				return d.Errf("headers: must be on or off, got %q", v)
+				h.Headers = &on
 			}
-			h.Headers = &on
 		case "dry_run":
 			if err := noArgs(d, sub); err != nil {
 				return err
@@ -328,6 +308,21 @@ func oneArg(d *caddyfile.Dispenser, what string) (string, error) {
 		return "", d.Errf("%s: wants one argument, got more: %q", what, d.Val())
 	}
 	return v, nil
+}
+
+// onOff reads one argument that must be on or off.
+func onOff(d *caddyfile.Dispenser, what string) (bool, error) {
+	v, err := oneArg(d, what)
+	if err != nil {
+		return false, err
+	}
+	switch v {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	}
+	return false, d.Errf("%s: must be on or off, got %q", what, v)
 }
 
 // noArgs rejects arguments on a flag line.

@@ -257,25 +257,19 @@ func (t *ticket) learn(nowNs int64, status int, h http.Header) {
 	if !ok && status != http.StatusTooManyRequests {
 		return
 	}
+	// An account's state is guarded by the zone's upMu, a key's by its
+	// shard's lock.
+	state, lb, cfg, mu := &t.ks.learned, &t.ks.limitBuckets, t.a.lim, &t.s.mu
 	if t.acct != nil {
-		t.z.upMu.Lock()
-		defer t.z.upMu.Unlock()
-		if t.acct.learned == nil {
-			if !ok {
-				return
-			}
-			t.acct.learned = newLearnedState(nowNs)
-		}
-		t.acct.learned.observe(&r, status, t.sent, &t.acct.limitBuckets, t.acfg.lim, nowNs)
-		return
+		state, lb, cfg, mu = &t.acct.learned, &t.acct.limitBuckets, t.acfg.lim, &t.z.upMu
 	}
-	t.s.mu.Lock()
-	defer t.s.mu.Unlock()
-	if t.ks.learned == nil {
+	mu.Lock()
+	defer mu.Unlock()
+	if *state == nil {
 		if !ok {
-			return
+			return // a 429 without headers, before anything was learned
 		}
-		t.ks.learned = newLearnedState(nowNs)
+		*state = newLearnedState(nowNs)
 	}
-	t.ks.learned.observe(&r, status, t.sent, &t.ks.limitBuckets, t.a.lim, nowNs)
+	(*state).observe(&r, status, t.sent, lb, cfg, nowNs)
 }
