@@ -91,69 +91,54 @@ func encodeValue(b *bytes.Buffer, v any, st Style, depth int) {
 	case string:
 		encodeString(b, x, st.ASCII)
 	case Obj:
-		if len(x) == 0 {
-			b.WriteString("{}")
-			return
-		}
-		b.WriteByte('{')
-		for i, kv := range x {
-			if i > 0 {
-				b.WriteByte(',')
-				if st.Spaced && st.Indent == "" {
-					b.WriteByte(' ')
-				}
-			}
-			if st.Indent != "" {
-				newline(b, st, depth+1)
-			}
-			encodeString(b, kv.K, st.ASCII)
+		encodeSeq(b, st, depth, len(x), '{', '}', func(i int) {
+			encodeString(b, x[i].K, st.ASCII)
 			b.WriteByte(':')
 			if st.Indent != "" || st.Spaced {
 				b.WriteByte(' ')
 			}
-			encodeValue(b, kv.V, st, depth+1)
-		}
-		if st.Indent != "" {
-			newline(b, st, depth)
-		}
-		b.WriteByte('}')
+			encodeValue(b, x[i].V, st, depth+1)
+		})
 	case []any:
-		if len(x) == 0 {
-			b.WriteString("[]")
-			return
-		}
-		b.WriteByte('[')
-		for i, e := range x {
-			if i > 0 {
-				b.WriteByte(',')
-				if st.Spaced && st.Indent == "" {
-					b.WriteByte(' ')
-				}
-			}
-			if st.Indent != "" {
-				newline(b, st, depth+1)
-			}
-			encodeValue(b, e, st, depth+1)
-		}
-		if st.Indent != "" {
-			newline(b, st, depth)
-		}
-		b.WriteByte(']')
+		encodeSeq(b, st, depth, len(x), '[', ']', func(i int) { encodeValue(b, x[i], st, depth+1) })
 	case []string:
-		a := make([]any, len(x))
-		for i, s := range x {
-			a[i] = s
-		}
-		encodeValue(b, a, st, depth)
+		encodeValue(b, anys(x), st, depth)
 	case []Obj:
-		a := make([]any, len(x))
-		for i, o := range x {
-			a[i] = o
-		}
-		encodeValue(b, a, st, depth)
+		encodeValue(b, anys(x), st, depth)
 	default:
 		panic(fmt.Sprintf("jsonx: cannot encode %T", v))
 	}
+}
+
+// encodeSeq writes an object or array of n members or elements between opening
+// and closing, in style st at nesting depth; item writes member or element i.
+func encodeSeq(b *bytes.Buffer, st Style, depth, n int, opening, closing byte, item func(i int)) {
+	b.WriteByte(opening)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+			if st.Spaced && st.Indent == "" {
+				b.WriteByte(' ')
+			}
+		}
+		if st.Indent != "" {
+			newline(b, st, depth+1)
+		}
+		item(i)
+	}
+	if n > 0 && st.Indent != "" {
+		newline(b, st, depth)
+	}
+	b.WriteByte(closing)
+}
+
+// anys converts a typed slice into the []any the encoder and Decode use.
+func anys[T any](xs []T) []any {
+	a := make([]any, len(xs))
+	for i, x := range xs {
+		a[i] = x
+	}
+	return a
 }
 
 const hexDigits = "0123456789abcdef"
@@ -277,17 +262,9 @@ func normalize(v any) any {
 	case float64:
 		return json.Number(strings.TrimSpace(string(Encode(x, StyleCompact))))
 	case []string:
-		a := make([]any, len(x))
-		for i, s := range x {
-			a[i] = s
-		}
-		return a
+		return anys(x)
 	case []Obj:
-		a := make([]any, len(x))
-		for i, o := range x {
-			a[i] = normalize(o)
-		}
-		return a
+		return normalize(anys(x))
 	case []any:
 		a := make([]any, len(x))
 		for i, e := range x {

@@ -185,34 +185,31 @@ func loadAll(l *Loader, srcs []Src) ([]*Loaded, error) {
 	return out, nil
 }
 
+// synthGens are the kinds whose text only a synthetic generator makes.
+var synthGens = map[string]Gen{
+	"base64":      genBase64,
+	"hex_uuid":    genHex,
+	"digits_csv":  genDigits,
+	"letter_runs": genLetters,
+}
+
 // providers builds the text provider of every kind.
 func providers(l *Loader) (map[string]Provider, error) {
 	ps := map[string]Provider{}
-	files := func(kind string) ([]*Loaded, error) { return loadAll(l, fileSources[kind]) }
 	for _, k := range kinds {
+		fs, err := loadAll(l, fileSources[k])
+		if err != nil {
+			return nil, err
+		}
 		var p Provider
-		switch k {
-		case "base64":
-			p = &SynthProvider{Gens: []Gen{genBase64}, Lines: true}
-		case "hex_uuid":
-			p = &SynthProvider{Gens: []Gen{genHex}, Lines: true}
-		case "digits_csv":
-			p = &SynthProvider{Gens: []Gen{genDigits}, Lines: true}
-		case "letter_runs":
-			p = &SynthProvider{Gens: []Gen{genLetters}, Lines: true}
-		case "log_lines":
-			fs, err := files(k)
-			if err != nil {
-				return nil, err
-			}
+		switch {
+		case synthGens[k] != nil:
+			p = &SynthProvider{Gens: []Gen{synthGens[k]}, Lines: true}
+		case k == "log_lines":
 			p = &Weighted{Weights: []int{4, 1}, Ps: []Provider{&SynthProvider{Gens: []Gen{genLogs}, Lines: true}, &FileProvider{Files: fs}}}
-		case "json_in_string":
-			fs, err := files(k)
-			if err != nil {
-				return nil, err
-			}
+		case k == "json_in_string":
 			p = &JSONProvider{Files: fs}
-		case "mixed":
+		case k == "mixed":
 			m := &MixedProvider{}
 			for _, o := range kinds {
 				if o != "mixed" {
@@ -221,14 +218,9 @@ func providers(l *Loader) (map[string]Provider, error) {
 				}
 			}
 			p = m
+		case len(fs) == 0:
+			return nil, fmt.Errorf("kind %s has no sources", k)
 		default:
-			fs, err := files(k)
-			if err != nil {
-				return nil, err
-			}
-			if len(fs) == 0 {
-				return nil, fmt.Errorf("kind %s has no sources", k)
-			}
 			p = &FileProvider{Files: fs}
 		}
 		ps[k] = p
