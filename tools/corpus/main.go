@@ -87,19 +87,20 @@ func pickStyle(r *rand.Rand) Style {
 func main() {
 	out := flag.String("out", "", "output directory (e.g. ../../testdata/corpus)")
 	vim := flag.String("vim", "/usr/share/vim/vim*", "glob of the vim runtime directory holding tutor/")
+	table := flag.String("table", "", "also measure the estimator's cost table into this file (e.g. ../../costtable.bin)")
 	quiet := flag.Bool("q", false, "do not print the summary")
 	flag.Parse()
-	if *out == "" {
-		fmt.Fprintln(os.Stderr, "usage: go run . -out ../../testdata/corpus")
+	if *out == "" && *table == "" {
+		fmt.Fprintln(os.Stderr, "usage: go run . -out ../../testdata/corpus -table ../../costtable.bin")
 		os.Exit(2)
 	}
-	if err := run(*out, *vim, *quiet); err != nil {
+	if err := run(*out, *table, *vim, *quiet); err != nil {
 		fmt.Fprintln(os.Stderr, "corpus:", err)
 		os.Exit(1)
 	}
 }
 
-func run(out, vimGlob string, quiet bool) error {
+func run(out, table, vimGlob string, quiet bool) error {
 	roots, err := findRoots(vimGlob)
 	if err != nil {
 		return err
@@ -108,6 +109,14 @@ func run(out, vimGlob string, quiet bool) error {
 	provs, err := providers(loader)
 	if err != nil {
 		return err
+	}
+	if table != "" {
+		if err := writeCostTable(table, provs, quiet); err != nil {
+			return err
+		}
+	}
+	if out == "" {
+		return nil
 	}
 
 	// Build every body (sequentially: providers cache parsed documents).

@@ -1,0 +1,550 @@
+package main
+
+// The estimator's cost table, measured with the o200k tokenizer.
+//
+// The plugin estimates tokens by charging every byte of text a cost that
+// depends only on the classes of that byte and of the two bytes before it.
+// This file defines those byte classes and measures each cost as the
+// expected number of o200k tokens that start at a byte of that class in
+// that context: on training text drawn from every kind's provider (with
+// seeds apart from the corpus bodies'), each token that starts inside a
+// character is counted at the character's first byte. A context seen
+// rarely is shrunk toward the cost of its shorter context (the class of the
+// byte before and its own, then its own alone), and a class never seen
+// falls back to a prior, so every entry is defined and none is negative.
+//
+// Long runs of letters. Two bytes of context cannot tell a word from a run
+// of random letters, base64 or DNA, which split every two or three letters:
+// the length of the run can, and then the letters themselves. Text is read
+// in blocks of four bytes from its start; the deepBlocks-th block in a row
+// of four lower-case ASCII letters is "deep" (at least 12 letters into a
+// run; CamelCase words, which the tokenizer splits at each hump, are not),
+// and its bytes are charged by the letter and the two letters before it:
+// a second table, measured on deep bytes only, shrunk toward the deep cost
+// of their classes, and never below the first table (so that a block
+// turning deep never lowers an estimate). Upper-case runs (DNA, protein
+// sequences, long ALLCAPS) go deep alike, and are charged by the classes
+// of their letters from a third table.
+//
+// The table is written as a small binary file that the plugin embeds:
+//
+//	"LLMCT4" magic, numClasses, start class, classBits, lower-case letter classes, deepBlocks (5 bytes)
+//	256 bytes: the class of each byte value
+//	numClasses³ little-endian uint16: the cost of (c2, c1, c0) in 1/1024 token,
+//	in the order c2, c1, c0 (c0 fastest)
+//	26³ uint16: the cost of a letter in a deep block after two letters, a-z, in
+//	the same order
+//	lowerClasses³ uint16: the cost of an upper-case letter in a deep block, by
+//	the classes of it and the two letters before it (less lowerClasses)
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+
+	"github.com/tiktoken-go/tokenizer"
+)
+
+// Byte classes. Each lower-case ASCII letter is a class of its own, so that
+// the table knows which letters go together in words (English keeps "ing"
+// whole, splits "zsc"); upper-case letters go into four groups; then
+// digits, spaces, newlines, tabs, kinds of punctuation; and the first byte
+// of a non-ASCII character has the class of its script (roughly: its
+// Unicode block), its continuation bytes one class of their own.
+const (
+	cUVowel = 26 + iota // A E I O U; classes 0-25 are a-z
+	cUCons1             // T N S R H L D C
+	cUCons2             // M F P G W Y B V K
+	cUCons3             // X J Q Z
+	cDigit
+	cSpace
+	cNewline // also the start of a text
+	cTab
+	cQuote
+	cBracket
+	cSep
+	cPunct
+	cCtrl
+	cCont
+	cLatin1    // U+0080-U+00FF: Latin-1 (é ü ß, NBSP)
+	cLatinExt  // U+0100-U+02BF: Latin extended (ł ő ş ĉ ț)
+	cGreekCyr  // U+02C0-U+057F
+	cSemitic   // U+0580-U+07FF
+	cIndic     // U+0800-U+0FFF: Indic, Thai, Lao, Tibetan
+	cLetters3  // U+1000-U+1FFF: Myanmar, Georgian, Jamo, Ethiopic, Khmer, Vietnamese, Greek extended
+	cSymbols   // U+2000-U+2FFF: punctuation, symbols, arrows, box drawing
+	cKana      // U+3000-U+3FFF: CJK punctuation, kana
+	cHan       // U+4000-U+9FFF: CJK ideographs
+	cHangul    // U+A000-U+DFFF: mostly Hangul syllables
+	cFullwidth // U+E000-U+FFFF: private use, compatibility, fullwidth forms
+	cChar4     // 4-byte characters: emoji, rare ideographs
+	numClasses
+
+	numLower   = 26 // classes 0..numLower-1 are the lower-case letters
+	classStart = cNewline
+	classBits  = 6
+	deepBlocks = 3
+)
+
+// letterGroups are the four groups of letters by how they combine in words:
+// vowels; the consonants of common clusters; the others; the rare ones.
+var letterGroups = [4]string{"aeiou", "tnsrhldc", "mfpgwybvk", "xjqz"}
+
+var classNames = func() (n [numClasses]string) {
+	for i := range numLower {
+		n[i] = string(rune('a' + i))
+	}
+	copy(n[numLower:], []string{"VOWEL", "CONS1", "CONS2", "CONS3", "digit", "space", "newline", "tab", "quote",
+		"bracket", "sep", "punct", "ctrl", "cont", "latin1", "latin-ext", "greek-cyr", "semitic", "indic", "letters3",
+		"symbols", "kana", "han", "hangul", "fullwidth", "char4"})
+	return n
+}()
+
+func byteClasses() (t [256]uint8) {
+	set := func(lo, hi int, c uint8) {
+		for i := lo; i <= hi; i++ {
+			t[i] = c
+		}
+	}
+	set(0x00, 0xFF, cCtrl) // C0 controls, DEL, 0xC0, 0xC1, 0xF5-0xFF stay
+	set('!', '~', cPunct)
+	set('0', '9', cDigit)
+	for g, letters := range letterGroups {
+		for _, l := range letters {
+			t[l] = uint8(l - 'a')
+			t[l-'a'+'A'] = cUVowel + uint8(g)
+		}
+	}
+	for _, b := range "()[]{}" {
+		t[b] = cBracket
+	}
+	for _, b := range ".,;:!?" {
+		t[b] = cSep
+	}
+	t['"'], t[' '] = cQuote, cSpace
+	t['\n'], t['\r'] = cNewline, cNewline
+	t['\t'], t['\v'], t['\f'] = cTab, cTab, cTab
+	set(0x80, 0xBF, cCont)
+	set(0xC2, 0xC3, cLatin1)
+	set(0xC4, 0xCA, cLatinExt)
+	set(0xCB, 0xD5, cGreekCyr)
+	set(0xD6, 0xDF, cSemitic)
+	set(0xE0, 0xE0, cIndic)
+	set(0xE1, 0xE1, cLetters3)
+	set(0xE2, 0xE2, cSymbols)
+	set(0xE3, 0xE3, cKana)
+	set(0xE4, 0xE9, cHan)
+	set(0xEA, 0xED, cHangul)
+	set(0xEE, 0xEF, cFullwidth)
+	set(0xF0, 0xF4, cChar4)
+	return t
+}
+
+// coarse maps a class to the class space of the backoff: a lower-case
+// letter to its group (0-3), any other class c to c-numLower+4.
+var coarse = func() (m [numClasses]int) {
+	for g, letters := range letterGroups {
+		for _, l := range letters {
+			m[l-'a'] = g
+		}
+	}
+	for c := numLower; c < numClasses; c++ {
+		m[c] = c - numLower + 4
+	}
+	return m
+}()
+
+const numCoarse = numClasses - numLower + 4
+
+// classPrior is the cost of a class never seen in training, per byte of
+// the class: a character of an unseen script is about one token.
+func classPrior(c int) float64 {
+	switch c {
+	case coarse[cCont], coarse[cSpace]:
+		return 0
+	case coarse[cChar4]:
+		return 2
+	}
+	return 1
+}
+
+// kindWeight is the weight of a kind's text in training. Latin-script
+// prose other than English splits more than English and code, with which
+// it shares every context; it counts three times so that it is not
+// under-counted (nor the languages not in the corpus that are like it).
+func kindWeight(kind string) float64 {
+	if kind == "latin_prose" {
+		return 3
+	}
+	return 1
+}
+
+const (
+	trainPieces  = 160 // training texts per kind
+	evalPieces   = 48  // evaluation texts per kind, apart from training
+	shrink       = 40  // pseudo-observations toward the shorter context
+	tableCostOne = 1024
+)
+
+// The tables of the model.
+const (
+	tNormal    = iota // by class triple: (c2*numClasses+c1)*numClasses+c0
+	tDeepLower        // by lower-case letter triple: (c2*26+c1)*26+c0
+	tDeepUpper        // by upper-case group triple: ((c2-cUVowel)*4+c1-cUVowel)*4+c0-cUVowel
+	numTables
+)
+
+var tableSizes = [numTables]int{numClasses * numClasses * numClasses, numLower * numLower * numLower, 4 * 4 * 4}
+
+// walk calls fn for each byte of text that is charged, with the end of its
+// character, its table and its index: every byte but UTF-8 continuation
+// bytes, which belong to the character before them. The plugin's counter
+// charges exactly these.
+func walk(cls *[256]uint8, text string, fn func(i, end, table, idx int)) {
+	n := numClasses
+	c2, c1 := classStart, classStart
+	runL, runU := 0, 0 // blocks of lower-case, of upper-case letters in a row
+	mode := tNormal
+	for i := 0; i < len(text); i++ {
+		if i%4 == 0 {
+			mode = tNormal
+			if i+4 <= len(text) {
+				lower, upper := true, true
+				for _, b := range []byte(text[i : i+4]) {
+					lower = lower && cls[b] < numLower
+					upper = upper && cls[b] >= cUVowel && cls[b] <= cUCons3
+				}
+				runL, runU = min(runL+1, deepBlocks)*b2i(lower), min(runU+1, deepBlocks)*b2i(upper)
+				switch {
+				case runL >= deepBlocks:
+					mode = tDeepLower
+				case runU >= deepBlocks:
+					mode = tDeepUpper
+				}
+			} else {
+				runL, runU = 0, 0
+			}
+		}
+		c0 := int(cls[text[i]])
+		switch mode {
+		case tDeepLower:
+			fn(i, i+1, mode, (c2*numLower+c1)*numLower+c0)
+		case tDeepUpper:
+			u := cUVowel
+			fn(i, i+1, mode, ((c2-u)*4+c1-u)*4+c0-u)
+		default:
+			if c0 != cCont {
+				end := i + 1
+				for end < len(text) && cls[text[end]] == cCont {
+					end++
+				}
+				fn(i, end, mode, (c2*n+c1)*n+c0)
+			}
+		}
+		c2, c1 = c1, c0
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// ctxStats sums, per context, the tokens starting at it (weighted) and
+// the number of times it was seen (weighted).
+type ctxStats struct {
+	tok, n []float64
+}
+
+func newCtxStats(size int) ctxStats {
+	return ctxStats{make([]float64, size), make([]float64, size)}
+}
+
+func (c ctxStats) add(k int, tok, w float64) {
+	c.tok[k] += w * tok
+	c.n[k] += w
+}
+
+// stats are the sums of some text: per table, and for the backoff the
+// normal contexts by coarse class triple, pair and class, and the deep
+// lower-case ones by letter group triple.
+type stats struct {
+	t                                     [numTables]ctxStats
+	coarse3, coarse2, coarse1, deepGroups ctxStats
+}
+
+func newStats() *stats {
+	s := &stats{coarse3: newCtxStats(numCoarse * numCoarse * numCoarse), coarse2: newCtxStats(numCoarse * numCoarse),
+		coarse1: newCtxStats(numCoarse), deepGroups: newCtxStats(64)}
+	for i := range s.t {
+		s.t[i] = newCtxStats(tableSizes[i])
+	}
+	return s
+}
+
+func (s *stats) all() []ctxStats {
+	return append(s.t[:], s.coarse3, s.coarse2, s.coarse1, s.deepGroups)
+}
+
+func (s *stats) merge(o *stats) {
+	for i, p := range s.all() {
+		q := o.all()[i]
+		for k := range p.tok {
+			p.tok[k] += q.tok[k]
+			p.n[k] += q.n[k]
+		}
+	}
+}
+
+// tokenStarts is, per byte of text, 1 where an o200k token starts.
+func tokenStarts(enc tokenizer.Codec, text string) ([]float64, int, error) {
+	_, toks, err := enc.Encode(text)
+	if err != nil {
+		return nil, 0, err
+	}
+	starts := make([]float64, len(text)+1)
+	off := 0
+	for _, t := range toks {
+		starts[off]++
+		off += len(t)
+	}
+	if off != len(text) {
+		return nil, 0, fmt.Errorf("tokens cover %d of %d bytes", off, len(text))
+	}
+	return starts, len(toks), nil
+}
+
+// measure adds one text's token starts to st: the tokens starting inside
+// a character count at its first byte.
+func measure(cls *[256]uint8, text string, enc tokenizer.Codec, w float64, st *stats) error {
+	starts, _, err := tokenStarts(enc, text)
+	if err != nil {
+		return err
+	}
+	n := numClasses
+	walk(cls, text, func(i, end, table, idx int) {
+		tok := 0.0
+		for j := i; j < end; j++ {
+			tok += starts[j]
+		}
+		st.t[table].add(idx, tok, w)
+		switch table {
+		case tNormal:
+			c0, c1, c2 := coarse[idx%n], coarse[idx/n%n], coarse[idx/n/n]
+			st.coarse3.add((c2*numCoarse+c1)*numCoarse+c0, tok, w)
+			st.coarse2.add(c1*numCoarse+c0, tok, w)
+			st.coarse1.add(c0, tok, w)
+		case tDeepLower:
+			c0, c1, c2 := coarse[idx%numLower], coarse[idx/numLower%numLower], coarse[idx/numLower/numLower]
+			st.deepGroups.add((c2*4+c1)*4+c0, tok, w)
+		}
+	})
+	return nil
+}
+
+// sampleTexts draws n texts of every kind with seeds under prefix.
+func sampleTexts(provs map[string]Provider, prefix string, n int) map[string][]string {
+	out := map[string][]string{}
+	for _, kind := range kinds {
+		for i := range n {
+			r := rand.New(rand.NewSource(seedFor(prefix+kind, i)))
+			size := sizeLadder[i%len(sizeLadder)]
+			var l Labels
+			if s := provs[kind].Take(r, size, &l); s != "" {
+				out[kind] = append(out[kind], s)
+			}
+		}
+	}
+	return out
+}
+
+// forKinds runs fn for every kind, two at a time or more, and returns the
+// first error.
+func forKinds(fn func(ki int, kind string) error) error {
+	errs := make([]error, len(kinds))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for ki, kind := range kinds {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			errs[ki] = fn(ki, kind)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// costs are the tables' costs in tokens.
+type costs [numTables][]float64
+
+// fit turns the statistics into costs: each context shrunk toward its
+// backoff, deep costs never below the normal cost of the same triple.
+func fit(all *stats) costs {
+	smooth := func(c ctxStats, k int, prior float64) float64 { return (c.tok[k] + shrink*prior) / (c.n[k] + shrink) }
+	var out costs
+	for i := range out {
+		out[i] = make([]float64, tableSizes[i])
+	}
+	n := numClasses
+	for k := range out[tNormal] {
+		c0, c1, c2 := k%n, k/n%n, k/n/n
+		if c0 == cCont {
+			continue
+		}
+		g0, g1, g2 := coarse[c0], coarse[c1], coarse[c2]
+		p := smooth(all.coarse1, g0, classPrior(g0))
+		p = smooth(all.coarse2, g1*numCoarse+g0, p)
+		p = smooth(all.coarse3, (g2*numCoarse+g1)*numCoarse+g0, p)
+		out[tNormal][k] = smooth(all.t[tNormal], k, p)
+	}
+	for k := range out[tDeepLower] {
+		c0, c1, c2 := k%numLower, k/numLower%numLower, k/numLower/numLower
+		normal := out[tNormal][(c2*n+c1)*n+c0]
+		p := smooth(all.deepGroups, (coarse[c2]*4+coarse[c1])*4+coarse[c0], normal)
+		out[tDeepLower][k] = max(smooth(all.t[tDeepLower], k, p), normal)
+	}
+	for k := range out[tDeepUpper] {
+		c0, c1, c2 := cUVowel+k%4, cUVowel+k/4%4, cUVowel+k/16
+		normal := out[tNormal][(c2*n+c1)*n+c0]
+		out[tDeepUpper][k] = max(smooth(all.t[tDeepUpper], k, normal), normal)
+	}
+	// The plugin's costs are in 1/1024 token.
+	for _, t := range out {
+		for k := range t {
+			t[k] = math.Round(t[k]*tableCostOne) / tableCostOne
+		}
+	}
+	return out
+}
+
+// estimate is what the plugin's counter gives for text, before rounding up.
+func (c *costs) estimate(cls *[256]uint8, text string) float64 {
+	sum := 0.0
+	walk(cls, text, func(_, _, table, idx int) { sum += c[table][idx] })
+	return sum
+}
+
+// buildCostTable measures the table and returns the file's bytes and a
+// report: the main costs, and the estimate's ratio to o200k per kind on
+// text apart from the training text.
+func buildCostTable(provs map[string]Provider) ([]byte, string, error) {
+	enc, err := tokenizer.Get(tokenizer.O200kBase)
+	if err != nil {
+		return nil, "", err
+	}
+	cls := byteClasses()
+	texts := sampleTexts(provs, "train/", trainPieces)
+	parts := make([]*stats, len(kinds))
+	err = forKinds(func(ki int, kind string) error {
+		total := 0
+		for _, s := range texts[kind] {
+			total += len(s)
+		}
+		// Every kind weighs the same whatever its bytes, times kindWeight.
+		w := kindWeight(kind) * 1e6 / float64(total)
+		parts[ki] = newStats()
+		for _, s := range texts[kind] {
+			if err := measure(&cls, s, enc, w, parts[ki]); err != nil {
+				return fmt.Errorf("%s: %v", kind, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	all := newStats() // summed in kind order, so that two runs give the same bits
+	for _, p := range parts {
+		all.merge(p)
+	}
+	c := fit(all)
+
+	var raw bytes.Buffer
+	raw.WriteString("LLMCT5")
+	raw.Write([]byte{numClasses, classStart, classBits, numLower, deepBlocks})
+	raw.Write(cls[:])
+	for _, t := range c {
+		for _, v := range t {
+			if v < 0 || v*tableCostOne > math.MaxUint16 {
+				return nil, "", fmt.Errorf("cost %v out of range", v)
+			}
+			binary.Write(&raw, binary.LittleEndian, uint16(v*tableCostOne))
+		}
+	}
+	var gz bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&gz, gzip.BestCompression)
+	if err != nil {
+		return nil, "", err
+	}
+	zw.Write(raw.Bytes())
+	if err := zw.Close(); err != nil {
+		return nil, "", err
+	}
+
+	rep, err := evaluate(provs, &c, &cls, enc)
+	return gz.Bytes(), rep, err
+}
+
+// evaluate reports the estimate's ratio to o200k per kind, on text drawn
+// apart from the training text: in aggregate, and the lowest and highest
+// of its texts.
+func evaluate(provs map[string]Provider, c *costs, cls *[256]uint8, enc tokenizer.Codec) (string, error) {
+	texts := sampleTexts(provs, "eval/", evalPieces)
+	type row struct{ est, ref, lo, hi float64 }
+	rows := make([]row, len(kinds))
+	err := forKinds(func(ki int, kind string) error {
+		r := row{lo: math.Inf(1)}
+		for _, s := range texts[kind] {
+			_, n, err := tokenStarts(enc, s)
+			if err != nil {
+				return err
+			}
+			e := math.Ceil(c.estimate(cls, s))
+			r.est += e
+			r.ref += float64(n)
+			if n >= 40 {
+				r.lo, r.hi = min(r.lo, e/float64(n)), max(r.hi, e/float64(n))
+			}
+		}
+		rows[ki] = r
+		return nil
+	})
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-30s %7s %7s %7s\n", "kind (evaluation text)", "all", "lowest", "highest")
+	var est, ref float64
+	for ki, r := range rows {
+		fmt.Fprintf(&b, "%-30s %7.3f %7.3f %7.3f\n", kinds[ki], r.est/r.ref, r.lo, r.hi)
+		est += r.est
+		ref += r.ref
+	}
+	fmt.Fprintf(&b, "%-30s %7.3f\n", "all", est/ref)
+	return b.String(), err
+}
+
+func writeCostTable(path string, provs map[string]Provider, quiet bool) error {
+	data, rep, err := buildCostTable(provs)
+	if err != nil {
+		return err
+	}
+	if !quiet {
+		fmt.Print(rep)
+	}
+	return os.WriteFile(path, data, 0o644)
+}
