@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	_ "embed"
-	"encoding/binary"
 	"fmt"
 	"io"
 )
@@ -43,32 +42,40 @@ import (
 // one, so appending text never lowers an estimate.
 
 // costUnit is the fixed-point scale of the cost tables: costUnit = 1 token.
-const costUnit = 1024
+// A byte starts at most one token, so each cost fits a byte.
+const costUnit = 255
 
 // The class of a byte takes classBits bits of a table index. In byteClass
-// and scanClass, flag bits above the index mark what a block needs to know.
+// and scanClass, flag bits mark what a block needs to know, far enough
+// above the class that no index of a textCounter's window reads them.
 const (
 	classBits = 6
 	tableSize = 1 << (3 * classBits)
 	tableMask = tableSize - 1
 
-	notLower = 1 << 24 // not a lower-case ASCII letter
-	notUpper = 1 << 25 // not an upper-case ASCII letter
-	stopBit  = 1 << 26 // in scanClass: '"', '\\' and control bytes end plain JSON string content
+	notLowerShift = 40
+	notLower      = 1 << notLowerShift // not a lower-case ASCII letter
+	notUpper      = 2 << notLowerShift // not an upper-case ASCII letter
+	stopBit       = 4 << notLowerShift // in scanClass: '"', '\\' and control bytes end plain JSON string content
 )
 
 //go:embed costtable.bin.gz
 var costTableFile []byte
 
+// The three cost tables share one index, that of a class triple (c2, c1,
+// c0): c2<<12 | c1<<6 | c0. The deep tables only hold letter triples.
+type costTab = [tableSize]uint8
+
 var (
-	byteClass  [256]uint32
-	scanClass  [256]uint32        // byteClass plus stopBit, for count
-	costTable  *[tableSize]uint16 // by class triple, see tableIndex
-	deepLower  *[1 << 15]uint16   // by lower-case letter triple, see lowerIndex
-	deepUpper  [64]uint16         // by upper-case letter group triple, see upperIndex
-	classStart uint32             // the context at the start of a text
-	upperBase  uint32             // the first upper-case class
-	deepBlocks uint               // blocks of letters in a row from which a block is deep
+	byteClass  [256]uint64
+	scanClass  [256]uint64 // byteClass plus stopBit, for count
+	costTable  *costTab    // by class triple
+	deepLower  *costTab    // lower-case letter triples in a deep block
+	deepUpper  *costTab    // upper-case letter triples in a deep block
+	classStart uint64      // the context at the start of a text
+	// The runs of a textCounter with all of its last deepBlocks blocks of
+	// lower-case, of upper-case letters, and the mask of deepBlocks blocks.
+	deepLowerRuns, deepUpperRuns, runsMask uint32
 )
 
 func init() {
@@ -77,30 +84,19 @@ func init() {
 	}
 }
 
-// tableIndex is the index of the class triple c2, c1, c0 in costTable; the
-// mask drops the flag bits.
+// tableIndex is the index of the class triple c2, c1, c0; the mask drops
+// the flag bits.
 func tableIndex(c2, c1, c0 uint32) uint32 {
 	return (c2<<(2*classBits) | c1<<classBits | c0) & tableMask
 }
 
-// lowerIndex is the index of the lower-case letter triple c2, c1, c0
-// (classes 0-25) in deepLower.
-func lowerIndex(c2, c1, c0 uint32) uint32 { return (c2<<10 | c1<<5 | c0) & (1<<15 - 1) }
-
-// upperIndex is the index of the upper-case letter triple c2, c1, c0 in
-// deepUpper.
-func upperIndex(c2, c1, c0 uint32) uint32 {
-	b := upperBase
-	return ((c2-b)&3)<<4 | ((c1-b)&3)<<2 | (c0-b)&3
-}
-
-// loadCostTable reads the file tools/corpus writes, gzipped: "LLMCT5"; the
+// loadCostTable reads the file tools/corpus writes, gzipped: "LLMCT6"; the
 // number of classes, the start class, the class width, the number of
 // lower-case letter classes (0..n-1, a-z; the next 4 are the upper-case
-// groups) and deepBlocks; the class of each byte value; then, in 1/1024
-// token (uint16 little-endian), the cost of every class triple (c2, c1,
-// c0; c0 fastest), of every lower-case letter triple in a deep block, and
-// of every upper-case group triple in a deep block.
+// groups) and deepBlocks; the class of each byte value; then, in 1/255
+// token (a byte each), the cost of every class triple (c2, c1, c0; c0
+// fastest), of every lower-case letter triple in a deep block, and of every
+// upper-case group triple in a deep block.
 func loadCostTable(gz []byte) error {
 	zr, err := gzip.NewReader(bytes.NewReader(gz))
 	if err != nil {
@@ -111,22 +107,22 @@ func loadCostTable(gz []byte) error {
 		return err
 	}
 	const head = 6 + 5 + 256
-	if len(b) < head || string(b[:6]) != "LLMCT5" {
+	if len(b) < head || string(b[:6]) != "LLMCT6" {
 		return fmt.Errorf("not a cost table")
 	}
 	n, start, width, lower, deep := int(b[6]), uint32(b[7]), int(b[8]), int(b[9]), uint(b[10])
-	if width != classBits || n > 1<<classBits || int(start) >= n || lower != 26 || n < lower+4 || deep < 2 {
-		return fmt.Errorf("%d classes of %d bits (%d lower-case), start %d, %d deep blocks: want at most %d of %d bits, 26 lower-case, 2 deep blocks or more",
+	if width != classBits || n > 1<<classBits || int(start) >= n || lower != 26 || n < lower+4 || deep < 2 || deep > 15 {
+		return fmt.Errorf("%d classes of %d bits (%d lower-case), start %d, %d deep blocks: want at most %d of %d bits, 26 lower-case, 2 to 15 deep blocks",
 			n, width, lower, start, deep, 1<<classBits, classBits)
 	}
-	if want := head + 2*(n*n*n+lower*lower*lower+64); len(b) != want {
+	if want := head + n*n*n + lower*lower*lower + 64; len(b) != want {
 		return fmt.Errorf("%d bytes, want %d", len(b), want)
 	}
 	ub := uint32(lower)
 	for i, c := range b[6+5 : head] {
-		c := uint32(c)
+		c := uint64(c)
 		isLower, isUpper := 'a' <= i && i <= 'z', 'A' <= i && i <= 'Z'
-		if int(c) >= n || isLower != (c < ub) || isUpper != (c >= ub && c < ub+4) {
+		if int(c) >= n || isLower != (c < uint64(ub)) || isUpper != (c >= uint64(ub) && c < uint64(ub)+4) {
 			return fmt.Errorf("byte %#x: class %d out of range, or a letter class for a non-letter", i, c)
 		}
 		if !isLower {
@@ -140,47 +136,45 @@ func loadCostTable(gz []byte) error {
 			scanClass[i] |= stopBit
 		}
 	}
-	t, d := new([tableSize]uint16), new([1 << 15]uint16)
+	t, dl, du := new(costTab), new(costTab), new(costTab)
 	p := b[head:]
-	next := func() uint16 {
-		v := binary.LittleEndian.Uint16(p)
-		p = p[2:]
-		return v
-	}
-	for c2 := range uint32(n) {
-		for c1 := range uint32(n) {
-			for c0 := range uint32(n) {
-				t[tableIndex(c2, c1, c0)] = next()
+	fill := func(tab *costTab, lo, hi uint32) {
+		for c2 := lo; c2 < hi; c2++ {
+			for c1 := lo; c1 < hi; c1++ {
+				for c0 := lo; c0 < hi; c0++ {
+					tab[tableIndex(c2, c1, c0)] = p[0]
+					p = p[1:]
+				}
 			}
 		}
 	}
-	for c2 := range uint32(lower) {
-		for c1 := range uint32(lower) {
-			for c0 := range uint32(lower) {
-				d[lowerIndex(c2, c1, c0)] = next()
-			}
-		}
-	}
-	for i := range deepUpper {
-		deepUpper[i] = next()
-	}
-	costTable, deepLower, upperBase, deepBlocks = t, d, ub, deep
-	classStart = start | notLower | notUpper
+	fill(t, 0, uint32(n))
+	fill(dl, 0, ub)
+	fill(du, ub, ub+4)
+	costTable, deepLower, deepUpper = t, dl, du
+	classStart = uint64(start) | notLower | notUpper
+	runsMask = 1<<(2*deep) - 1
+	deepLowerRuns, deepUpperRuns = runsMask/3, runsMask/3*2 // 0b0101..., 0b1010...
 	return nil
 }
 
 // textCounter is the streaming estimator: begin a text, write its decoded
 // bytes in any number of pieces, read acc.
 type textCounter struct {
-	c1, c2     uint32 // classes of the last two bytes, with flags
-	runL, runU uint8  // blocks of 4 lower-, upper-case letters in a row, up to deepBlocks
-	acc        int64  // cost in costUnit
-	bytes      int64  // bytes written
+	// w holds the classes of the last bytes, the last one lowest, 6 bits
+	// each and with their flags far above: (w >> 6k) & tableMask is the
+	// index of the triple that ends k bytes back.
+	w uint64
+	// runs holds 2 bits per block for the last deepBlocks blocks: 1 for
+	// four lower-case letters, 2 for four upper-case letters, else 0.
+	runs  uint32
+	acc   int64 // cost in costUnit
+	bytes int64 // bytes written
 }
 
 // begin starts a new, separate text.
 func (t *textCounter) begin() {
-	t.c1, t.c2, t.runL, t.runU = classStart, classStart, 0, 0
+	t.w, t.runs = classStart<<classBits|classStart, 0
 }
 
 func (t *textCounter) write(p []byte) { t.count(p, &byteClass) }
@@ -201,21 +195,19 @@ const (
 // Everything is in one loop, with the counter's state in registers: text
 // goes a block of four bytes a round, and a block with a quote, a
 // backslash or a control byte goes a byte at a time.
-func (t *textCounter) count(p []byte, cls *[256]uint32) (read, stop int) {
+func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 	tab := costTable
-	c1, c2, runL, runU := t.c1, t.c2, uint(t.runL), uint(t.runU)
-	acc, n := t.acc, 0
-	deep := deepBlocks
-	i := 0
+	w, runs := t.w, t.runs
+	acc := t.acc
+	runsMask, deepL, deepU := runsMask, deepLowerRuns, deepUpperRuns
+	i, escaped := 0, 0 // escaped: bytes of p that escapes took beyond what they stand for
+	const m = tableMask
 	charge := func(b byte) {
-		c0 := byteClass[b]
-		acc += int64(tab[tableIndex(c2, c1, c0)])
-		c2, c1 = c1, c0
-		n++
+		w = w<<classBits | byteClass[b]
+		acc += int64(tab[w&m])
+		escaped--
 	}
 	for {
-		// Each charge needs the two classes before it, so the classes
-		// rotate through a, b, c, d without moves.
 		for ; i+4 <= len(p); i += 4 {
 			q := p[i : i+4 : i+4]
 			a, b, c, d := cls[q[0]], cls[q[1]], cls[q[2]], cls[q[3]]
@@ -223,35 +215,30 @@ func (t *textCounter) count(p []byte, cls *[256]uint32) (read, stop int) {
 			if or&stopBit != 0 {
 				break
 			}
-			// A block of letters of one case continues a run of that case.
-			runL = min(runL+1, deep) & -b2u(or&notLower == 0)
-			runU = min(runU+1, deep) & -b2u(or&notUpper == 0)
-			switch {
-			case runL|runU < deep:
-				acc += int64(tab[tableIndex(c2, c1, a)]) + int64(tab[tableIndex(c1, a, b)]) +
-					int64(tab[tableIndex(a, b, c)]) + int64(tab[tableIndex(b, c, d)])
-			case runL >= deep: // the block before was lower-case letters too
-				dl := deepLower
-				acc += int64(dl[lowerIndex(c2, c1, a)]) + int64(dl[lowerIndex(c1, a, b)]) +
-					int64(dl[lowerIndex(a, b, c)]) + int64(dl[lowerIndex(b, c, d)])
-			default:
-				du := &deepUpper
-				acc += int64(du[upperIndex(c2, c1, a)]) + int64(du[upperIndex(c1, a, b)]) +
-					int64(du[upperIndex(a, b, c)]) + int64(du[upperIndex(b, c, d)])
+			// The flags of a block's classes land above the indexes.
+			w = w<<(4*classBits) | a<<(3*classBits) | b<<(2*classBits) | c<<classBits | d
+			// The block's kind: bit 0 all lower-case letters, bit 1 all
+			// upper-case letters (the flags, inverted).
+			runs = (runs<<2 | uint32(^or>>notLowerShift)&3) & runsMask
+			ct := tab
+			switch runs {
+			case deepL: // the blocks before were lower-case letters too
+				ct = deepLower
+			case deepU:
+				ct = deepUpper
 			}
-			c2, c1 = c, d
-			n += 4
+			acc += int64(ct[w>>(3*classBits)&m]) + int64(ct[w>>(2*classBits)&m]) +
+				int64(ct[w>>classBits&m]) + int64(ct[w&m])
 		}
 		// Up to the next stop byte, which ends a block and a run.
-		runL, runU = 0, 0
+		runs = 0
 		for ; i < len(p); i++ {
 			c0 := cls[p[i]]
 			if c0&stopBit != 0 {
 				break
 			}
-			acc += int64(tab[tableIndex(c2, c1, c0)])
-			c2, c1 = c1, c0
-			n++
+			w = w<<classBits | c0
+			acc += int64(tab[w&m])
 		}
 		if i >= len(p) {
 			stop = countEnd
@@ -270,6 +257,7 @@ func (t *textCounter) count(p []byte, cls *[256]uint32) (read, stop int) {
 			if e := simpleEscape[p[i+1]]; e != 0 {
 				charge(e)
 				i += 2
+				escaped += 2
 				continue
 			}
 		}
@@ -290,6 +278,7 @@ func (t *textCounter) count(p []byte, cls *[256]uint32) (read, stop int) {
 					charge(byte(0x80 | r&0x3F))
 				}
 				i += 6
+				escaped += 6
 				continue
 			}
 		}
@@ -303,26 +292,21 @@ func (t *textCounter) count(p []byte, cls *[256]uint32) (read, stop int) {
 			charge(b)
 		}
 		i += adv
+		escaped += adv
 	}
-	t.c1, t.c2, t.runL, t.runU = c1, c2, uint8(runL), uint8(runU)
-	t.acc = acc
-	t.bytes += int64(n)
+	read = i
+	if stop == countQuote {
+		read-- // the closing quote is not text
+	}
+	t.w, t.runs, t.acc = w, runs, acc
+	t.bytes += int64(read - escaped)
 	return i, stop
 }
 
 // writeByte writes one byte (a decoded escape), which ends a block.
 func (t *textCounter) writeByte(b byte) {
-	c0 := byteClass[b]
-	t.acc += int64(costTable[tableIndex(t.c2, t.c1, c0)])
-	t.c2, t.c1, t.runL, t.runU = t.c1, c0, 0, 0
+	t.w = t.w<<classBits | byteClass[b]
+	t.acc += int64(costTable[t.w&tableMask])
+	t.runs = 0
 	t.bytes++
-}
-
-// b2u is 1 for true, 0 for false, without a branch.
-func b2u(b bool) uint {
-	var u uint
-	if b {
-		u = 1
-	}
-	return u
 }

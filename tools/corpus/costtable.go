@@ -5,13 +5,13 @@ package main
 // The plugin estimates tokens by charging every byte of text a cost that
 // depends only on the classes of that byte and of the two bytes before it.
 // This file defines those byte classes and measures each cost as the
-// expected number of o200k tokens that start at a byte of that class in
-// that context: on training text drawn from every kind's provider (with
-// seeds apart from the corpus bodies'), each token that starts inside a
-// character is counted at the character's first byte. A context seen
-// rarely is shrunk toward the cost of its shorter context (the class of the
-// byte before and its own, then its own alone), and a class never seen
-// falls back to a prior, so every entry is defined and none is negative.
+// probability that an o200k token starts at a byte of that class in that
+// context, on training text drawn from every kind's provider (with seeds
+// apart from the corpus bodies'). A context seen rarely is shrunk toward
+// the cost of its shorter contexts (the classes with letters in four
+// groups; then the byte before and its own; then its own alone), and a
+// class never seen falls back to a prior, so every cost is defined and
+// between 0 and 1.
 //
 // Long runs of letters. Two bytes of context cannot tell a word from a run
 // of random letters, base64 or DNA, which split every two or three letters:
@@ -26,21 +26,19 @@ package main
 // sequences, long ALLCAPS) go deep alike, and are charged by the classes
 // of their letters from a third table.
 //
-// The table is written as a small binary file that the plugin embeds:
+// The tables are written, gzipped, into a file that the plugin embeds:
 //
-//	"LLMCT4" magic, numClasses, start class, classBits, lower-case letter classes, deepBlocks (5 bytes)
+//	"LLMCT6" magic; numClasses, start class, classBits, numLower, deepBlocks (5 bytes)
 //	256 bytes: the class of each byte value
-//	numClasses³ little-endian uint16: the cost of (c2, c1, c0) in 1/1024 token,
-//	in the order c2, c1, c0 (c0 fastest)
-//	26³ uint16: the cost of a letter in a deep block after two letters, a-z, in
-//	the same order
-//	lowerClasses³ uint16: the cost of an upper-case letter in a deep block, by
-//	the classes of it and the two letters before it (less lowerClasses)
+//	numClasses³ bytes: the cost of (c2, c1, c0) in 1/255 token, c0 fastest
+//	numLower³ bytes: the cost of a lower-case letter in a deep block, by it
+//	and the two letters before it, in the same order
+//	4³ bytes: the cost of an upper-case letter in a deep block, by the
+//	groups of it and the two letters before it
 
 import (
 	"bytes"
 	"compress/gzip"
-	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand"
@@ -163,14 +161,12 @@ var coarse = func() (m [numClasses]int) {
 
 const numCoarse = numClasses - numLower + 4
 
-// classPrior is the cost of a class never seen in training, per byte of
-// the class: a character of an unseen script is about one token.
+// classPrior is the cost of a class never seen in training: a character of
+// an unseen script is about one token, counted at its first byte.
 func classPrior(c int) float64 {
 	switch c {
 	case coarse[cCont], coarse[cSpace]:
 		return 0
-	case coarse[cChar4]:
-		return 2
 	}
 	return 1
 }
@@ -190,7 +186,7 @@ const (
 	trainPieces  = 160 // training texts per kind
 	evalPieces   = 48  // evaluation texts per kind, apart from training
 	shrink       = 40  // pseudo-observations toward the shorter context
-	tableCostOne = 1024
+	tableCostOne = 255 // the unit of the file's costs: 1/255 token, so that one byte is 0 to 1 token
 )
 
 // The tables of the model.
@@ -203,11 +199,9 @@ const (
 
 var tableSizes = [numTables]int{numClasses * numClasses * numClasses, numLower * numLower * numLower, 4 * 4 * 4}
 
-// walk calls fn for each byte of text that is charged, with the end of its
-// character, its table and its index: every byte but UTF-8 continuation
-// bytes, which belong to the character before them. The plugin's counter
-// charges exactly these.
-func walk(cls *[256]uint8, text string, fn func(i, end, table, idx int)) {
+// walk calls fn for each byte of text with the table and index of its
+// cost, as the plugin's counter charges it.
+func walk(cls *[256]uint8, text string, fn func(i, table, idx int)) {
 	n := numClasses
 	c2, c1 := classStart, classStart
 	runL, runU := 0, 0 // blocks of lower-case, of upper-case letters in a row
@@ -235,18 +229,12 @@ func walk(cls *[256]uint8, text string, fn func(i, end, table, idx int)) {
 		c0 := int(cls[text[i]])
 		switch mode {
 		case tDeepLower:
-			fn(i, i+1, mode, (c2*numLower+c1)*numLower+c0)
+			fn(i, mode, (c2*numLower+c1)*numLower+c0)
 		case tDeepUpper:
 			u := cUVowel
-			fn(i, i+1, mode, ((c2-u)*4+c1-u)*4+c0-u)
+			fn(i, mode, ((c2-u)*4+c1-u)*4+c0-u)
 		default:
-			if c0 != cCont {
-				end := i + 1
-				for end < len(text) && cls[text[end]] == cCont {
-					end++
-				}
-				fn(i, end, mode, (c2*n+c1)*n+c0)
-			}
+			fn(i, mode, (c2*n+c1)*n+c0)
 		}
 		c2, c1 = c1, c0
 	}
@@ -331,11 +319,8 @@ func measure(cls *[256]uint8, text string, enc tokenizer.Codec, w float64, st *s
 		return err
 	}
 	n := numClasses
-	walk(cls, text, func(i, end, table, idx int) {
-		tok := 0.0
-		for j := i; j < end; j++ {
-			tok += starts[j]
-		}
+	walk(cls, text, func(i, table, idx int) {
+		tok := starts[i]
 		st.t[table].add(idx, tok, w)
 		switch table {
 		case tNormal:
@@ -405,9 +390,6 @@ func fit(all *stats) costs {
 	n := numClasses
 	for k := range out[tNormal] {
 		c0, c1, c2 := k%n, k/n%n, k/n/n
-		if c0 == cCont {
-			continue
-		}
 		g0, g1, g2 := coarse[c0], coarse[c1], coarse[c2]
 		p := smooth(all.coarse1, g0, classPrior(g0))
 		p = smooth(all.coarse2, g1*numCoarse+g0, p)
@@ -437,7 +419,7 @@ func fit(all *stats) costs {
 // estimate is what the plugin's counter gives for text, before rounding up.
 func (c *costs) estimate(cls *[256]uint8, text string) float64 {
 	sum := 0.0
-	walk(cls, text, func(_, _, table, idx int) { sum += c[table][idx] })
+	walk(cls, text, func(_, table, idx int) { sum += c[table][idx] })
 	return sum
 }
 
@@ -477,15 +459,15 @@ func buildCostTable(provs map[string]Provider) ([]byte, string, error) {
 	c := fit(all)
 
 	var raw bytes.Buffer
-	raw.WriteString("LLMCT5")
+	raw.WriteString("LLMCT6")
 	raw.Write([]byte{numClasses, classStart, classBits, numLower, deepBlocks})
 	raw.Write(cls[:])
 	for _, t := range c {
 		for _, v := range t {
-			if v < 0 || v*tableCostOne > math.MaxUint16 {
+			if v < 0 || v > 1 {
 				return nil, "", fmt.Errorf("cost %v out of range", v)
 			}
-			binary.Write(&raw, binary.LittleEndian, uint16(v*tableCostOne))
+			raw.WriteByte(byte(v * tableCostOne))
 		}
 	}
 	var gz bytes.Buffer
