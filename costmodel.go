@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	_ "embed"
+	"encoding/binary"
 	"fmt"
 	"io"
 )
@@ -57,6 +58,7 @@ const (
 	notLower      = 1 << notLowerShift // not a lower-case ASCII letter
 	notUpper      = 2 << notLowerShift // not an upper-case ASCII letter
 	stopBit       = 4 << notLowerShift // in scanClass: '"', '\\' and control bytes end plain JSON string content
+	hanBit        = 8 << notLowerShift // the first byte of an ideograph U+4000-U+9FFF (0xE4-0xE9)
 )
 
 //go:embed costtable.bin.gz
@@ -73,6 +75,13 @@ var (
 	deepLower  *costTab    // lower-case letter triples in a deep block
 	deepUpper  *costTab    // upper-case letter triples in a deep block
 	classStart uint64      // the context at the start of a text
+	contClass  uint64      // the class of UTF-8 continuation bytes
+	classCount int         // the number of classes
+	// hanDelta corrects the charge of each ideograph U+4000-U+9FFF that
+	// follows a character of 2 bytes or more, in costUnit: the tables see
+	// every ideograph alike, the tokenizer merges common ones with their
+	// neighbours and splits rare ones.
+	hanDelta [hanHi - hanLo]int16
 	// The runs of a textCounter with all of its last deepBlocks blocks of
 	// lower-case, of upper-case letters, and the mask of deepBlocks blocks.
 	deepLowerRuns, deepUpperRuns, runsMask uint32
@@ -84,19 +93,21 @@ func init() {
 	}
 }
 
+const hanLo, hanHi = 0x4000, 0xA000
+
 // tableIndex is the index of the class triple c2, c1, c0; the mask drops
 // the flag bits.
 func tableIndex(c2, c1, c0 uint32) uint32 {
 	return (c2<<(2*classBits) | c1<<classBits | c0) & tableMask
 }
 
-// loadCostTable reads the file tools/corpus writes, gzipped: "LLMCT6"; the
+// loadCostTable reads the file tools/corpus writes, gzipped: "LLMCT7"; the
 // number of classes, the start class, the class width, the number of
 // lower-case letter classes (0..n-1, a-z; the next 4 are the upper-case
 // groups) and deepBlocks; the class of each byte value; then, in 1/255
 // token (a byte each), the cost of every class triple (c2, c1, c0; c0
 // fastest), of every lower-case letter triple in a deep block, and of every
-// upper-case group triple in a deep block.
+// upper-case group triple in a deep block; then hanDelta, int16 little-endian.
 func loadCostTable(gz []byte) error {
 	zr, err := gzip.NewReader(bytes.NewReader(gz))
 	if err != nil {
@@ -107,7 +118,7 @@ func loadCostTable(gz []byte) error {
 		return err
 	}
 	const head = 6 + 5 + 256
-	if len(b) < head || string(b[:6]) != "LLMCT6" {
+	if len(b) < head || string(b[:6]) != "LLMCT7" {
 		return fmt.Errorf("not a cost table")
 	}
 	n, start, width, lower, deep := int(b[6]), uint32(b[7]), int(b[8]), int(b[9]), uint(b[10])
@@ -115,7 +126,7 @@ func loadCostTable(gz []byte) error {
 		return fmt.Errorf("%d classes of %d bits (%d lower-case), start %d, %d deep blocks: want at most %d of %d bits, 26 lower-case, 2 to 15 deep blocks",
 			n, width, lower, start, deep, 1<<classBits, classBits)
 	}
-	if want := head + n*n*n + lower*lower*lower + 64; len(b) != want {
+	if want := head + n*n*n + lower*lower*lower + 64 + 2*(hanHi-hanLo); len(b) != want {
 		return fmt.Errorf("%d bytes, want %d", len(b), want)
 	}
 	ub := uint32(lower)
@@ -130,6 +141,9 @@ func loadCostTable(gz []byte) error {
 		}
 		if !isUpper {
 			c |= notUpper
+		}
+		if 0xE4 <= i && i <= 0xE9 {
+			c |= hanBit
 		}
 		byteClass[i], scanClass[i] = c, c
 		if i < 0x20 || i == '"' || i == '\\' {
@@ -151,6 +165,10 @@ func loadCostTable(gz []byte) error {
 	fill(t, 0, uint32(n))
 	fill(dl, 0, ub)
 	fill(du, ub, ub+4)
+	for i := range hanDelta {
+		hanDelta[i] = int16(binary.LittleEndian.Uint16(p[2*i:]))
+	}
+	contClass, classCount = byteClass[0x80]&(1<<classBits-1), n
 	costTable, deepLower, deepUpper = t, dl, du
 	classStart = uint64(start) | notLower | notUpper
 	runsMask = 1<<(2*deep) - 1
@@ -198,7 +216,7 @@ const (
 func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 	tab := costTable
 	w, runs := t.w, t.runs
-	acc := t.acc
+	acc, seen, w0 := t.acc, uint64(0), t.w
 	runsMask, deepL, deepU := runsMask, deepLowerRuns, deepUpperRuns
 	i, escaped := 0, 0 // escaped: bytes of p that escapes took beyond what they stand for
 	const m = tableMask
@@ -215,6 +233,7 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 			if or&stopBit != 0 {
 				break
 			}
+			seen |= or
 			// The flags of a block's classes land above the indexes.
 			w = w<<(4*classBits) | a<<(3*classBits) | b<<(2*classBits) | c<<classBits | d
 			// The block's kind: bit 0 all lower-case letters, bit 1 all
@@ -239,6 +258,7 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 			}
 			w = w<<classBits | c0
 			acc += int64(tab[w&m])
+			seen |= c0
 		}
 		if i >= len(p) {
 			stop = countEnd
@@ -273,9 +293,13 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 					charge(byte(0xC0 | r>>6))
 					charge(byte(0x80 | r&0x3F))
 				default:
+					afterMB := w&(1<<classBits-1) == contClass
 					charge(byte(0xE0 | r>>12))
 					charge(byte(0x80 | r>>6&0x3F))
 					charge(byte(0x80 | r&0x3F))
+					if afterMB && r >= hanLo && r < hanHi {
+						acc += int64(hanDelta[r-hanLo])
+					}
 				}
 				i += 6
 				escaped += 6
@@ -298,9 +322,27 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 	if stop == countQuote {
 		read-- // the closing quote is not text
 	}
+	if seen&hanBit != 0 {
+		acc += hanCorrection(p[:read], w0&(1<<classBits-1) == contClass)
+	}
 	t.w, t.runs, t.acc = w, runs, acc
 	t.bytes += int64(read - escaped)
 	return i, stop
+}
+
+// hanCorrection is the sum of hanDelta over the ideographs of p that
+// follow a continuation byte; afterMB tells whether what came before p
+// ended with one.
+func hanCorrection(p []byte, afterMB bool) (sum int64) {
+	for j := 0; j+2 < len(p); j++ {
+		if b := p[j]; b >= 0xE4 && b <= 0xE9 && p[j+1]&0xC0 == 0x80 && p[j+2]&0xC0 == 0x80 &&
+			(j > 0 && p[j-1]&0xC0 == 0x80 || j == 0 && afterMB) {
+			r := rune(b&0x0F)<<12 | rune(p[j+1]&0x3F)<<6 | rune(p[j+2]&0x3F)
+			sum += int64(hanDelta[r-hanLo])
+			j += 2
+		}
+	}
+	return sum
 }
 
 // writeByte writes one byte (a decoded escape), which ends a block.

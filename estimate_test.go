@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // corpusDir is the shared estimator corpus, relative to the package dir.
@@ -101,8 +102,8 @@ func TestEstimateCorpus(t *testing.T) {
 	rows, aggregate := corpusEstimates(t, refs)
 	for _, row := range rows {
 		r, info := row.ref, row.info
-		if ratio := float64(row.est) / float64(r.ReferenceInputTokens); math.Abs(ratio-1) > 0.15 {
-			t.Errorf("%s: estimate %d vs reference %d: ratio %.3f outside ±15%%", r.File, row.est, r.ReferenceInputTokens, ratio)
+		if ratio := float64(row.est) / float64(r.ReferenceInputTokens); ratio < estimateLow || ratio > estimateHigh {
+			t.Errorf("%s: estimate %d vs reference %d: ratio %.3f outside %.2f..%.2f", r.File, row.est, r.ReferenceInputTokens, ratio, estimateLow, estimateHigh)
 		}
 		if info.Messages != r.Messages {
 			t.Errorf("%s: Messages = %d, want %d", r.File, info.Messages, r.Messages)
@@ -159,60 +160,68 @@ func q(s string) string {
 	return string(b)
 }
 
+// TestEstimateTextKinds: the estimator against o200k on short hand-made
+// texts, within the bounds every text of the broad corpus meets. Fluent
+// English and modern Chinese news prose run high (the table averages them
+// with code, technical text and classical Chinese); high is the safe side.
 func TestEstimateTextKinds(t *testing.T) {
-	// The heuristic against o200k on text of different kinds. Compact JSON
-	// schemas run high: their punctuation merges more than the model knows.
 	cases := []struct {
 		name string
 		ref  refText
-		tol  float64
 	}{
-		{"english prose", proseText, 0.10},
-		{"english request", prose2Text, 0.15},
-		{"go source", goText, 0.10},
-		{"pretty JSON", jsonText, 0.10},
-		{"chinese", chineseText, 0.10},
-		{"russian", russianText, 0.15},
-		{"compact JSON tool result", toolResultJSON, 0.15},
-		{"compact JSON schema", toolsJSON, 0.25},
+		{"english prose", proseText},
+		{"english request", prose2Text},
+		{"go source", goText},
+		{"pretty JSON", jsonText},
+		{"chinese", chineseText},
+		{"russian", russianText},
+		{"compact JSON tool result", toolResultJSON},
+		{"compact JSON schema", toolsJSON},
 	}
 	for _, c := range cases {
 		got := estimateText([]byte(c.ref.text))
 		ratio := float64(got) / float64(c.ref.tokens)
 		t.Logf("%-26s estimate %4d  o200k %4d  ratio %.3f  (bytes/4 ratio %.3f)", c.name, got, c.ref.tokens, ratio, float64(len(c.ref.text))/4/float64(c.ref.tokens))
-		if math.Abs(ratio-1) > c.tol {
-			t.Errorf("%s: estimate %d vs o200k %d: ratio %.3f outside ±%.0f%%", c.name, got, c.ref.tokens, ratio, c.tol*100)
+		if ratio < estimateLow || ratio > estimateHigh {
+			t.Errorf("%s: estimate %d vs o200k %d: ratio %.3f outside %.2f..%.2f", c.name, got, c.ref.tokens, ratio, estimateLow, estimateHigh)
 		}
 	}
 }
 
+// TestEstimateTextRounding: empty text is 0 tokens; any other text is at
+// least 1 (the cost rounds up), and one character at most 2.
 func TestEstimateTextRounding(t *testing.T) {
-	for _, c := range []struct {
-		text string
-		want int64
-	}{
-		{"", 0},
-		{" ", 1},
-		{"a", 1},
-		{"\n", 1},
-		{"中", 1},
-	} {
-		if got := estimateText([]byte(c.text)); got != c.want {
-			t.Errorf("estimateText(%q) = %d, want %d", c.text, got, c.want)
+	if got := estimateText(nil); got != 0 {
+		t.Errorf("estimateText(\"\") = %d, want 0", got)
+	}
+	for _, c := range []string{" ", "a", "Z", "7", "\n", "\t", "{", "\"", "é", "ж", "中", "한", "ア", "—", "😀", "\x00", "\xff"} {
+		if got := estimateText([]byte(c)); got < 1 || got > 2 {
+			t.Errorf("estimateText(%q) = %d, want 1 or 2", c, got)
 		}
 	}
 }
 
-// Every charge is >= 0, so appending text can never lower an estimate.
+// Every charge is >= 0 (the tables hold unsigned bytes; an ideograph's
+// correction never takes its charge below 0), so appending characters can
+// never lower an estimate.
 func TestEstimateMonotonic(t *testing.T) {
-	for i, v := range costTable {
-		if v < 0 {
-			t.Fatalf("costTable[%#x] = %d < 0", i, v)
+	lead := byteClass[0xE4] & (1<<classBits - 1)
+	for c2 := range uint32(classCount) {
+		base := int64(costTable[tableIndex(c2, uint32(contClass), uint32(lead))]) +
+			int64(costTable[tableIndex(uint32(contClass), uint32(lead), uint32(contClass))]) +
+			int64(costTable[tableIndex(uint32(lead), uint32(contClass), uint32(contClass))])
+		for i, d := range hanDelta {
+			if base+int64(d) < 0 {
+				t.Fatalf("U+%04X after class %d is charged %d < 0", hanLo+i, c2, base+int64(d))
+			}
 		}
 	}
 	for _, r := range []refText{proseText, goText, jsonText, chineseText, russianText, toolsJSON} {
 		prev := int64(0)
 		for n := 0; n <= len(r.text); n++ {
+			if n < len(r.text) && !utf8.RuneStart(r.text[n]) {
+				continue // text is whole characters
+			}
 			got := estimateText([]byte(r.text[:n]))
 			if got < prev {
 				t.Fatalf("estimate fell from %d to %d at byte %d of %.20q", prev, got, n, r.text)
@@ -242,7 +251,7 @@ func TestParseRequestShapes(t *testing.T) {
 		f    dialect
 		body string
 		text int64   // hand reference for TextTokens
-		tol  float64 // relative tolerance on TextTokens; 0 = exact
+		tol  float64 // 0: TextTokens exact; else within estimateLow..estimateHigh of the hand reference
 		want requestInfo
 	}{
 		{
@@ -389,8 +398,8 @@ func TestParseRequestShapes(t *testing.T) {
 				if info.TextTokens != c.text {
 					t.Errorf("TextTokens = %d, want %d", info.TextTokens, c.text)
 				}
-			} else if ratio := float64(info.TextTokens) / float64(c.text); math.Abs(ratio-1) > c.tol {
-				t.Errorf("TextTokens = %d, hand reference %d: ratio %.3f outside ±%.0f%%", info.TextTokens, c.text, ratio, c.tol*100)
+			} else if ratio := float64(info.TextTokens) / float64(c.text); ratio < estimateLow || ratio > estimateHigh {
+				t.Errorf("TextTokens = %d, hand reference %d: ratio %.3f outside %.2f..%.2f", info.TextTokens, c.text, ratio, estimateLow, estimateHigh)
 			}
 			got := info
 			got.TextTokens = 0
@@ -439,12 +448,14 @@ func TestParseRequestBehaviour(t *testing.T) {
 	})
 	t.Run("duplicate keys: the last one counts", func(t *testing.T) {
 		info := parse(t, dOpenAI, `{"max_tokens":10,"messages":[{"content":`+q(goText.text)+`}],"max_tokens":20,"messages":[{"content":"hi","content":"hello"},{"content":"x"}],"n":3,"n":null}`)
-		if info.MaxOutput != 20 || info.Messages != 2 || info.TextTokens != 2 || info.N != 1 {
-			t.Errorf("got %+v; want MaxOutput 20, Messages 2, TextTokens 2, N 1", info)
+		last := parse(t, dOpenAI, `{"messages":[{"content":"hello"},{"content":"x"}]}`)
+		if info.MaxOutput != 20 || info.Messages != 2 || info.TextTokens != last.TextTokens || info.N != 1 {
+			t.Errorf("got %+v; want MaxOutput 20, Messages 2, TextTokens %d, N 1", info, last.TextTokens)
 		}
 		info = parse(t, dAnthropic, `{"system":`+q(goText.text)+`,"system":"hi","messages":[{"role":"user","content":[{"type":"text","text":`+q(goText.text)+`,"text":"yo"}]}]}`)
-		if info.TextTokens != 2 {
-			t.Errorf("anthropic TextTokens = %d, want 2", info.TextTokens)
+		last = parse(t, dAnthropic, `{"system":"hi","messages":[{"role":"user","content":[{"type":"text","text":"yo"}]}]}`)
+		if info.TextTokens != last.TextTokens || info.TextTokens > 3 {
+			t.Errorf("anthropic TextTokens = %d, want %d (that of the last occurrences alone)", info.TextTokens, last.TextTokens)
 		}
 	})
 	t.Run("invalid UTF-8 is accepted and counted by bytes", func(t *testing.T) {
@@ -721,9 +732,10 @@ func geminiBodyOf(t *testing.T, raw []byte) (body []byte, turns, images int, ok 
 }
 
 // TestEstimateCorpusAsGemini reads the corpus's chat and messages bodies
-// rewritten as Gemini requests: the same text must estimate within ±5 % of
-// its o200k reference (text, 3 per turn, 258 per inline image), as it does
-// in the format it came in.
+// rewritten as Gemini requests: the same text must estimate within the
+// bounds of every body against its o200k reference (text, 3 per turn, 258
+// per inline image), and within 2 % of what it estimates in the format it
+// came in (the same text, only the wrapping differs).
 func TestEstimateCorpusAsGemini(t *testing.T) {
 	refs := loadCorpus(t)
 	rewritten := 0
@@ -743,9 +755,16 @@ func TestEstimateCorpusAsGemini(t *testing.T) {
 		ref := r.TextTokensO200k + 3*int64(turns) + geminiFileTokens*int64(images)
 		got := inputEstimate(dGemini, info)
 		ratio := float64(got) / float64(ref)
+		var orig requestInfo
+		if err := parseRequest(formatOf(r.Format), "", readCorpusBody(t, r.File), &orig); err != nil {
+			t.Fatal(err)
+		}
 		t.Logf("%-34s gemini estimate %6d reference %6d ratio %.3f", r.File, got, ref, ratio)
-		if ratio < 0.95 || ratio > 1.06 {
-			t.Errorf("%s as gemini: ratio %.3f outside 0.95..1.06", r.File, ratio)
+		if ratio < estimateLow || ratio > estimateHigh {
+			t.Errorf("%s as gemini: ratio %.3f outside %.2f..%.2f", r.File, ratio, estimateLow, estimateHigh)
+		}
+		if d := float64(info.TextTokens) / float64(orig.TextTokens); d < 0.98 || d > 1.02 {
+			t.Errorf("%s as gemini: %d text tokens, %d in its own format", r.File, info.TextTokens, orig.TextTokens)
 		}
 	}
 	if rewritten < 10 {

@@ -28,13 +28,15 @@ package main
 //
 // The tables are written, gzipped, into a file that the plugin embeds:
 //
-//	"LLMCT6" magic; numClasses, start class, classBits, numLower, deepBlocks (5 bytes)
+//	"LLMCT7" magic; numClasses, start class, classBits, numLower, deepBlocks (5 bytes)
 //	256 bytes: the class of each byte value
 //	numClasses³ bytes: the cost of (c2, c1, c0) in 1/255 token, c0 fastest
 //	numLower³ bytes: the cost of a lower-case letter in a deep block, by it
 //	and the two letters before it, in the same order
 //	4³ bytes: the cost of an upper-case letter in a deep block, by the
 //	groups of it and the two letters before it
+//	24576 int16 little-endian: the correction of each ideograph U+4000-U+9FFF
+//	in 1/255 token (hantable.go)
 
 import (
 	"bytes"
@@ -43,6 +45,7 @@ import (
 	"math"
 	"math/rand"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -73,7 +76,8 @@ const (
 	cCont
 	cLatin1    // U+0080-U+00FF: Latin-1 (é ü ß, NBSP)
 	cLatinExt  // U+0100-U+02BF: Latin extended (ł ő ş ĉ ț)
-	cGreekCyr  // U+02C0-U+057F
+	cGreek     // U+02C0-U+03FF: modifiers, combining marks, Greek
+	cCyrillic  // U+0400-U+057F: Cyrillic, Armenian
 	cSemitic   // U+0580-U+07FF
 	cIndic     // U+0800-U+0FFF: Indic, Thai, Lao, Tibetan
 	cLetters3  // U+1000-U+1FFF: Myanmar, Georgian, Jamo, Ethiopic, Khmer, Vietnamese, Greek extended
@@ -100,7 +104,7 @@ var classNames = func() (n [numClasses]string) {
 		n[i] = string(rune('a' + i))
 	}
 	copy(n[numLower:], []string{"VOWEL", "CONS1", "CONS2", "CONS3", "digit", "space", "newline", "tab", "quote",
-		"bracket", "sep", "punct", "ctrl", "cont", "latin1", "latin-ext", "greek-cyr", "semitic", "indic", "letters3",
+		"bracket", "sep", "punct", "ctrl", "cont", "latin1", "latin-ext", "greek", "cyrillic", "semitic", "indic", "letters3",
 		"symbols", "kana", "han", "hangul", "fullwidth", "char4"})
 	return n
 }()
@@ -132,7 +136,8 @@ func byteClasses() (t [256]uint8) {
 	set(0x80, 0xBF, cCont)
 	set(0xC2, 0xC3, cLatin1)
 	set(0xC4, 0xCA, cLatinExt)
-	set(0xCB, 0xD5, cGreekCyr)
+	set(0xCB, 0xCF, cGreek)
+	set(0xD0, 0xD5, cCyrillic)
 	set(0xD6, 0xDF, cSemitic)
 	set(0xE0, 0xE0, cIndic)
 	set(0xE1, 0xE1, cLetters3)
@@ -176,8 +181,13 @@ func classPrior(c int) float64 {
 // it shares every context; it counts three times so that it is not
 // under-counted (nor the languages not in the corpus that are like it).
 func kindWeight(kind string) float64 {
-	if kind == "latin_prose" {
+	switch kind {
+	case "latin_prose":
 		return 3
+	case "english_prose":
+		return 3
+	case "cyrillic":
+		return 2
 	}
 	return 1
 }
@@ -336,6 +346,13 @@ func measure(cls *[256]uint8, text string, enc tokenizer.Codec, w float64, st *s
 	return nil
 }
 
+func totalBytes(texts []string) (n int) {
+	for _, s := range texts {
+		n += len(s)
+	}
+	return n
+}
+
 // sampleTexts draws n texts of every kind with seeds under prefix.
 func sampleTexts(provs map[string]Provider, prefix string, n int) map[string][]string {
 	out := map[string][]string{}
@@ -416,11 +433,62 @@ func fit(all *stats) costs {
 	return out
 }
 
+// model is what the plugin counts with: the tables and the corrections
+// of the ideographs (hantable.go).
+type model struct {
+	c   costs
+	han []float64
+}
+
 // estimate is what the plugin's counter gives for text, before rounding up.
-func (c *costs) estimate(cls *[256]uint8, text string) float64 {
+func (m *model) estimate(cls *[256]uint8, text string) float64 {
 	sum := 0.0
-	walk(cls, text, func(_, table, idx int) { sum += c[table][idx] })
+	walk(cls, text, func(_, table, idx int) { sum += m.c[table][idx] })
+	for i, r := range text {
+		if isHan(r) && afterMultibyte(text, i) {
+			sum += m.han[r-hanLo]
+		}
+	}
 	return sum
+}
+
+// manPages are the pages of man-db (priority "important" in Debian, so on
+// every stock system), which it ships translated into many languages.
+var manPages = []string{"man1/man.1.gz", "man1/apropos.1.gz", "man1/whatis.1.gz", "man1/manpath.1.gz",
+	"man8/mandb.8.gz", "man8/catman.8.gz", "man1/zsoelim.1.gz", "man8/accessdb.8.gz", "man5/manpath.5.gz"}
+
+// manLanguages are the translations that training adds to a kind: fluent
+// modern prose, which the vim tutors (half commands) and the classical
+// texts of the corpus lack. "" is the English original.
+var manLanguages = map[string][]string{
+	"english_prose":      {""},
+	"latin_prose":        {"de", "fr", "es", "pl", "it", "pt", "nl", "sv", "tr"},
+	"cyrillic":           {"ru"},
+	"japanese":           {"ja"},
+	"chinese_simplified": {"zh_CN"},
+}
+
+// trainingProviders are the corpus's providers, with the man pages of
+// manLanguages mixed in: a third of a kind's training text comes from them.
+func trainingProviders(l *Loader, provs map[string]Provider) (map[string]Provider, error) {
+	out := map[string]Provider{}
+	for k, p := range provs {
+		out[k] = p
+	}
+	for kind, langs := range manLanguages {
+		var files []*Loaded
+		for _, lang := range langs {
+			for _, page := range manPages {
+				f, err := l.Load(Src{Root: "man", Path: filepath.Join(lang, page), Label: "man page " + lang, Xform: "man"})
+				if err != nil {
+					return nil, err
+				}
+				files = append(files, f)
+			}
+		}
+		out[kind] = &Weighted{Weights: []int{2, 1}, Ps: []Provider{provs[kind], &FileProvider{Files: files}}}
+	}
+	return out, nil
 }
 
 // buildCostTable measures the table and returns the file's bytes and a
@@ -435,12 +503,8 @@ func buildCostTable(provs map[string]Provider) ([]byte, string, error) {
 	texts := sampleTexts(provs, "train/", trainPieces)
 	parts := make([]*stats, len(kinds))
 	err = forKinds(func(ki int, kind string) error {
-		total := 0
-		for _, s := range texts[kind] {
-			total += len(s)
-		}
 		// Every kind weighs the same whatever its bytes, times kindWeight.
-		w := kindWeight(kind) * 1e6 / float64(total)
+		w := kindWeight(kind) * 1e6 / float64(totalBytes(texts[kind]))
 		parts[ki] = newStats()
 		for _, s := range texts[kind] {
 			if err := measure(&cls, s, enc, w, parts[ki]); err != nil {
@@ -457,9 +521,32 @@ func buildCostTable(provs map[string]Provider) ([]byte, string, error) {
 		all.merge(p)
 	}
 	c := fit(all)
+	hans := make([]hanStats, len(kinds))
+	err = forKinds(func(ki int, kind string) error {
+		w := kindWeight(kind) * 1e6 / float64(totalBytes(texts[kind]))
+		hans[ki] = newHanStats()
+		for _, s := range texts[kind] {
+			if err := measureHan(&cls, &c, s, enc, w, hans[ki]); err != nil {
+				return fmt.Errorf("%s: %v", kind, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	han := newHanStats()
+	for _, h := range hans {
+		han.merge(h)
+	}
+	groups, err := hanGroups(enc)
+	if err != nil {
+		return nil, "", err
+	}
+	m := &model{c, hanDeltas(han, groups, &c, all.t[tNormal].n)}
 
 	var raw bytes.Buffer
-	raw.WriteString("LLMCT6")
+	raw.WriteString("LLMCT7")
 	raw.Write([]byte{numClasses, classStart, classBits, numLower, deepBlocks})
 	raw.Write(cls[:])
 	for _, t := range c {
@@ -469,6 +556,10 @@ func buildCostTable(provs map[string]Provider) ([]byte, string, error) {
 			}
 			raw.WriteByte(byte(v * tableCostOne))
 		}
+	}
+	for _, d := range m.han {
+		v := int16(d * tableCostOne)
+		raw.Write([]byte{byte(v), byte(v >> 8)})
 	}
 	var gz bytes.Buffer
 	zw, err := gzip.NewWriterLevel(&gz, gzip.BestCompression)
@@ -480,14 +571,14 @@ func buildCostTable(provs map[string]Provider) ([]byte, string, error) {
 		return nil, "", err
 	}
 
-	rep, err := evaluate(provs, &c, &cls, enc)
-	return gz.Bytes(), rep, err
+	rep, err := evaluate(provs, m, &cls, enc)
+	return gz.Bytes(), hanReport(han, m.han) + rep, err
 }
 
 // evaluate reports the estimate's ratio to o200k per kind, on text drawn
 // apart from the training text: in aggregate, and the lowest and highest
 // of its texts.
-func evaluate(provs map[string]Provider, c *costs, cls *[256]uint8, enc tokenizer.Codec) (string, error) {
+func evaluate(provs map[string]Provider, m *model, cls *[256]uint8, enc tokenizer.Codec) (string, error) {
 	texts := sampleTexts(provs, "eval/", evalPieces)
 	type row struct{ est, ref, lo, hi float64 }
 	rows := make([]row, len(kinds))
@@ -498,7 +589,7 @@ func evaluate(provs map[string]Provider, c *costs, cls *[256]uint8, enc tokenize
 			if err != nil {
 				return err
 			}
-			e := math.Ceil(c.estimate(cls, s))
+			e := math.Ceil(m.estimate(cls, s))
 			r.est += e
 			r.ref += float64(n)
 			if n >= 40 {
@@ -520,8 +611,12 @@ func evaluate(provs map[string]Provider, c *costs, cls *[256]uint8, enc tokenize
 	return b.String(), err
 }
 
-func writeCostTable(path string, provs map[string]Provider, quiet bool) error {
-	data, rep, err := buildCostTable(provs)
+func writeCostTable(path string, l *Loader, provs map[string]Provider, quiet bool) error {
+	train, err := trainingProviders(l, provs)
+	if err != nil {
+		return err
+	}
+	data, rep, err := buildCostTable(train)
 	if err != nil {
 		return err
 	}

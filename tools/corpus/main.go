@@ -111,7 +111,7 @@ func run(out, table, vimGlob string, quiet bool) error {
 		return err
 	}
 	if table != "" {
-		if err := writeCostTable(table, provs, quiet); err != nil {
+		if err := writeCostTable(table, loader, provs, quiet); err != nil {
 			return err
 		}
 	}

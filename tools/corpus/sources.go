@@ -6,10 +6,13 @@ package main
 // names it.
 
 import (
+	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"html"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -122,10 +125,10 @@ func findRoots(vimGlob string) (*Roots, error) {
 
 // Src names one source file.
 type Src struct {
-	Root  string // "goroot", "vim", "xtext" or "mod"
+	Root  string // "goroot", "vim", "xtext", "mod" or "man" (/usr/share/man, gzipped pages)
 	Path  string // relative to the root; for "mod", "module@version/path"
 	Label string // short human label used in "what"
-	Xform string // "", "comments" (Go comment text) or "html" (tags stripped)
+	Xform string // "", "comments" (Go comment text), "html" (tags stripped) or "man" (groff stripped)
 	Runes bool   // cut anywhere on a rune boundary (minified files)
 }
 
@@ -140,6 +143,8 @@ func (s Src) ID(r *Roots) string {
 		return "gomodcache:" + s.Path
 	case "goroot":
 		return "goroot(" + r.GoVersion + "):" + s.Path
+	case "man":
+		return "man:" + s.Path
 	}
 	return s.Root + ":" + s.Path
 }
@@ -154,6 +159,8 @@ func (s Src) abs(r *Roots) string {
 		return filepath.Join(r.ModCache, filepath.FromSlash(s.Path))
 	case "goroot":
 		return filepath.Join(r.GoRoot, filepath.FromSlash(s.Path))
+	case "man":
+		return filepath.Join("/usr/share/man", filepath.FromSlash(s.Path))
 	}
 	panic("unknown root " + s.Root)
 }
@@ -166,6 +173,8 @@ func (s Src) hint() string {
 		return " (run: go mod download " + unescapeModPath(modOf(s.Path)) + ")"
 	case "goroot":
 		return " (the Go distribution lacks it)"
+	case "man":
+		return " (install man-db)"
 	}
 	return ""
 }
@@ -223,10 +232,19 @@ func (l *Loader) Load(s Src) (*Loaded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("missing source %s: %w%s", p, err, s.hint())
 	}
+	sum := sha256.Sum256(b)
+	if strings.HasSuffix(p, ".gz") {
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			return nil, fmt.Errorf("source %s: %v", p, err)
+		}
+		if b, err = io.ReadAll(zr); err != nil {
+			return nil, fmt.Errorf("source %s: %v", p, err)
+		}
+	}
 	if !utf8.Valid(b) {
 		return nil, fmt.Errorf("source %s is not valid UTF-8", p)
 	}
-	sum := sha256.Sum256(b)
 	text := strings.ReplaceAll(string(b), "\r\n", "\n")
 	text = strings.TrimPrefix(text, "\ufeff")
 	switch s.Xform {
@@ -234,6 +252,8 @@ func (l *Loader) Load(s Src) (*Loaded, error) {
 		text = goComments(text)
 	case "html":
 		text = stripHTML(text)
+	case "man":
+		text = stripGroff(text)
 	}
 	f := &Loaded{Src: s, ID: s.ID(l.roots), Raw: len(b), SHA256: hex.EncodeToString(sum[:]), Text: text}
 	l.cache[key] = f
@@ -290,6 +310,36 @@ var (
 	reBlank  = regexp.MustCompile(`\n[ \t]*\n(?:[ \t]*\n)+`)
 	reTrailW = regexp.MustCompile(`[ \t]+\n`)
 )
+
+var (
+	reGroffMacro = regexp.MustCompile(`^\.(?:B|I|BR|IR|RB|RI|BI|IB|SM|SB|SH|SS|TP|IP|HP|TH)\b ?`)
+	reGroffEsc   = regexp.MustCompile(`\\f[BIPR]|\\f\(..|\\[|&^]|\\\*\(..|\\\*.|\\\(..`)
+)
+
+// stripGroff turns a man page's groff source into its text: macro lines
+// keep their arguments, other requests and comments go, and escapes become
+// what they print (or nothing).
+func stripGroff(src string) string {
+	var b strings.Builder
+	for line := range strings.SplitSeq(src, "\n") {
+		if strings.HasPrefix(line, ".\\\"") || strings.HasPrefix(line, "'\\\"") {
+			continue
+		}
+		if strings.HasPrefix(line, ".") {
+			m := reGroffMacro.FindString(line)
+			if m == "" {
+				continue
+			}
+			line = strings.ReplaceAll(line[len(m):], "\"", "")
+		}
+		line = strings.NewReplacer(`\-`, "-", `\e`, `\`, `\(aq`, "'", `\(em`, "—", `\(en`, "–",
+			`\(lq`, "“", `\(rq`, "”", `\ `, " ").Replace(line)
+		line = reGroffEsc.ReplaceAllString(line, "")
+		b.WriteString(line)
+		b.WriteString("\n")
+	}
+	return reBlank.ReplaceAllString(b.String(), "\n\n")
+}
 
 // stripHTML turns an HTML page into its visible text.
 func stripHTML(src string) string {
