@@ -81,7 +81,7 @@ func (geminiDialect) parse(s *jsonScanner, tc *textCounter, path string, info *r
 			if ok, err := s.nullOr(jsonObject, key, "an object"); !ok {
 				return err
 			}
-			slots[1], err = geminiContent(s, tc, key)
+			slots[1], err = geminiContent(s, tc, key, -1)
 		case "tools":
 			slots[2], err = geminiTools(s, tc)
 		case "generationConfig", "generation_config":
@@ -100,11 +100,10 @@ func geminiContents(s *jsonScanner, tc *textCounter) (total part, err error) {
 		return part{}, err
 	}
 	err = s.array(func(i int) error {
-		name := "contents[" + strconv.Itoa(i) + "]"
 		if s.peek() != jsonObject {
-			return s.typeError(name, "an object")
+			return s.typeError(contentName("contents", i), "an object")
 		}
-		p, err := geminiContent(s, tc, name)
+		p, err := geminiContent(s, tc, "contents", i)
 		p.messages++
 		total.add(p)
 		return err
@@ -112,20 +111,36 @@ func geminiContents(s *jsonScanner, tc *textCounter) (total part, err error) {
 	return total, err
 }
 
-// geminiContent reads one Content: {role, parts}.
-func geminiContent(s *jsonScanner, tc *textCounter, name string) (p part, err error) {
+// contentName names a Content in an error: field, or field[i] for i >= 0.
+// Names are only built for errors: building them per element would
+// allocate on every request.
+func contentName(field string, i int) string {
+	if i < 0 {
+		return field
+	}
+	return field + "[" + strconv.Itoa(i) + "]"
+}
+
+// geminiContent reads one Content: {role, parts}; field and i name it in
+// errors (contentName).
+func geminiContent(s *jsonScanner, tc *textCounter, field string, i int) (p part, err error) {
 	err = s.object(geminiContentKeys, func(key string) (err error) {
 		if key != "parts" {
 			return s.skip(nil)
 		}
-		if ok, err := s.nullOr(jsonArray, name+".parts", "an array"); !ok {
+		switch s.peek() {
+		case jsonNull:
+			_, err = s.literal()
 			return err
+		case jsonArray:
+		default:
+			return s.typeError(contentName(field, i)+".parts", "an array")
 		}
 		p, err = sumArray(s, tc, func(s *jsonScanner, tc *textCounter) (part, error) {
 			if s.peek() != jsonObject {
-				return part{}, s.typeError(name+".parts[]", "an object")
+				return part{}, s.typeError(contentName(field, i)+".parts[]", "an object")
 			}
-			return geminiPart(s, tc, name)
+			return geminiPart(s, tc, field, i)
 		})
 		return err
 	})
@@ -135,14 +150,19 @@ func geminiContent(s *jsonScanner, tc *textCounter, name string) (p part, err er
 // geminiPart reads one Part: text; a function call or response, executable
 // code or its result (as compact JSON); inline data or a file (one image
 // each, never by their size). Thought signatures are not text.
-func geminiPart(s *jsonScanner, tc *textCounter, name string) (part, error) {
+func geminiPart(s *jsonScanner, tc *textCounter, field string, i int) (part, error) {
 	var slots [2]part // text, structured content
 	files := int64(0)
 	err := s.object(geminiPartKeys, func(key string) (err error) {
 		switch key {
 		case "text":
-			if ok, err := s.nullOr(jsonString, name+".parts[].text", "a string"); !ok {
+			switch s.peek() {
+			case jsonNull:
+				_, err = s.literal()
 				return err
+			case jsonString:
+			default:
+				return s.typeError(contentName(field, i)+".parts[].text", "a string")
 			}
 			slots[0], err = countString(s, tc)
 		case "functionCall", "function_call", "functionResponse", "function_response",
@@ -185,6 +205,33 @@ func geminiTools(s *jsonScanner, tc *textCounter) (total part, err error) {
 	return total, err
 }
 
+// geminiConfigField is name.key for the generation config fields that
+// geminiGenerationConfig reads, as a constant.
+func geminiConfigField(name, key string) string {
+	camel := name == "generationConfig"
+	switch key {
+	case "maxOutputTokens":
+		if camel {
+			return "generationConfig.maxOutputTokens"
+		}
+		return "generation_config.maxOutputTokens"
+	case "max_output_tokens":
+		if camel {
+			return "generationConfig.max_output_tokens"
+		}
+		return "generation_config.max_output_tokens"
+	case "candidateCount":
+		if camel {
+			return "generationConfig.candidateCount"
+		}
+		return "generation_config.candidateCount"
+	}
+	if camel {
+		return "generationConfig.candidate_count"
+	}
+	return "generation_config.candidate_count"
+}
+
 // geminiGenerationConfig reads the output limit: maxOutputTokens ×
 // candidateCount.
 func geminiGenerationConfig(s *jsonScanner, name string, info *requestInfo) error {
@@ -193,11 +240,13 @@ func geminiGenerationConfig(s *jsonScanner, name string, info *requestInfo) erro
 	}
 	maxOut, n := int64(-1), int64(1)
 	err := s.object(geminiGenConfigKeys, func(key string) (err error) {
+		// The field names of errors are constants: built per request, they
+		// would allocate.
 		switch key {
 		case "maxOutputTokens", "max_output_tokens":
-			maxOut, err = intField(s, name+"."+key, 0, -1)
+			maxOut, err = intField(s, geminiConfigField(name, key), 0, -1)
 		case "candidateCount", "candidate_count":
-			n, err = intField(s, name+"."+key, 1, 1)
+			n, err = intField(s, geminiConfigField(name, key), 1, 1)
 		default:
 			err = s.skip(nil)
 		}
