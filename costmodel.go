@@ -82,9 +82,17 @@ var (
 	// every ideograph alike, the tokenizer merges common ones with their
 	// neighbours and splits rare ones.
 	hanDelta [hanHi - hanLo]int16
-	// The runs of a textCounter with all of its last deepBlocks blocks of
-	// lower-case, of upper-case letters, and the mask of deepBlocks blocks.
-	deepLowerRuns, deepUpperRuns, runsMask uint32
+)
+
+// A block of four bytes is deep in a run of letters when it and the
+// deepBlocks-1 blocks before it are all lower-case, or all upper-case,
+// letters. runsMask keeps deepBlocks blocks of 2 bits in a textCounter's
+// runs; deepLowerRuns and deepUpperRuns are its values then.
+const (
+	deepBlocks    = 3
+	runsMask      = 1<<(2*deepBlocks) - 1
+	deepLowerRuns = runsMask / 3     // 0b010101
+	deepUpperRuns = runsMask / 3 * 2 // 0b101010
 )
 
 func init() {
@@ -122,9 +130,9 @@ func loadCostTable(gz []byte) error {
 		return fmt.Errorf("not a cost table")
 	}
 	n, start, width, lower, deep := int(b[6]), uint32(b[7]), int(b[8]), int(b[9]), uint(b[10])
-	if width != classBits || n > 1<<classBits || int(start) >= n || lower != 26 || n < lower+4 || deep < 2 || deep > 15 {
-		return fmt.Errorf("%d classes of %d bits (%d lower-case), start %d, %d deep blocks: want at most %d of %d bits, 26 lower-case, 2 to 15 deep blocks",
-			n, width, lower, start, deep, 1<<classBits, classBits)
+	if width != classBits || n > 1<<classBits || int(start) >= n || lower != 26 || n < lower+4 || deep != deepBlocks {
+		return fmt.Errorf("%d classes of %d bits (%d lower-case), start %d, %d deep blocks: want at most %d of %d bits, 26 lower-case, %d deep blocks",
+			n, width, lower, start, deep, 1<<classBits, classBits, deepBlocks)
 	}
 	if want := head + n*n*n + lower*lower*lower + 64 + 2*(hanHi-hanLo); len(b) != want {
 		return fmt.Errorf("%d bytes, want %d", len(b), want)
@@ -171,8 +179,6 @@ func loadCostTable(gz []byte) error {
 	contClass, classCount = byteClass[0x80]&(1<<classBits-1), n
 	costTable, deepLower, deepUpper = t, dl, du
 	classStart = uint64(start) | notLower | notUpper
-	runsMask = 1<<(2*deep) - 1
-	deepLowerRuns, deepUpperRuns = runsMask/3, runsMask/3*2 // 0b0101..., 0b1010...
 	return nil
 }
 
@@ -217,38 +223,12 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 	tab := costTable
 	w, runs := t.w, t.runs
 	acc, seen, w0 := t.acc, uint64(0), t.w
-	runsMask, deepL, deepU := runsMask, deepLowerRuns, deepUpperRuns
 	i, escaped := 0, 0 // escaped: bytes of p that escapes took beyond what they stand for
 	const m = tableMask
-	charge := func(b byte) {
-		w = w<<classBits | byteClass[b]
-		acc += int64(tab[w&m])
-		escaped--
-	}
 	for {
-		for ; i+4 <= len(p); i += 4 {
-			q := p[i : i+4 : i+4]
-			a, b, c, d := cls[q[0]], cls[q[1]], cls[q[2]], cls[q[3]]
-			or := a | b | c | d
-			if or&stopBit != 0 {
-				break
-			}
-			seen |= or
-			// The flags of a block's classes land above the indexes.
-			w = w<<(4*classBits) | a<<(3*classBits) | b<<(2*classBits) | c<<classBits | d
-			// The block's kind: bit 0 all lower-case letters, bit 1 all
-			// upper-case letters (the flags, inverted).
-			runs = (runs<<2 | uint32(^or>>notLowerShift)&3) & runsMask
-			ct := tab
-			switch runs {
-			case deepL: // the blocks before were lower-case letters too
-				ct = deepLower
-			case deepU:
-				ct = deepUpper
-			}
-			acc += int64(ct[w>>(3*classBits)&m]) + int64(ct[w>>(2*classBits)&m]) +
-				int64(ct[w>>classBits&m]) + int64(ct[w&m])
-		}
+		var blk blockState
+		blk, i = countBlocks(blockState{w, acc, seen, runs}, p, i, cls)
+		w, acc, seen, runs = blk.w, blk.acc, blk.seen, blk.runs
 		// Up to the next stop byte, which ends a block and a run.
 		runs = 0
 		for ; i < len(p); i++ {
@@ -275,9 +255,9 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 		}
 		if i+1 < len(p) {
 			if e := simpleEscape[p[i+1]]; e != 0 {
-				charge(e)
+				w, acc = chargeByte(tab, w, acc, e)
 				i += 2
-				escaped += 2
+				escaped++
 				continue
 			}
 		}
@@ -288,21 +268,23 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 			if (x0|x1|x2|x3)&0x10 == 0 && (r < 0xD800 || r >= 0xE000) {
 				switch {
 				case r < 0x80:
-					charge(byte(r))
+					w, acc = chargeByte(tab, w, acc, byte(r))
+					escaped += 5
 				case r < 0x800:
-					charge(byte(0xC0 | r>>6))
-					charge(byte(0x80 | r&0x3F))
+					w, acc = chargeByte(tab, w, acc, byte(0xC0|r>>6))
+					w, acc = chargeByte(tab, w, acc, byte(0x80|r&0x3F))
+					escaped += 4
 				default:
 					afterMB := w&(1<<classBits-1) == contClass
-					charge(byte(0xE0 | r>>12))
-					charge(byte(0x80 | r>>6&0x3F))
-					charge(byte(0x80 | r&0x3F))
+					w, acc = chargeByte(tab, w, acc, byte(0xE0|r>>12))
+					w, acc = chargeByte(tab, w, acc, byte(0x80|r>>6&0x3F))
+					w, acc = chargeByte(tab, w, acc, byte(0x80|r&0x3F))
 					if afterMB && r >= hanLo && r < hanHi {
 						acc += int64(hanDelta[r-hanLo])
 					}
+					escaped += 3
 				}
 				i += 6
-				escaped += 6
 				continue
 			}
 		}
@@ -313,10 +295,10 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 			break
 		}
 		for _, b := range buf[:m] {
-			charge(b)
+			w, acc = chargeByte(tab, w, acc, b)
 		}
 		i += adv
-		escaped += adv
+		escaped += adv - m
 	}
 	read = i
 	if stop == countQuote {
@@ -328,6 +310,55 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 	t.w, t.runs, t.acc = w, runs, acc
 	t.bytes += int64(read - escaped)
 	return i, stop
+}
+
+// blockState is what countBlocks carries from block to block.
+type blockState struct {
+	w    uint64
+	acc  int64
+	seen uint64 // the classes' flags, ORed
+	runs uint32
+}
+
+// countBlocks counts p from i a block of four bytes a round, up to the
+// first block with a byte whose class in cls has stopBit, and returns
+// where it stopped. It is the hot loop of count, apart so that its state
+// stays in registers.
+func countBlocks(st blockState, p []byte, i int, cls *[256]uint64) (blockState, int) {
+	const m = tableMask
+	tab := costTable
+	w, acc, seen, runs := st.w, st.acc, st.seen, st.runs
+	q := p[i:]
+	for len(q) >= 4 {
+		a, b, c, d := cls[q[0]], cls[q[1]], cls[q[2]], cls[q[3]]
+		or := a | b | c | d
+		if or&stopBit != 0 {
+			break
+		}
+		q = q[4:]
+		seen |= or
+		// The flags of a block's classes land above the indexes.
+		w = w<<(4*classBits) | a<<(3*classBits) | b<<(2*classBits) | c<<classBits | d
+		// The block's kind: bit 0 all lower-case letters, bit 1 all
+		// upper-case letters (the flags, inverted).
+		runs = (runs<<2 | uint32(^or>>notLowerShift)&3) & runsMask
+		ct := tab
+		switch runs {
+		case deepLowerRuns: // the blocks before were lower-case letters too
+			ct = deepLower
+		case deepUpperRuns:
+			ct = deepUpper
+		}
+		acc += int64(ct[w>>(3*classBits)&m]) + int64(ct[w>>(2*classBits)&m]) +
+			int64(ct[w>>classBits&m]) + int64(ct[w&m])
+	}
+	return blockState{w, acc, seen, runs}, len(p) - len(q)
+}
+
+// chargeByte adds byte b to the window w and its cost to acc.
+func chargeByte(tab *costTab, w uint64, acc int64, b byte) (uint64, int64) {
+	w = w<<classBits | byteClass[b]
+	return w, acc + int64(tab[w&tableMask])
 }
 
 // hanCorrection is the sum of hanDelta over the ideographs of p that
