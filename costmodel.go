@@ -365,15 +365,43 @@ func chargeByte(tab *costTab, w uint64, acc int64, b byte) (uint64, int64) {
 // follow a continuation byte; afterMB tells whether what came before p
 // ended with one.
 func hanCorrection(p []byte, afterMB bool) (sum int64) {
-	for j := 0; j+2 < len(p); j++ {
-		if b := p[j]; b >= 0xE4 && b <= 0xE9 && p[j+1]&0xC0 == 0x80 && p[j+2]&0xC0 == 0x80 &&
+	// Character by character: a 3-byte character is one step.
+	for j := 0; j+2 < len(p); {
+		b := p[j]
+		if b < 0xE0 || b > 0xEF {
+			j++
+			continue
+		}
+		if b >= 0xE4 && b <= 0xE9 && p[j+1]&0xC0 == 0x80 && p[j+2]&0xC0 == 0x80 &&
 			(j > 0 && p[j-1]&0xC0 == 0x80 || j == 0 && afterMB) {
 			r := rune(b&0x0F)<<12 | rune(p[j+1]&0x3F)<<6 | rune(p[j+2]&0x3F)
 			sum += int64(hanDelta[r-hanLo])
-			j += 2
 		}
+		j += 3
 	}
 	return sum
+}
+
+// countStr is str into tc alone: one pass that finds the end of the
+// string, decodes it and counts it (textCounter.count).
+func (s *jsonScanner) countStr(tc *textCounter) (n int, err error) {
+	before := tc.bytes
+	read, stop := tc.count(s.data[s.pos+1:], &scanClass)
+	i := s.pos + 1 + read
+	n = int(tc.bytes - before)
+	switch stop {
+	case countQuote:
+		s.pos = i
+		return n, nil
+	case countBadEsc:
+		s.pos = i
+		return n, badRequestf("invalid JSON: invalid escape in string at offset %d", i)
+	case countCtrl:
+		s.pos = i
+		return n, badRequestf("invalid JSON: control character in string at offset %d", i)
+	}
+	s.pos = i
+	return n, s.syntaxError()
 }
 
 // writeByte writes one byte (a decoded escape), which ends a block.
@@ -383,3 +411,20 @@ func (t *textCounter) writeByte(b byte) {
 	t.runs = 0
 	t.bytes++
 }
+
+// simpleEscape is the byte that a one-letter escape stands for, or 0.
+var simpleEscape = [256]byte{'"': '"', '\\': '\\', '/': '/', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t'}
+
+// hexVal is the value of a hex digit, or 0x10 for any other byte.
+var hexVal = func() (t [256]uint32) {
+	for i := range t {
+		t[i] = 0x10
+	}
+	for i := range 10 {
+		t['0'+i] = uint32(i)
+	}
+	for i := range 6 {
+		t['a'+i], t['A'+i] = uint32(10+i), uint32(10+i)
+	}
+	return t
+}()

@@ -247,45 +247,6 @@ func (s *jsonScanner) str(tc *textCounter, dst []byte) (n int, err error) {
 	}
 }
 
-// countStr is str into tc alone: one pass that finds the end of the
-// string, decodes it and counts it (textCounter.count).
-func (s *jsonScanner) countStr(tc *textCounter) (n int, err error) {
-	before := tc.bytes
-	read, stop := tc.count(s.data[s.pos+1:], &scanClass)
-	i := s.pos + 1 + read
-	n = int(tc.bytes - before)
-	switch stop {
-	case countQuote:
-		s.pos = i
-		return n, nil
-	case countBadEsc:
-		s.pos = i
-		return n, badRequestf("invalid JSON: invalid escape in string at offset %d", i)
-	case countCtrl:
-		s.pos = i
-		return n, badRequestf("invalid JSON: control character in string at offset %d", i)
-	}
-	s.pos = i
-	return n, s.syntaxError()
-}
-
-// simpleEscape is the byte that a one-letter escape stands for, or 0.
-var simpleEscape = [256]byte{'"': '"', '\\': '\\', '/': '/', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t'}
-
-// hexVal is the value of a hex digit, or 0x10 for any other byte.
-var hexVal = func() (t [256]uint32) {
-	for i := range t {
-		t[i] = 0x10
-	}
-	for i := range 10 {
-		t['0'+i] = uint32(i)
-	}
-	for i := range 6 {
-		t['a'+i], t['A'+i] = uint32(10+i), uint32(10+i)
-	}
-	return t
-}()
-
 func emit(tc *textCounter, dst []byte, n int, p []byte) int {
 	if tc != nil {
 		tc.write(p)
