@@ -17,6 +17,7 @@ func init() {
 //
 //	GET /llm_ratelimit/stats                   every zone
 //	GET /llm_ratelimit/stats/<zone>/<key_id>   one key
+//	POST /llm_ratelimit/spend/<zone>/<key_id>/reset   zero the key's spend in its current period
 //
 // It reads the package's zone pool, the same the handlers use: the admin
 // module is provisioned before the apps and holds no handler. Keys appear
@@ -36,6 +37,7 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/llm_ratelimit/stats", Handler: caddy.AdminHandlerFunc(a.serveStats)},
 		{Pattern: "/llm_ratelimit/stats/", Handler: caddy.AdminHandlerFunc(a.serveStats)},
+		{Pattern: "/llm_ratelimit/spend/", Handler: caddy.AdminHandlerFunc(a.serveSpendReset)},
 	}
 }
 
@@ -63,14 +65,7 @@ func (adminAPI) serveStats(w http.ResponseWriter, r *http.Request) error {
 	if !ok || zoneName == "" || keyID == "" || strings.Contains(keyID, "/") {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("want /llm_ratelimit/stats/<zone>/<key_id>")}
 	}
-	var z *zone
-	zones.Range(func(k, v any) bool {
-		if k == zoneName {
-			z = v.(*zone)
-			return false
-		}
-		return true
-	})
+	z := zoneNamed(zoneName)
 	if z == nil {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("unknown zone %q", zoneName)}
 	}
@@ -84,4 +79,39 @@ func (adminAPI) serveStats(w http.ResponseWriter, r *http.Request) error {
 func writeStats(w http.ResponseWriter, v any) error {
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(v)
+}
+
+// zoneNamed is the live zone of that name, or nil.
+func zoneNamed(name string) *zone {
+	var z *zone
+	zones.Range(func(k, v any) bool {
+		if k == name {
+			z = v.(*zone)
+			return false
+		}
+		return true
+	})
+	return z
+}
+
+// serveSpendReset zeroes a key's spend in its budget's current period
+// (what is in flight stays reserved) and answers the key's stats.
+func (adminAPI) serveSpendReset(w http.ResponseWriter, r *http.Request) error {
+	rest := strings.TrimPrefix(r.URL.Path, "/llm_ratelimit/spend/")
+	parts := strings.Split(rest, "/")
+	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] != "reset" {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("want POST /llm_ratelimit/spend/<zone>/<key_id>/reset")}
+	}
+	if r.Method != http.MethodPost {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed", r.Method)}
+	}
+	z := zoneNamed(parts[0])
+	if z == nil {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("unknown zone %q", parts[0])}
+	}
+	if !z.resetSpend(parts[1]) {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("zone %q holds no spend for key_id %q", parts[0], parts[1])}
+	}
+	st, _ := z.keyStats(parts[1], now().UnixNano())
+	return writeStats(w, st)
 }

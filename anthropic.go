@@ -220,6 +220,11 @@ var (
 )
 
 // jsonUsage reads the usage object of a message.
+// clampOutput rewrites max_tokens.
+func (anthropicDialect) clampOutput(_ string, body []byte, n int64) []byte {
+	return setIntMember(body, []string{"max_tokens"}, "max_tokens", n)
+}
+
 func (anthropicDialect) jsonUsage(body []byte) (usage, bool) {
 	var a usageAcc
 	a.add(lastObjectAfterKey(body, anthropicUsageKey), anthropicUsageNames)
@@ -259,8 +264,9 @@ func anthropicUsage(a *usageAcc) (usage, bool) {
 	if a.found&0b101 == 0 {
 		return usage{}, false
 	}
+	// input_tokens leaves out cache reads and writes.
 	in := satAdd(a.v[0], a.v[1])
-	return usage{Input: in, Output: a.v[2], Read: satAdd(in, a.v[3])}, true
+	return usage{Input: in, Output: a.v[2], Read: satAdd(in, a.v[3]), Cached: a.v[3], CacheWrite: a.v[1]}, true
 }
 
 // anthropicErrorTypes is the error type of each of the handler's own
@@ -274,6 +280,7 @@ var anthropicErrorTypes = [...]string{
 	errCooldown:      "rate_limit_error",
 	errUnavailable:   "api_error",
 	errModelNotFound: "not_found_error",
+	errBudget:        "rate_limit_error",
 }
 
 func (anthropicDialect) appendError(dst []byte, e *apiError) []byte {

@@ -25,6 +25,8 @@ import (
 //		rpm <n>  tpm <n>  itpm <n>  otpm <n>  concurrent <n>
 //		tier <name> {
 //			rpm <n>  tpm <n>  itpm <n>  otpm <n>  concurrent <n>
+//			lane interactive|batch
+//			budget <usd> daily|weekly|monthly
 //		}
 //		api_key     <key | sha256:<hex>> <tier>
 //		keys_file   <path>
@@ -35,7 +37,12 @@ import (
 //			max_output     <n>
 //			token_ratio    <float>
 //			image_tokens   <n>
+//			price input <usd> output <usd> [cached_input <usd>] [cache_write <usd>]
 //		}
+//		default_price input <usd> output <usd> [cached_input <usd>] [cache_write <usd>]
+//		prices_file <path>
+//		budget <usd> daily|weekly|monthly
+//		clamp_max_tokens [<min>]
 //		default_max_output <n>
 //		learn_limits on|off
 //		calibrate on|off
@@ -261,6 +268,30 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				h.Headers = &on
 			}
+		case "default_price":
+			p, err := parsePrice(d, sub)
+			if err != nil {
+				return err
+			}
+			h.DefaultPrice = p
+		case "prices_file":
+			v, err := oneArg(d, sub)
+			if err != nil {
+				return err
+			}
+			h.PricesFile = v
+		case "budget":
+			b, err := parseBudget(d, sub)
+			if err != nil {
+				return err
+			}
+			h.Budget = b
+		case "clamp_max_tokens":
+			n, err := parseClamp(d)
+			if err != nil {
+				return err
+			}
+			h.ClampMaxTokens = n
 		case "dry_run":
 			if err := noArgs(d, sub); err != nil {
 				return err

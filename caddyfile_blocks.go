@@ -210,6 +210,10 @@ func (h *Handler) parseTier(d *caddyfile.Dispenser) error {
 		tier.Lane = v
 		return nil
 	}
+	subs["budget"] = func() (err error) {
+		tier.Budget, err = parseBudget(d, where+": budget")
+		return err
+	}
 	if err := parseBlock(d, where, subs); err != nil {
 		return err
 	}
@@ -261,6 +265,10 @@ func (h *Handler) parseModel(d *caddyfile.Dispenser) error {
 		}
 		m.TokenRatio = f
 		return nil
+	}
+	subs["price"] = func() (err error) {
+		m.Price, err = parsePrice(d, where+": price")
+		return err
 	}
 	if err := parseBlock(d, where, subs); err != nil {
 		return err

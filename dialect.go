@@ -39,6 +39,10 @@ type dialect interface {
 	// isAddedUsageEvent tells the stream event that prepare's rewrite
 	// added.
 	isAddedUsageEvent(event []byte) bool
+	// clampOutput rewrites the body's output limit per choice to n (the
+	// field the format and path use; added when absent)
+	// (clamp_max_tokens).
+	clampOutput(path string, body []byte, n int64) []byte
 
 	// jsonUsage reads the usage of a whole (non-event-stream) response
 	// body, or of its tail.
@@ -153,6 +157,11 @@ type usage struct {
 	// Read is all the input the model read, cached input included: what
 	// calibration compares the estimate with.
 	Read int64
+	// Cached is the part of Read served from the provider's prompt cache
+	// (OpenAI cached_tokens, Anthropic cache_read_input_tokens, Gemini
+	// cachedContentTokenCount); CacheWrite the part written to it
+	// (Anthropic cache_creation_input_tokens). Both are priced apart.
+	Cached, CacheWrite int64
 }
 
 // maxSettledTokens bounds a usage figure that settling believes. No
@@ -166,6 +175,8 @@ func (u usage) clamped() usage {
 	u.Input = min(max(u.Input, 0), maxSettledTokens)
 	u.Output = min(max(u.Output, 0), maxSettledTokens)
 	u.Read = min(max(u.Read, 0), maxSettledTokens)
+	u.Cached = min(max(u.Cached, 0), u.Read)
+	u.CacheWrite = min(max(u.CacheWrite, 0), u.Read-u.Cached)
 	return u
 }
 
@@ -220,6 +231,7 @@ const (
 	errCooldown                     // 429: the upstream asked to slow down
 	errUnavailable                  // 503: the shared store is unreachable (fail closed)
 	errModelNotFound                // 404: no provider account serves the model
+	errBudget                       // 429: the key's budget cannot cover the request
 )
 
 var errStatus = [...]int{
@@ -231,6 +243,7 @@ var errStatus = [...]int{
 	errCooldown:      http.StatusTooManyRequests,
 	errUnavailable:   http.StatusServiceUnavailable,
 	errModelNotFound: http.StatusNotFound,
+	errBudget:        http.StatusTooManyRequests,
 }
 
 // apiError is one of the handler's own error answers, before a dialect

@@ -287,6 +287,20 @@ var (
 // jsonUsage reads the last usageMetadata of an answer: of a single
 // response, or of the streamed JSON array (each chunk's figures are
 // cumulative, so the last one counts).
+// clampOutput rewrites generationConfig.maxOutputTokens (either
+// spelling), adding what is missing.
+func (geminiDialect) clampOutput(_ string, body []byte, n int64) []byte {
+	cfg := []byte(`{"maxOutputTokens":` + strconv.FormatInt(n, 10) + `}`)
+	from, to, ok := memberSpan(body, []string{"generationConfig", "generation_config"})
+	if !ok {
+		return addMember(body, "generationConfig", cfg)
+	}
+	if body[from] == '{' {
+		cfg = setIntMember(body[from:to], []string{"maxOutputTokens", "max_output_tokens"}, "maxOutputTokens", n)
+	}
+	return append(append(append(make([]byte, 0, len(body)+len(cfg)), body[:from]...), cfg...), body[to:]...)
+}
+
 func (g geminiDialect) jsonUsage(body []byte) (usage, bool) {
 	var a usageAcc
 	a.add(lastObjectAfterKey(body, geminiUsageKey), geminiUsageNames)
@@ -306,7 +320,8 @@ func (geminiDialect) streamUsage(a *usageAcc) (usage, bool) {
 	if a.found&0b111 == 0 {
 		return usage{}, false
 	}
-	return usage{Input: a.v[0], Output: satAdd(a.v[1], a.v[2]), Read: a.v[0]}, true
+	// promptTokenCount includes the cached content.
+	return usage{Input: a.v[0], Output: satAdd(a.v[1], a.v[2]), Read: a.v[0], Cached: min(a.v[3], a.v[0])}, true
 }
 
 // geminiStatus is Google's status name of each of the handler's own
@@ -320,6 +335,7 @@ var geminiStatus = [...]string{
 	errCooldown:      "RESOURCE_EXHAUSTED",
 	errUnavailable:   "UNAVAILABLE",
 	errModelNotFound: "NOT_FOUND",
+	errBudget:        "RESOURCE_EXHAUSTED",
 }
 
 // appendError appends Google's error body:

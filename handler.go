@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -55,7 +56,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			msg: "The model `" + req.info.Model + "` does not exist or no provider account of this gateway serves it."}, outcomeInvalid)
 	}
 	q := ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), accts: accts, d: req.demand,
-		learn: h.learn, learnKey: h.learn && len(accts) == 0, lane: h.lanes[tier]}
+		learn: h.learn, learnKey: h.learn && len(accts) == 0, lane: h.lanes[tier], spend: h.spendAsk(tier, &req)}
 	var t ticket
 	var dec decision
 	var waited time.Duration
@@ -73,6 +74,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return clientGone(err) // it went away while waiting, and took nothing
 	}
 	m := h.zone.m
+	if !dec.ok && dec.overBudget && !h.DryRun {
+		return h.replyBudget(w, d, q.spend.b, dec, kh, tier, &req)
+	}
+	if dec.ok && dec.clamped > 0 {
+		req.body = req.parsed.clampOutput(r.URL.Path, req.body, dec.clamped)
+		restoreBody(r, req.body)
+		w.Header().Set("x-llm-ratelimit-max-tokens-clamped", strconv.FormatInt(dec.clamped, 10))
+	}
 	if !dec.ok {
 		msg := rejectMessage(dec, req.demand.model)
 		fields := h.decisionFields(kh, tier, &req.info, req.demand,

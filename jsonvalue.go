@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -89,22 +90,53 @@ func objectInts(obj []byte, names []string, out []int64) (found uint32, ok bool)
 	if s.peek() != jsonObject {
 		return 0, false
 	}
-	err := s.object(names, func(k string) error {
-		i := 0
-		for i < len(names) && names[i] != k {
-			i++
-		}
-		if i == len(names) || s.peek() != jsonNumber {
-			return s.skip(nil)
-		}
-		raw, err := s.number()
-		if v, isInt := parseJSONInt(raw); err == nil && isInt && v >= 0 {
-			out[i] = v
-			found |= 1 << i
-		}
-		return err
-	})
+	err := s.objectInts(names, "", out, &found)
 	return found, err == nil
+}
+
+// objectInts reads the integer members names of the object at s.pos; a
+// name "a.b" is member b of the object member a. prefix is the path of
+// this object ("" at the top, "a." one level down).
+func (s *jsonScanner) objectInts(names []string, prefix string, out []int64, found *uint32) error {
+	// The keys to look at: this level's part of each name.
+	var buf [8]string
+	known := buf[:0]
+	for _, n := range names {
+		if len(n) <= len(prefix) || n[:len(prefix)] != prefix {
+			continue
+		}
+		n = n[len(prefix):]
+		if i := strings.IndexByte(n, '.'); i >= 0 {
+			n = n[:i]
+		}
+		if len(known) < len(buf) {
+			known = append(known, n)
+		}
+	}
+	return s.object(known, func(k string) error {
+		switch s.peek() {
+		case jsonNumber:
+			for i, n := range names {
+				if len(n) == len(prefix)+len(k) && n[:len(prefix)] == prefix && n[len(prefix):] == k {
+					raw, err := s.number()
+					if v, isInt := parseJSONInt(raw); err == nil && isInt && v >= 0 {
+						out[i] = v
+						*found |= 1 << i
+					}
+					return err
+				}
+			}
+		case jsonObject:
+			if prefix == "" { // one level down at most
+				for _, n := range names {
+					if len(n) > len(k) && n[:len(k)] == k && n[len(k)] == '.' {
+						return s.objectInts(names, n[:len(k)+1], out, found)
+					}
+				}
+			}
+		}
+		return s.skip(nil)
+	})
 }
 
 // The helpers below find members in JSON text that is not parsed as a
@@ -170,3 +202,60 @@ func stringMember(b []byte, key string) ([]byte, bool) {
 	}
 	return b[v+1 : v+1+end], true
 }
+
+// setIntMember sets the integer members names of the object obj (valid
+// JSON) to v: every member of those names is rewritten; when none is
+// there, a member add is added first in the object. It returns the new
+// object.
+func setIntMember(obj []byte, names []string, add string, v int64) []byte {
+	type span struct{ from, to int }
+	var spans []span
+	s := jsonScanner{data: obj}
+	_ = s.object(names, func(k string) error {
+		from := s.pos
+		err := s.skip(nil)
+		if k != "" {
+			spans = append(spans, span{from, s.pos})
+		}
+		return err
+	})
+	num := strconv.AppendInt(nil, v, 10)
+	if len(spans) == 0 {
+		return addMember(obj, add, num)
+	}
+	out := make([]byte, 0, len(obj)+8*len(spans))
+	last := 0
+	for _, sp := range spans {
+		out = append(append(out, obj[last:sp.from]...), num...)
+		last = sp.to
+	}
+	return append(out, obj[last:]...)
+}
+
+// addMember adds the member name with the raw JSON value first in the
+// object obj.
+func addMember(obj []byte, name string, value []byte) []byte {
+	i := bytes.IndexByte(obj, '{') + 1
+	member := append(append(append([]byte{'"'}, name...), `":`...), value...)
+	if j := bytes.IndexFunc(obj[i:], func(r rune) bool { return !isJSONSpace(r) }); j >= 0 && obj[i+j] != '}' {
+		member = append(member, ',')
+	}
+	return append(append(append(make([]byte, 0, len(obj)+len(member)), obj[:i]...), member...), obj[i:]...)
+}
+
+// memberSpan is where the value of the top-level member of one of names
+// is in obj (the last such member), or ok false.
+func memberSpan(obj []byte, names []string) (from, to int, ok bool) {
+	s := jsonScanner{data: obj}
+	_ = s.object(names, func(k string) error {
+		f := s.pos
+		err := s.skip(nil)
+		if k != "" {
+			from, to, ok = f, s.pos, true
+		}
+		return err
+	})
+	return from, to, ok
+}
+
+func isJSONSpace(r rune) bool { return r == ' ' || r == '\t' || r == '\n' || r == '\r' }

@@ -47,6 +47,14 @@ var (
 		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "upstream_cooldown_seconds_total",
 		Help: "Seconds each provider account was put in cooldown by its 429 and 529 answers.",
 	}, []string{"zone", "upstream"})
+	metricCost = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "cost_usd_total",
+		Help: "What settled requests cost, in USD, at the configured prices (model: a configured block name, or * for requests no block matches).",
+	}, []string{"zone", "model"})
+	metricLedgerErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "ledger_errors_total",
+		Help: "Spend ledgers that could not be read (moved aside; the zone started with no spend) or saved.",
+	}, []string{"zone"})
 	metricKeysDesc = prometheus.NewDesc("caddy_llm_ratelimit_keys",
 		"Keys a zone holds state for (idle keys whose buckets are full are dropped).", []string{"zone"}, nil)
 	metricCalibrationDesc = prometheus.NewDesc("caddy_llm_ratelimit_calibration_factor",
@@ -63,6 +71,7 @@ const (
 	outcomeDryRunRejected = "dry_run_rejected"
 	outcomeUnauthorized   = "unauthorized"
 	outcomeInvalid        = "invalid"
+	outcomeBudget         = "budget_exceeded"
 )
 
 // zoneCollector reports the keys and in-flight gauges of every live zone
@@ -90,7 +99,7 @@ func (zoneCollector) Collect(ch chan<- prometheus.Metric) {
 
 var collectors = []prometheus.Collector{
 	metricRequests, metricTokens, metricRetries, metricQueueWait, metricEstimateRatio, metricStoreErrors,
-	metricUpstreamCalls, metricUpstreamCooldown, zoneCollector{},
+	metricUpstreamCalls, metricUpstreamCooldown, metricCost, metricLedgerErrors, zoneCollector{},
 }
 
 // registerMetrics puts the package's collectors into a config's registry.
@@ -164,7 +173,7 @@ func newZoneMetrics(zone string) *zoneMetrics {
 		retries:       make(map[int]prometheus.Counter),
 		zone:          zone,
 	}
-	for _, o := range []string{outcomeAllowed, outcomeQueued, outcomeRejected, outcomeDryRunRejected, outcomeUnauthorized, outcomeInvalid} {
+	for _, o := range []string{outcomeAllowed, outcomeQueued, outcomeRejected, outcomeDryRunRejected, outcomeUnauthorized, outcomeInvalid, outcomeBudget} {
 		m.outcomes[o] = metricRequests.WithLabelValues(zone, o)
 	}
 	return m

@@ -89,6 +89,9 @@ func (l Limits) validate(where string) error {
 // Tier is a named set of limits, and the queue lane of its keys.
 type Tier struct {
 	Limits
+	// Budget caps what each key of the tier may spend per calendar
+	// period. Default: the top-level budget.
+	Budget *Budget `json:"budget,omitempty"`
 	// Lane is "interactive" (default) or "batch": waiters of the
 	// interactive lane are granted before waiters of the batch lane on the
 	// shared accounts. A batch waiter whose wait cannot fit max_wait is
@@ -124,6 +127,9 @@ type Model struct {
 	// ImageTokens is what one image costs. Default: the format's own image
 	// cost (see README).
 	ImageTokens int64 `json:"image_tokens,omitempty"`
+	// Price is what the model costs (USD per million tokens); it wins over
+	// prices_file.
+	Price *Price `json:"price,omitempty"`
 
 	calib *modelCalib // the zone's calibration of this block
 }
@@ -234,6 +240,30 @@ type Handler struct {
 	// gateway instances (Redis). Without it, state stays in this process.
 	Store *StoreConfig `json:"store,omitempty"`
 
+	// DefaultPrice is what a model costs that no priced model block and
+	// no prices_file entry prices. Without it such a model costs the
+	// highest price configured, so that a budget cannot be dodged by
+	// naming an unpriced model.
+	DefaultPrice *Price `json:"default_price,omitempty"`
+
+	// PricesFile is a pricing table in the format of LiteLLM's
+	// model_prices_and_context_window.json, read at provision time. Its
+	// max_input_tokens and max_output_tokens become a model's
+	// context_window and max_output where no model block sets them.
+	PricesFile string `json:"prices_file,omitempty"`
+
+	// Budget caps what each key without a tier may spend per calendar
+	// period (tiers have their own). Admission reserves the worst case a
+	// request can cost; settling replaces it with what its usage cost.
+	Budget *Budget `json:"budget,omitempty"`
+
+	// ClampMaxTokens, when > 0, lets a request that the budget cannot
+	// cover at its full output reservation through with a smaller one, if
+	// its input plus at least this many output tokens fit: the body's
+	// output limit is rewritten (or added) to match, and the answer
+	// carries x-llm-ratelimit-max-tokens-clamped. 0: off.
+	ClampMaxTokens int64 `json:"clamp_max_tokens,omitempty"`
+
 	// Retry configures the upstream retry loop; absent = the defaults
 	// (4 retries, 1s base, 60s max, 0.2 jitter, 429 500 502 503 504 529,
 	// 2m in all). {"off": true} disables it.
@@ -258,6 +288,7 @@ type Handler struct {
 	calibrate    bool
 	starCalib    *modelCalib     // the factor of requests no model block matches
 	lanes        map[string]lane // tier → its queue lane
+	spend        spendConfig
 }
 
 // CaddyModule returns the Caddy module information.
@@ -321,6 +352,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.provisionModels()
 	h.provisionAccounts()
+	if err := h.provisionSpend(); err != nil {
+		return err
+	}
 
 	// Validate before taking the zone, so that a config that fails never
 	// touches live state.
@@ -356,6 +390,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		m.calib = h.zone.calibFor(m.Name, m.TokenRatio)
 	}
 	h.starCalib = h.zone.calibFor(calibStar, 1)
+	if len(h.spend.budgets) > 0 && h.rs == nil {
+		h.zone.budgets.Store(&h.spend.budgets)
+		h.zone.attachLedger(ctx.Storage(), h.logger)
+	}
 	return nil
 }
 
@@ -365,6 +403,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // use the zone (which lives on in the pool for the new config).
 func (h *Handler) Cleanup() error {
 	if h.zone != nil && h.released.CompareAndSwap(false, true) {
+		if l := h.zone.ledgerOf(); l != nil {
+			l.save(h.zone, false)
+		}
 		if h.rs != nil {
 			_, _ = stores.Delete(h.rs.poolKey)
 		}

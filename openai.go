@@ -352,7 +352,8 @@ var (
 
 var (
 	openAIUsageKey   = []byte(`"usage"`)
-	openAIUsageNames = []string{"prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"}
+	openAIUsageNames = []string{"prompt_tokens", "completion_tokens", "input_tokens", "output_tokens",
+		"prompt_tokens_details.cached_tokens", "input_tokens_details.cached_tokens"}
 )
 
 // jsonUsage reads the last "usage" object of a response, where OpenAI puts
@@ -381,11 +382,12 @@ func (openAIDialect) streamLine(line []byte, acc *usageAcc) bool {
 // (chat, completions, embeddings) or input_tokens/output_tokens
 // (Responses).
 func (openAIDialect) streamUsage(a *usageAcc) (usage, bool) {
+	// prompt_tokens and input_tokens include the cached tokens.
 	switch {
 	case a.found&0b0011 != 0:
-		return usage{Input: a.v[0], Output: a.v[1], Read: a.v[0]}, true
+		return usage{Input: a.v[0], Output: a.v[1], Read: a.v[0], Cached: min(a.v[4], a.v[0])}, true
 	case a.found&0b1100 != 0:
-		return usage{Input: a.v[2], Output: a.v[3], Read: a.v[2]}, true
+		return usage{Input: a.v[2], Output: a.v[3], Read: a.v[2], Cached: min(a.v[5], a.v[2])}, true
 	}
 	return usage{}, false
 }
@@ -402,6 +404,20 @@ func (openAIDialect) prepare(path string, body []byte, info *requestInfo) ([]byt
 }
 
 func (openAIDialect) isAddedUsageEvent(event []byte) bool { return isUsageOnlyChunk(event) }
+
+// clampOutput: Responses has max_output_tokens, completions max_tokens;
+// chat has max_completion_tokens (added when absent) or the older
+// max_tokens, whichever the body sets.
+func (openAIDialect) clampOutput(path string, body []byte, n int64) []byte {
+	path = strings.TrimSuffix(path, "/")
+	switch {
+	case strings.HasSuffix(path, "/responses"):
+		return setIntMember(body, []string{"max_output_tokens"}, "max_output_tokens", n)
+	case strings.HasSuffix(path, "/chat/completions"):
+		return setIntMember(body, []string{"max_completion_tokens", "max_tokens"}, "max_completion_tokens", n)
+	}
+	return setIntMember(body, []string{"max_tokens"}, "max_tokens", n)
+}
 
 // needsIncludeUsage tells a streaming chat or completions request that did
 // not ask for its usage: the handler asks for it (injectIncludeUsage) and
@@ -467,6 +483,7 @@ var openAIErrors = [...]struct{ typ, code string }{
 	errCooldown:      {"requests", "rate_limit_exceeded"},
 	errUnavailable:   {"server_error", "store_unavailable"},
 	errModelNotFound: {"invalid_request_error", "model_not_found"},
+	errBudget:        {"insufficient_quota", "insufficient_quota"},
 }
 
 // openAILimitTypes is the error type of a 429, by the limit it names.

@@ -88,6 +88,13 @@ type KeyStats struct {
 	// CalibrationFactor is the key's estimate correction, relative to its
 	// model's (1: none).
 	CalibrationFactor float64 `json:"calibration_factor"`
+	// SpendUSD is what the key spent in its budget's current period,
+	// BudgetUSD and BudgetPeriod the budget, BudgetResetsAt when the
+	// period ends (RFC 3339). Absent when no budget applies to the key.
+	SpendUSD       *float64 `json:"spend_usd,omitempty"`
+	BudgetUSD      *float64 `json:"budget_usd,omitempty"`
+	BudgetPeriod   string   `json:"budget_period,omitempty"`
+	BudgetResetsAt string   `json:"budget_resets_at,omitempty"`
 }
 
 // UpstreamStats is a zone's shared upstream quota in the stats.
@@ -126,6 +133,9 @@ type ZoneStats struct {
 	// Calibration is the estimate's factor per model block name ("*" for
 	// requests no block matches) and how many answers taught it.
 	Calibration map[string]CalibrationStats `json:"calibration"`
+	// CostUSDTotal is what the zone's settled requests cost at the
+	// configured prices, since the process started.
+	CostUSDTotal float64 `json:"cost_usd_total"`
 }
 
 // available is a bucket's level now, rounded down, without changing it;
@@ -145,10 +155,20 @@ func (z *zone) stats(nowNs int64) ZoneStats {
 		s := &z.shards[i]
 		s.mu.Lock()
 		for kh, ks := range s.keys {
-			out.Keys = append(out.Keys, ks.snapshot(kh, nowNs))
+			k := ks.snapshot(kh, nowNs)
+			z.spendStats(&k, s.spend[kh], ks.stats.tier, nowNs)
+			out.Keys = append(out.Keys, k)
+		}
+		for kh, sp := range s.spend { // keys idle long enough to lose their buckets
+			if s.keys[kh] == nil {
+				k := KeyStats{KeyID: kh.id(), CalibrationFactor: 1}
+				z.spendStats(&k, sp, "", nowNs)
+				out.Keys = append(out.Keys, k)
+			}
 		}
 		s.mu.Unlock()
 	}
+	out.CostUSDTotal = usd(z.costs.total.Load())
 	sort.Slice(out.Keys, func(i, j int) bool { return out.Keys[i].KeyID < out.Keys[j].KeyID })
 	out.Calibration = z.calibrationStats()
 	out.Upstreams = map[string]AccountStats{}
@@ -190,6 +210,15 @@ func (z *zone) keyStats(keyID string, nowNs int64) (KeyStats, bool) {
 		for kh, ks := range s.keys {
 			if kh.id() == keyID {
 				st := ks.snapshot(kh, nowNs)
+				z.spendStats(&st, s.spend[kh], ks.stats.tier, nowNs)
+				s.mu.Unlock()
+				return st, true
+			}
+		}
+		for kh, sp := range s.spend {
+			if kh.id() == keyID {
+				st := KeyStats{KeyID: keyID, CalibrationFactor: 1}
+				z.spendStats(&st, sp, "", nowNs)
 				s.mu.Unlock()
 				return st, true
 			}

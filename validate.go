@@ -42,6 +42,9 @@ func (h *Handler) Validate() error {
 	if err := h.validateAccounts(); err != nil {
 		return err
 	}
+	if err := h.validateSpend(); err != nil {
+		return err
+	}
 	if err := checkMaxWait(time.Duration(h.MaxWait)); err != nil {
 		return err
 	}

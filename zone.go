@@ -38,13 +38,22 @@ type zone struct {
 	m     *zoneMetrics
 	nkeys atomic.Int64 // keys with state, against max_keys
 
+	costs       costTotals
+	budgets     atomic.Pointer[map[string]*budget] // the latest config's, by tier
+	ledgerDirty atomic.Bool                        // spend changed since the ledger was last saved
+	ledgerMu    sync.Mutex
+	ledger      *ledger // where spend is saved across restarts, or nil
+
 	done chan struct{}
 }
 
 type shard struct {
 	mu   sync.Mutex
 	keys map[keyPrefix]*keyState
-	_    [40]byte // keep shards on separate cache lines
+	// spend is the spend of the keys that a budget applies to; unlike
+	// keys, the sweeper never drops it (the ledger keeps it).
+	spend map[keyPrefix]*keySpend
+	_     [32]byte // keep shards on separate cache lines
 }
 
 // keyState is everything the zone keeps for one key. It is small and holds
@@ -169,6 +178,7 @@ type ask struct {
 	learn, learnKey bool
 	lane            lane // the queue lane of the key's tier
 	d               demand
+	spend           *spendAsk // nil: no price and no budget apply
 }
 
 // shared tells whether the request takes a shared account's quota.
@@ -198,6 +208,8 @@ type ticket struct {
 	sent    sent        // the current attempt, for what its answer says
 	debited bool        // false for a request that dry_run let through
 	done    bool        // finished: finish does nothing more
+	sp      *keySpend   // the key's spend under a budget, or nil
+	worst   int64       // the worst-case cost reserved on sp, nano-dollars
 }
 
 // decision is the outcome of zone.admit.
@@ -205,6 +217,14 @@ type decision struct {
 	verdict
 	req, tok  quota // for the x-ratelimit-* headers
 	queueFull bool  // turned away because max_queue requests already wait
+	// overBudget: turned away because the worst case does not fit what is
+	// left of the key's budget (spent and resetsAt say the rest).
+	overBudget bool
+	spent      int64
+	resetsAt   time.Time
+	// clamped > 0: the output reservation was cut to this many tokens
+	// per choice to fit the budget (clamp_max_tokens).
+	clamped int64
 }
 
 // admit decides a request in one step under its key's shard lock (and the
@@ -238,6 +258,14 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		q.d.in = math.Ceil(q.d.raw * q.d.modelFactor * ks.stats.calib.factor())
 	}
 	t := ticket{z: z, s: s, ks: ks, a: q}
+	var dec decision
+	if q.spend != nil && q.spend.b != nil {
+		var ok bool
+		if t.sp, t.worst, ok = z.fitBudget(s, &q, &dec, nowNs); !ok {
+			return ticket{}, dec
+		}
+		t.a = q // the output reservation may have been clamped
+	}
 	lim := t.keyLimits(nowNs)
 	var a admission
 	ks.limitBuckets.admitInto(&a, lim, q.d, scopeKey)
@@ -253,7 +281,6 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		t.mb.admitInto(&a, q.d.model.Limits, q.d, scopeModel)
 	}
 
-	var dec decision
 	switch {
 	case lim.Concurrent > 0 && ks.inflight >= lim.Concurrent:
 		dec.verdict = a.concurrencyFull(nowNs, lim.Concurrent, scopeKey)
@@ -312,8 +339,13 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		}
 		t.debited = dec.ok
 		ks.stats.admitted(nowNs, q.tier, lim) // the limits in force, learned ones included
+		if t.sp != nil && dec.ok {
+			t.sp.reserved += t.worst
+		} else {
+			t.sp = nil
+		}
 	} else {
-		t.acfg, t.acct = nil, nil
+		t.acfg, t.acct, t.sp = nil, nil, nil
 	}
 	ks.touch(lim, t.mb, q.d.model)
 	return t, dec
@@ -367,6 +399,9 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	t.ks.stats.finished(nowNs, t.a.d, u, refund)
 	if !refund {
 		t.a.d.calibrateKey(u, &t.ks.stats.calib)
+	}
+	if t.a.spend != nil && t.debited {
+		t.z.settleCost(t, nowNs, u, refund)
 	}
 	if !t.debited {
 		return

@@ -1,0 +1,214 @@
+package llmratelimit
+
+import (
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Budgets in the zone: the check and reservation at admission, the cost at
+// settling. Both run under the key's shard lock, so concurrent requests of
+// a key can never overshoot its budget together.
+
+// fitBudget reserves a request's worst-case cost on its key's budget, or
+// tells why it cannot: ok is false with dec filled for the 429. With
+// clamp_max_tokens a request that does not fit at its full output
+// reservation gets a smaller one, if its input and at least clampMin
+// output tokens per choice fit (q.d.out and dec.clamped change).
+func (z *zone) fitBudget(s *shard, q *ask, dec *decision, nowNs int64) (sp *keySpend, worst int64, ok bool) {
+	sa := q.spend
+	if s.spend == nil {
+		s.spend = make(map[keyPrefix]*keySpend)
+	}
+	kp := q.kh.prefix()
+	if sp = s.spend[kp]; sp == nil {
+		sp = new(keySpend)
+		s.spend[kp] = sp
+		sp.roll(sa.b.period, nowNs)
+		z.ledgerDirty.Store(true)
+	} else if sp.roll(sa.b.period, nowNs) {
+		z.ledgerDirty.Store(true)
+	}
+	worst = sa.p.worst(q.d.in, q.d.out)
+	left := sa.b.nano - sp.spent - sp.reserved
+	if worst <= left {
+		return sp, worst, true
+	}
+	if sa.clampMin > 0 && sa.p.out > 0 {
+		n := max(sa.n, 1)
+		room := float64(left - nanoDollars(q.d.in*sa.p.worstIn()))
+		if perChoice := int64(room / sa.p.out / float64(n)); perChoice >= sa.clampMin && float64(perChoice*n) < q.d.out {
+			q.d.out = float64(perChoice * n)
+			if worst = sa.p.worst(q.d.in, q.d.out); worst <= left {
+				dec.clamped = perChoice
+				return sp, worst, true
+			}
+		}
+	}
+	dec.overBudget, dec.never = true, true
+	dec.spent, dec.resetsAt = sp.spent, sp.resetsAt(sa.b.period)
+	return nil, 0, false
+}
+
+// settleCost replaces a finished request's worst-case reservation with
+// what it cost: its usage at its price; nothing for an answer that was not
+// a success; the worst case when no usage came (a stream cut short). The
+// caller holds the key's shard lock.
+func (z *zone) settleCost(t *ticket, nowNs int64, u *usage, refund bool) {
+	sa := t.a.spend
+	var c int64
+	switch {
+	case refund:
+	case u != nil:
+		c = sa.p.cost(*u)
+	case t.sp != nil:
+		c = t.worst
+	default:
+		c = sa.p.worst(t.a.d.in, t.a.d.out)
+	}
+	if t.sp != nil {
+		t.sp.reserved -= t.worst
+		t.sp.roll(sa.b.period, nowNs)
+		t.sp.spent = satAdd(t.sp.spent, c)
+		z.ledgerDirty.Store(true)
+	}
+	z.addCost(sa.label, c)
+}
+
+// costTotals are a zone's costs settled, in nano-dollars, per model label.
+type costTotals struct {
+	total atomic.Int64
+}
+
+// addCost counts a settled cost in the zone's total and in the metric.
+func (z *zone) addCost(label string, nano int64) {
+	if nano <= 0 {
+		return
+	}
+	z.costs.total.Add(nano)
+	metricCost.WithLabelValues(z.name, label).Add(usd(nano))
+}
+
+// spendOf is a key's spend (a copy), for the stats; ok is false when no
+// budget has applied to it.
+func (z *zone) spendOf(kh keyHash) (ks keySpend, ok bool) {
+	s := z.shard(kh)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sp := s.spend[kh.prefix()]; sp != nil {
+		return *sp, true
+	}
+	return keySpend{}, false
+}
+
+// spendAsk is what admission needs of spend for a request of a key of
+// tier: nil when no price and no budget apply.
+func (h *Handler) spendAsk(tier string, req *llmRequest) *spendAsk {
+	sc := &h.spend
+	b := sc.budgets[tier]
+	if !sc.priced && b == nil {
+		return nil
+	}
+	m := req.demand.model
+	label := calibStar
+	if m != nil {
+		label = m.Name
+	}
+	sa := &spendAsk{p: sc.priceFor(m, req.info.Model), b: b, label: label, n: req.info.N}
+	if req.parsed != nil {
+		sa.clampMin = sc.clampMin // only a body the gateway read can be rewritten
+	}
+	return sa
+}
+
+// replyBudget answers a request that its key's budget cannot cover: 429,
+// insufficient_quota (OpenAI), not to be retried before the period resets.
+func (h *Handler) replyBudget(w http.ResponseWriter, d dialect, b *budget, dec decision, kh keyHash, tier string, req *llmRequest) error {
+	reset := dec.resetsAt.UTC().Format(time.RFC3339)
+	msg := fmt.Sprintf("You exceeded your current quota: this key's %s budget of $%.2f is spent ($%.4f spent, and this request could cost more than what is left). The budget resets at %s.",
+		b.cfg.Period, b.cfg.USD, usd(dec.spent), reset)
+	h.logger.Info("rejected", h.decisionFields(kh, tier, &req.info, req.demand,
+		zap.String("outcome", outcomeBudget), zap.String("reason", msg))...)
+	w.Header().Set("x-llm-ratelimit-budget-reset", reset)
+	return h.reply(w, d, &apiError{kind: errBudget, msg: msg, never: true}, outcomeBudget)
+}
+
+// validateSpend checks the prices, the budgets and clamp_max_tokens.
+func (h *Handler) validateSpend() error {
+	if err := h.DefaultPrice.check(); err != nil {
+		return fmt.Errorf("default_price: %v", err)
+	}
+	priced := h.DefaultPrice != nil || h.PricesFile != ""
+	for i := range h.Models {
+		if err := h.Models[i].Price.check(); err != nil {
+			return fmt.Errorf("model %s: price: %v", h.Models[i].Name, err)
+		}
+		priced = priced || h.Models[i].Price != nil
+	}
+	budgeted := h.Budget != nil
+	if err := h.Budget.check(); err != nil {
+		return fmt.Errorf("budget: %v", err)
+	}
+	for name, t := range h.Tiers {
+		if err := t.Budget.check(); err != nil {
+			return fmt.Errorf("tier %s: budget: %v", name, err)
+		}
+		budgeted = budgeted || t.Budget != nil
+	}
+	if h.ClampMaxTokens < 0 {
+		return fmt.Errorf("clamp_max_tokens must be >= 1 (or absent), not %d", h.ClampMaxTokens)
+	}
+	if budgeted && !priced {
+		return fmt.Errorf("a budget needs prices: a model block's price, default_price or prices_file")
+	}
+	if budgeted && h.Store != nil && h.Store.Redis != nil {
+		return fmt.Errorf("budgets are not enforced through store redis yet: use them without store, one instance per zone")
+	}
+	return nil
+}
+
+// spendStats fills a key's spend fields from sp (nil: none), under the
+// budget of its tier. The caller holds the key's shard lock.
+func (z *zone) spendStats(k *KeyStats, sp *keySpend, tier string, nowNs int64) {
+	budgets := z.budgets.Load()
+	if sp == nil || budgets == nil {
+		return
+	}
+	b := (*budgets)[tier]
+	if b == nil {
+		return
+	}
+	cur := *sp
+	cur.roll(b.period, nowNs)
+	spent, limit := usd(cur.spent), b.cfg.USD
+	k.SpendUSD, k.BudgetUSD = &spent, &limit
+	k.BudgetPeriod = b.cfg.Period
+	k.BudgetResetsAt = cur.resetsAt(b.period).Format(time.RFC3339)
+}
+
+// resetSpend zeroes the spend of the key with that key_id; false when the
+// zone holds no spend for it.
+func (z *zone) resetSpend(keyID string) bool {
+	found := false
+	for i := range z.shards {
+		s := &z.shards[i]
+		s.mu.Lock()
+		for kp, sp := range s.spend {
+			if kp.id() == keyID {
+				sp.spent = 0
+				found = true
+			}
+		}
+		s.mu.Unlock()
+	}
+	if found {
+		z.ledgerDirty.Store(true)
+		if l := z.ledgerOf(); l != nil {
+			l.save(z, false)
+		}
+	}
+	return found
+}

@@ -1,0 +1,288 @@
+package llmratelimit
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// Spend: what requests cost in money, and the budgets that cap it per key
+// and calendar period (SPEC "Spend: prices, budgets, cost"). Admission
+// reserves the worst case a request can cost; settling replaces it with
+// what its usage cost. Amounts are kept in nano-dollars so that sums are
+// exact.
+
+// Price is what a model costs, in USD per million tokens.
+type Price struct {
+	// Input is the price of an input token that is neither read from nor
+	// written to the prompt cache.
+	Input float64 `json:"input"`
+	// Output is the price of an output token (reasoning included).
+	Output float64 `json:"output"`
+	// CachedInput is the price of an input token read from the prompt
+	// cache. Default: Input.
+	CachedInput *float64 `json:"cached_input,omitempty"`
+	// CacheWrite is the price of an input token written to the prompt
+	// cache (Anthropic). Default: Input.
+	CacheWrite *float64 `json:"cache_write,omitempty"`
+}
+
+// price is a Price in nano-dollars per token (USD per million × 1000).
+type price struct {
+	in, out, cached, write float64
+}
+
+func (p *Price) resolve() price {
+	r := price{in: p.Input * 1000, out: p.Output * 1000, cached: p.Input * 1000, write: p.Input * 1000}
+	if p.CachedInput != nil {
+		r.cached = *p.CachedInput * 1000
+	}
+	if p.CacheWrite != nil {
+		r.write = *p.CacheWrite * 1000
+	}
+	return r
+}
+
+// maxOf is the price that costs the most of p and q, component by
+// component: what an unpriced model costs.
+func (p price) maxOf(q price) price {
+	return price{max(p.in, q.in), max(p.out, q.out), max(p.cached, q.cached), max(p.write, q.write)}
+}
+
+// worstIn is the most an input token can cost: the request's tokens may be
+// read from or written to the cache.
+func (p price) worstIn() float64 { return max(p.in, p.cached, p.write) }
+
+// worst is the most a request can cost, in nano-dollars: every input token
+// at its dearest, the whole output reservation.
+func (p price) worst(in, out float64) int64 {
+	return nanoDollars(in*p.worstIn() + out*p.out)
+}
+
+// cost is what a usage costs, in nano-dollars: uncached input, cached
+// input, cache writes and output, each at its price.
+func (p price) cost(u usage) int64 {
+	u = u.clamped()
+	uncached := max(u.Read-u.Cached-u.CacheWrite, 0)
+	return nanoDollars(float64(uncached)*p.in + float64(u.Cached)*p.cached +
+		float64(u.CacheWrite)*p.write + float64(u.Output)*p.out)
+}
+
+// nanoDollars rounds up, and saturates instead of overflowing.
+func nanoDollars(v float64) int64 {
+	switch {
+	case !(v > 0): // NaN too
+		return 0
+	case v >= math.MaxInt64/2:
+		return math.MaxInt64 / 2
+	}
+	return int64(math.Ceil(v))
+}
+
+func usd(nano int64) float64 { return float64(nano) / 1e9 }
+
+// Budget caps what a key may spend per calendar period.
+type Budget struct {
+	// USD is the most a key may spend in one period.
+	USD float64 `json:"usd"`
+	// Period is "daily", "weekly" (from Monday) or "monthly"; every period
+	// starts at 00:00 UTC.
+	Period string `json:"period"`
+}
+
+// budget is a Budget resolved.
+type budget struct {
+	nano   int64
+	period period
+	cfg    Budget
+}
+
+type period uint8
+
+const (
+	periodDaily period = iota
+	periodWeekly
+	periodMonthly
+)
+
+func parsePeriod(s string) (period, error) {
+	switch s {
+	case "daily":
+		return periodDaily, nil
+	case "weekly":
+		return periodWeekly, nil
+	case "monthly":
+		return periodMonthly, nil
+	}
+	return 0, fmt.Errorf("budget period must be daily, weekly or monthly, not %q", s)
+}
+
+// start is the start of the period that holds t: 00:00 UTC of the day, of
+// the Monday, of the first of the month.
+func (p period) start(t time.Time) time.Time {
+	t = t.UTC()
+	y, m, d := t.Date()
+	switch p {
+	case periodWeekly:
+		back := (int(t.Weekday()) + 6) % 7 // days since Monday
+		return time.Date(y, m, d-back, 0, 0, 0, 0, time.UTC)
+	case periodMonthly:
+		return time.Date(y, m, 1, 0, 0, 0, 0, time.UTC)
+	}
+	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
+}
+
+// next is the start of the period after the one that starts at start.
+func (p period) next(start time.Time) time.Time {
+	switch p {
+	case periodWeekly:
+		return start.AddDate(0, 0, 7)
+	case periodMonthly:
+		return start.AddDate(0, 1, 0)
+	}
+	return start.AddDate(0, 0, 1)
+}
+
+// keySpend is one key's spend under a budget. It lives apart from the
+// key's buckets (the sweeper drops those when idle; spend must last the
+// period) and only for keys that a budget applies to.
+type keySpend struct {
+	start    int64 // unix seconds: the start of the period spent holds
+	spent    int64 // nano-dollars settled in the period
+	reserved int64 // nano-dollars of worst cases in flight
+}
+
+// roll starts a new period when nowNs is past the current one.
+func (k *keySpend) roll(p period, nowNs int64) bool {
+	s := p.start(time.Unix(0, nowNs)).Unix()
+	if s == k.start {
+		return false
+	}
+	if s > k.start {
+		k.start, k.spent = s, 0
+	}
+	return true
+}
+
+// resetsAt is when the key's current period ends.
+func (k *keySpend) resetsAt(p period) time.Time { return p.next(time.Unix(k.start, 0).UTC()) }
+
+// spendConfig is a handler's prices and budgets, resolved.
+type spendConfig struct {
+	priced   bool                 // some price is configured: requests are costed
+	file     map[string]filePrice // prices_file, by exact model name
+	def      *price               // default_price
+	highest  price                // the dearest price configured: for unpriced models
+	blocks   map[*Model]price     // model blocks with a price
+	budgets  map[string]*budget   // by tier; "" for keys without a tier
+	clampMin int64
+}
+
+// checkPrice reports a price that is not a finite number >= 0.
+func checkPrice(v float64) error {
+	if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+		return fmt.Errorf("price must be a number >= 0, not %v", v)
+	}
+	return nil
+}
+
+func (p *Price) check() error {
+	if p == nil {
+		return nil
+	}
+	for _, v := range []*float64{&p.Input, &p.Output, p.CachedInput, p.CacheWrite} {
+		if v != nil {
+			if err := checkPrice(*v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (b *Budget) check() error {
+	if b == nil {
+		return nil
+	}
+	if math.IsNaN(b.USD) || math.IsInf(b.USD, 0) || b.USD <= 0 || b.USD > 1e9 {
+		return fmt.Errorf("budget must be more than 0 and at most 1e9 USD, not %v", b.USD)
+	}
+	_, err := parsePeriod(b.Period)
+	return err
+}
+
+func (b *Budget) resolve() *budget {
+	if b == nil {
+		return nil
+	}
+	p, _ := parsePeriod(b.Period)
+	return &budget{nano: nanoDollars(b.USD * 1e9), period: p, cfg: *b}
+}
+
+// provisionSpend resolves prices_file, the prices and the budgets.
+func (h *Handler) provisionSpend() error {
+	sc := spendConfig{blocks: map[*Model]price{}, budgets: map[string]*budget{}, clampMin: h.ClampMaxTokens}
+	if h.PricesFile != "" {
+		f, err := loadPricesFile(h.PricesFile)
+		if err != nil {
+			return fmt.Errorf("prices_file: %v", err)
+		}
+		sc.file = f
+		for _, fp := range f {
+			sc.highest = sc.highest.maxOf(fp.p)
+		}
+		sc.priced = true
+	}
+	for i := range h.Models {
+		if m := &h.Models[i]; m.Price != nil {
+			p := m.Price.resolve()
+			sc.blocks[m] = p
+			sc.highest = sc.highest.maxOf(p)
+			sc.priced = true
+		}
+	}
+	if h.DefaultPrice != nil {
+		p := h.DefaultPrice.resolve()
+		sc.def = &p
+		sc.highest = sc.highest.maxOf(p)
+		sc.priced = true
+	}
+	if b := h.Budget.resolve(); b != nil {
+		sc.budgets[""] = b
+	}
+	for name, t := range h.Tiers {
+		if b := t.Budget.resolve(); b != nil {
+			sc.budgets[name] = b
+		} else if b := sc.budgets[""]; b != nil {
+			sc.budgets[name] = b
+		}
+	}
+	h.spend = sc
+	return nil
+}
+
+// priceFor is the price of a request for model (the body's model name)
+// that block matched (nil: none): the block's own price, else the file's
+// entry for the exact name, else default_price, else the highest price
+// configured.
+func (sc *spendConfig) priceFor(block *Model, model string) price {
+	if p, ok := sc.blocks[block]; ok {
+		return p
+	}
+	if fp, ok := sc.file[model]; ok {
+		return fp.p
+	}
+	if sc.def != nil {
+		return *sc.def
+	}
+	return sc.highest
+}
+
+// spendAsk is what a request's admission needs to know of spend.
+type spendAsk struct {
+	p        price
+	b        *budget // nil: no budget applies
+	label    string  // the cost metric's model label: a block name or "*"
+	clampMin int64   // > 0: the output reservation may shrink to fit the budget
+	n        int64   // choices the output reservation covers (n, candidateCount)
+}
