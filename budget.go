@@ -112,7 +112,7 @@ func (h *Handler) spendAsk(tier string, req *llmRequest) *spendAsk {
 	if !sc.priced && b == nil {
 		return nil
 	}
-	m := req.demand.model
+	m := h.modelFor(req.info.Model) // demand.model is nil for a block without limits
 	label := calibStar
 	if m != nil {
 		label = m.Name

@@ -45,6 +45,7 @@ func nextGateway() string {
 }
 
 var (
+	testStorage  string // Caddy's storage in every config the tests load
 	upstream     *httptest.Server
 	upstreamFunc atomic.Pointer[http.HandlerFunc]
 	clk          = &fakeClock{t: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)}
@@ -165,6 +166,14 @@ func TestMain(m *testing.M) {
 		}
 		chatCompletion(w, r, 10, 5)
 	}))
+	// Spend ledgers go to a directory of this run, never to the user's
+	// Caddy data directory.
+	dir, err := os.MkdirTemp("", "llm-ratelimit-test-storage-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	testStorage = dir
 	cfg := fmt.Sprintf(`{"admin":{"listen":%q,"config":{"persist":false}}}`, testAdmin)
 	if err := caddy.Load([]byte(cfg), true); err != nil {
 		fmt.Fprintln(os.Stderr, "starting caddy:", err)
@@ -173,6 +182,7 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	_ = caddy.Stop()
 	upstream.Close()
+	_ = os.RemoveAll(testStorage)
 	os.Exit(code)
 }
 
@@ -204,6 +214,7 @@ func siteConfigWith(globals, directiveBody string) string {
 	admin %s
 	auto_https off
 	persist_config off
+	storage file_system %s
 %s
 }
 http://%s {
@@ -212,7 +223,7 @@ http://%s {
 	}
 	reverse_proxy %s
 }
-`, testAdmin, globals, nextGateway(), directiveBody, upstream.Listener.Addr().String())
+`, testAdmin, testStorage, globals, nextGateway(), directiveBody, upstream.Listener.Addr().String())
 }
 
 // load posts a Caddyfile to the admin API's /load, as a reload does, and

@@ -32,8 +32,9 @@ type liteLLMEntry struct {
 }
 
 // loadPricesFile reads a LiteLLM prices file: an object of model name →
-// entry. Entries without an input or output price are left out (the file
-// also lists image and audio models, and a "sample_spec").
+// entry. Entries without an input or output price per token are left out
+// (the file also lists image and audio models), and so is "sample_spec",
+// the file's documentation of its own fields.
 func loadPricesFile(path string) (map[string]filePrice, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -45,8 +46,8 @@ func loadPricesFile(path string) (map[string]filePrice, error) {
 	}
 	out := make(map[string]filePrice, len(entries))
 	for name, e := range entries {
-		if e.InputCostPerToken == nil && e.OutputCostPerToken == nil {
-			continue
+		if name == "sample_spec" || e.InputCostPerToken == nil && e.OutputCostPerToken == nil {
+			continue // the file's documentation entry; models not priced per token
 		}
 		var fp filePrice
 		perToken := func(v *float64) (float64, error) {
