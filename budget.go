@@ -164,9 +164,6 @@ func (h *Handler) validateSpend() error {
 	if budgeted && !priced {
 		return fmt.Errorf("a budget needs prices: a model block's price, default_price or prices_file")
 	}
-	if budgeted && h.Store != nil && h.Store.Redis != nil {
-		return fmt.Errorf("budgets are not enforced through store redis yet: use them without store, one instance per zone")
-	}
 	return nil
 }
 

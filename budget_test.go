@@ -1,11 +1,13 @@
 package llmratelimit
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -361,4 +363,67 @@ func TestClampMaxTokensRewritesTheOutputLimit(t *testing.T) {
 	if r := send(t, "/v1/chat/completions", "sk-clamp", `{"model":"m","max_tokens":4000,"messages":[{"role":"user","content":"hi"}]}`); r.status != 429 || r.header.Get("x-llm-ratelimit-max-tokens-clamped") != "" {
 		t.Fatalf("%d %v %s, want 429 unclamped", r.status, r.header, r.body)
 	}
+}
+
+// The same budget, enforced by two handler instances through one real
+// redis-server: of 50 requests at once over both, no more are admitted
+// than the budget covers at the worst case, and the spend recorded in
+// Redis is what the admitted ones cost.
+func TestBudgetIsSharedByTwoInstancesThroughRedis(t *testing.T) {
+	setClock(nil)
+	t.Cleanup(func() { setClock(clk) })
+	srv := startRedis(t)
+	off := false
+	var info requestInfo
+	if err := parseRequest(dOpenAI, "/v1/chat/completions", []byte(chatBody), &info); err != nil {
+		t.Fatal(err)
+	}
+	p := Price{Input: 1, Output: 2}
+	worst := p.resolve().worst(float64(inputEstimate(dOpenAI, info)), float64(info.MaxOutput))
+	budget := 10*worst + worst/2
+	mk := func() *Handler {
+		h := provisioned(t, &Handler{Zone: "redis-budget", Calibrate: &off, DefaultPrice: &p,
+			Budget: &Budget{USD: usd(budget), Period: "daily"},
+			Store:  &StoreConfig{Redis: &RedisConfig{Address: srv.addr, Fail: "closed", Prefix: "t:budget:"}}})
+		return h
+	}
+	a, b := mk(), mk()
+	var ok, rejected atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 50 {
+		h := a
+		if i%2 == 1 {
+			h = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			switch w := serveOnce(t, h, "sk-redis-budget", chatBody); w.Code {
+			case 200:
+				ok.Add(1)
+			case 429:
+				if w.Header().Get("x-should-retry") != "false" || !strings.Contains(w.Body.String(), "insufficient_quota") {
+					t.Errorf("429 without the budget's shape: %v %s", w.Header(), w.Body)
+				}
+				rejected.Add(1)
+			default:
+				t.Errorf("status %d: %s", w.Code, w.Body)
+			}
+		}()
+	}
+	wg.Wait()
+	// Each settles to its usage (upstreamJSON: 260 in, 9 out, more than
+	// the estimate), so the spend may pass the budget by what estimates
+	// missed, never by more requests than the worst cases allow.
+	u, _ := parseUsageJSON(dOpenAI, []byte(upstreamJSON))
+	cost := p.resolve().cost(u)
+	if ok.Load() == 0 || ok.Load() > 10 || ok.Load()+rejected.Load() != 50 {
+		t.Fatalf("%d admitted (cost %d each), %d rejected, budget %d nano-dollars", ok.Load(), cost, rejected.Load(), budget)
+	}
+	start := periodDaily.start(time.Now())
+	spent, err := a.rs.client.HGet(context.Background(), "t:budget:redis-budget:spend:"+hashKey("sk-redis-budget").id()+":"+strconv.FormatInt(start.Unix(), 10), "s").Int64()
+	if err != nil || spent != ok.Load()*cost {
+		t.Fatalf("spent in redis %d (%v), want %d × %d", spent, err, ok.Load(), cost)
+	}
+	t.Logf("%d admitted, %d rejected; %d nano-dollars spent of %d", ok.Load(), rejected.Load(), spent, budget)
 }

@@ -67,10 +67,27 @@ local nb, nl = tonumber(ARGV[1]), tonumber(ARGV[2])
 
 // admitScript makes the whole admission decision on Redis's own clock:
 // every bucket must serve its need and every lease set must have room, or
-// nothing changes. It returns {ok, never, wait_us, blocking bucket, full
-// lease set, levels...}; the caller turns the blocking bucket's level into
-// its wait with durationFromTokens, as for the in-process buckets.
+// nothing changes. With a budget (its hash {s: spent, r: reserved} in
+// nano-dollars, one per key and period, after the buckets and leases), the
+// worst case must fit what is left of it first, and is reserved in the same
+// step. It returns {ok, never, wait_us, blocking bucket (-1: the budget),
+// full lease set, levels..., spent}; the caller turns the blocking bucket's
+// level into its wait with durationFromTokens, as for the in-process
+// buckets.
 var admitScript = redis.NewScript(luaBuckets + `
+local bi = 2 + 2*nb + 3*nl + 1
+local hasb, spent, bk = tonumber(ARGV[bi] or '0'), 0, nil
+if hasb == 1 then
+  bk = KEYS[nb + nl + 1]
+  local h = redis.call('HMGET', bk, 's', 'r')
+  spent = tonumber(h[1] or '0')
+  if spent + tonumber(h[2] or '0') + tonumber(ARGV[bi + 2]) > tonumber(ARGV[bi + 1]) then
+    local out = {0, 1, '0', -1, 0}
+    for i = 1, nb do out[#out + 1] = tostring(level_at(KEYS[i], tonumber(ARGV[1 + 2*i]), now)) end
+    out[#out + 1] = tostring(spent)
+    return out
+  end
+end
 local levels, wait, blocking, never = {}, 0, 0, 0
 for i = 1, nb do
   local limit, need = tonumber(ARGV[1 + 2*i]), tonumber(ARGV[2 + 2*i])
@@ -105,14 +122,20 @@ else
     redis.call('ZADD', k, now + ttl, ARGV[base + 3*j - 1])
     redis.call('PEXPIRE', k, math.ceil(ttl / 1000) + 1000)
   end
+  if hasb == 1 then
+    redis.call('HINCRBY', bk, 'r', ARGV[bi + 2])
+    redis.call('PEXPIREAT', bk, ARGV[bi + 3])
+  end
   out = {1, 0, '0', 0, 0}
 end
 for i = 1, nb do out[#out + 1] = tostring(levels[i]) end
+out[#out + 1] = tostring(spent)
 return out
 `)
 
-// settleScript gives tokens back (or takes more, into debt) and releases
-// the request's leases.
+// settleScript gives tokens back (or takes more, into debt), releases
+// the request's leases and, with a budget, replaces the worst case
+// reserved with the cost.
 var settleScript = redis.NewScript(luaBuckets + `
 for i = 1, nb do
   local limit, delta = tonumber(ARGV[1 + 2*i]), tonumber(ARGV[2 + 2*i])
@@ -121,6 +144,13 @@ for i = 1, nb do
   end
 end
 for j = 1, nl do redis.call('ZREM', KEYS[nb + j], ARGV[2 + 2*nb + j]) end
+local bi = 2 + 2*nb + nl + 1
+if tonumber(ARGV[bi] or '0') == 1 then
+  local bk = KEYS[nb + nl + 1]
+  redis.call('HINCRBY', bk, 'r', -tonumber(ARGV[bi + 1]))
+  redis.call('HINCRBY', bk, 's', ARGV[bi + 2])
+  redis.call('PEXPIREAT', bk, ARGV[bi + 3])
+end
 return 1
 `)
 
@@ -170,11 +200,16 @@ func newRedisStore(c *RedisConfig, logger *zap.Logger) (*redisStore, error) {
 // redisTicket is an admitted request's hold on the shared store.
 type redisTicket struct {
 	rs       *redisStore
-	keys     []string // bucket keys, then lease keys
+	keys     []string // bucket keys, then lease keys, then the budget's
 	nb       int
 	limits   []int64
 	dims     []dimension
 	leaseIDs []string
+	// With a budget: the worst case reserved, and when the budget's hash
+	// expires (a day after its period).
+	budget          bool
+	worst, expireAt int64
+	zone            string
 }
 
 // redisAdmit decides a request on Redis. The error is a store failure.
@@ -225,6 +260,18 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		}
 	}
 	args[1] = len(leaseIDs)
+	var worst, expireAt int64
+	var resetsAt time.Time
+	hasBudget := q.spend != nil && q.spend.b != nil
+	if hasBudget {
+		b := q.spend.b
+		start := b.period.start(now())
+		resetsAt = b.period.next(start)
+		worst = q.spend.p.worst(q.d.in, q.d.out)
+		expireAt = resetsAt.Add(24 * time.Hour).UnixMilli()
+		keys = append(keys, base+"spend:"+q.kh.id()+":"+strconv.FormatInt(start.Unix(), 10))
+		args = append(args, 1, b.nano, worst, expireAt)
+	}
 
 	cctx, cancel := context.WithTimeout(ctx, rs.timeout)
 	defer cancel()
@@ -232,9 +279,10 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	if err != nil {
 		return ticket{}, decision{}, err
 	}
-	if len(res) != 5+nb {
+	if len(res) != 6+nb {
 		return ticket{}, decision{}, fmt.Errorf("store redis: unexpected reply of %d values", len(res))
 	}
+	spent, _ := strconv.ParseFloat(fmt.Sprint(res[5+nb]), 64)
 	ok, _ := res[0].(int64)
 	never, _ := res[1].(int64)
 	blocking, _ := res[3].(int64)
@@ -257,12 +305,15 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	switch {
 	case ok == 1:
 		dec.ok = true
-		rt := &redisTicket{rs: rs, keys: keys, nb: nb, leaseIDs: leaseIDs}
+		rt := &redisTicket{rs: rs, keys: keys, nb: nb, leaseIDs: leaseIDs, budget: hasBudget, worst: worst, expireAt: expireAt, zone: zoneName}
 		for _, u := range uses {
 			rt.limits = append(rt.limits, u.limit)
 			rt.dims = append(rt.dims, u.dim)
 		}
 		return ticket{rt: rt, a: q, debited: true}, dec, nil
+	case blocking == -1:
+		dec.overBudget, dec.never = true, true
+		dec.spent, dec.resetsAt = int64(spent), resetsAt
 	case full > 0:
 		dec.verdict = verdict{wait: time.Second, blocking: use{limit: leaseLimits[full-1], need: 1, dim: dimConcurrency, scope: leaseScopes[full-1]}}
 	case blocking > 0:
@@ -272,8 +323,9 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	return ticket{}, dec, nil
 }
 
-// finish settles the request's buckets in Redis and releases its leases.
-func (rt *redisTicket) finish(d demand, u *usage, refund bool) {
+// finish settles the request's buckets in Redis and releases its leases;
+// with a budget, the worst case reserved becomes what the request cost.
+func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 	var dIn, dOut float64
 	switch {
 	case refund:
@@ -296,6 +348,24 @@ func (rt *redisTicket) finish(d demand, u *usage, refund bool) {
 	}
 	for _, id := range rt.leaseIDs {
 		args = append(args, id)
+	}
+	if sa != nil {
+		var cost int64
+		switch {
+		case refund:
+		case u != nil:
+			cost = sa.p.cost(*u)
+		case rt.budget:
+			cost = rt.worst
+		default:
+			cost = sa.p.worst(d.in, d.out)
+		}
+		if cost > 0 {
+			metricCost.WithLabelValues(rt.zone, sa.label).Add(usd(cost))
+		}
+		if rt.budget {
+			args = append(args, 1, rt.worst, cost, rt.expireAt)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), rt.rs.timeout)
 	defer cancel()

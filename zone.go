@@ -377,7 +377,7 @@ func (t *ticket) finish(nowNs int64, u *usage, refund bool) {
 		t.a.d.calibrateModel(u)
 	}
 	if t.rt != nil {
-		t.rt.finish(t.a.d, u, refund)
+		t.rt.finish(t.a.d, t.a.spend, u, refund)
 		return
 	}
 	if t.s == nil {
