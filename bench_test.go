@@ -75,9 +75,22 @@ func (d *discardWriter) WriteHeader(code int) {
 // the network or reverse_proxy: key → body → estimate → admit → a next
 // handler answering JSON with usage → settle, over 1,000 rotating keys.
 func BenchmarkHandlerOverhead(b *testing.B) {
+	lim := Limits{RPM: 1 << 40, TPM: 1 << 50, Concurrent: 1 << 20}
+	b.Run("plain", func(b *testing.B) {
+		benchHandler(b, &Handler{Zone: "bench-overhead", Limits: lim})
+	})
+	// With a price and a budget: the worst case reserved at admission,
+	// the cost settled from the usage (the extra cost of spend).
+	b.Run("priced", func(b *testing.B) {
+		benchHandler(b, &Handler{Zone: "bench-overhead-priced", Limits: lim,
+			DefaultPrice: &Price{Input: 2.5, Output: 10}, Budget: &Budget{USD: 1e9, Period: "monthly"}})
+	})
+}
+
+func benchHandler(b *testing.B, cfg *Handler) {
 	setClock(nil)
 	b.Cleanup(func() { setClock(clk) })
-	h := provisioned(b, &Handler{Zone: "bench-overhead", Limits: Limits{RPM: 1 << 40, TPM: 1 << 50, Concurrent: 1 << 20}})
+	h := provisioned(b, cfg)
 	h.logger = zap.NewNop() // Caddy's default level is INFO: admitted requests log nothing
 	keys := make([]string, 1000)
 	for i := range keys {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
@@ -120,6 +121,17 @@ func (l *ledger) save(z *zone, force bool) {
 		l.logger.Error("saving the spend ledger", zap.String("zone", z.name), zap.String("ledger", l.key), zap.Error(err))
 		metricLedgerErrors.WithLabelValues(z.name).Inc()
 	}
+}
+
+// storageOf is the config's storage, or nil for a context made outside a
+// running Caddy (whose Storage panics: it has no config).
+func storageOf(ctx caddy.Context) (s certmagic.Storage) {
+	defer func() {
+		if recover() != nil {
+			s = nil
+		}
+	}()
+	return ctx.Storage()
 }
 
 // attachLedger gives the zone its ledger the first time a config with a

@@ -392,7 +392,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.starCalib = h.zone.calibFor(calibStar, 1)
 	if len(h.spend.budgets) > 0 && h.rs == nil {
 		h.zone.budgets.Store(&h.spend.budgets)
-		h.zone.attachLedger(ctx.Storage(), h.logger)
+		h.zone.attachLedger(storageOf(ctx), h.logger)
 	}
 	return nil
 }

@@ -33,6 +33,8 @@ func TestReadmeCaddyfilesLoad(t *testing.T) {
 		}
 		cfg = regexp.MustCompile(`keys_file \S+`).ReplaceAllString(cfg, "keys_file "+keys)
 		cfg = strings.ReplaceAll(cfg, "admin localhost:2019", "admin off")
+		cfg = regexp.MustCompile(`prices_file \S+`).ReplaceAllString(cfg, "prices_file testdata/prices/model_prices_sample.json")
+		cfg = regexp.MustCompile(`storage file_system \S+`).ReplaceAllString(cfg, "storage file_system "+t.TempDir())
 		out, err := adaptCaddyfileForTest(cfg)
 		if err != nil {
 			t.Errorf("README Caddyfile %d does not adapt: %v\n%s", i+1, err, cfg)
