@@ -37,10 +37,10 @@ func (z *zone) fitBudget(s *shard, q *ask, dec *decision, nowNs int64) (sp *keyS
 	if worst <= left {
 		return sp, worst, true
 	}
-	if sa.clampMin > 0 && sa.p.out > 0 {
-		n := max(sa.n, 1)
+	if q.clampMin > 0 && sa.p.out > 0 {
+		n := max(q.choices, 1)
 		room := float64(left - nanoDollars(q.d.in*sa.p.worstIn()))
-		if perChoice := int64(room / sa.p.out / float64(n)); perChoice >= sa.clampMin && float64(perChoice*n) < q.d.out {
+		if perChoice := int64(room / sa.p.out / float64(n)); perChoice >= q.clampMin && float64(perChoice*n) < q.d.out {
 			q.d.out = float64(perChoice * n)
 			if worst = sa.p.worst(q.d.in, q.d.out); worst <= left {
 				dec.clamped = perChoice
@@ -117,11 +117,7 @@ func (h *Handler) spendAsk(tier string, req *llmRequest) *spendAsk {
 	if m != nil {
 		label = m.Name
 	}
-	sa := &spendAsk{p: sc.priceFor(m, req.info.Model), b: b, label: label, n: req.info.N}
-	if req.parsed != nil {
-		sa.clampMin = sc.clampMin // only a body the gateway read can be rewritten
-	}
-	return sa
+	return &spendAsk{p: sc.priceFor(m, req.info.Model), b: b, label: label}
 }
 
 // replyBudget answers a request that its key's budget cannot cover: 429,

@@ -298,8 +298,17 @@ func TestPricesFileAndUnpricedModels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := f["acme-image-gen"]; ok || len(f) != 5 {
-		t.Errorf("kept %d entries (the image model too: %v); want the 5 priced per token", len(f), ok)
+	if _, ok := f["acme-image-gen"]; ok || len(f) != 6 {
+		t.Errorf("kept %d entries (the image model too: %v); want the 6 priced per token", len(f), ok)
+	}
+	// The file's token limits become the model's context window and
+	// output reservation where no block sets them.
+	r := send(t, "/v1/chat/completions", "sk-file-tiny", `{"model":"acme-tiny","max_tokens":99,"messages":[{"role":"user","content":"hi"}]}`)
+	if r.status != 400 || !strings.Contains(r.body, "context_length_exceeded") || !strings.Contains(r.body, "maximum context length is 100") {
+		t.Errorf("acme-tiny with max_tokens 99: %d %s, want 400 context_length_exceeded at 100", r.status, r.body)
+	}
+	if r := send(t, "/v1/chat/completions", "sk-file-tiny", `{"model":"acme-tiny","messages":[{"role":"user","content":"hi"}]}`); r.status != 200 {
+		t.Errorf("acme-tiny without max_tokens: %d %s, want 200 (the reservation is what the window leaves)", r.status, r.body)
 	}
 	if e := f["acme-chat-large"]; e.maxInput != 200000 || e.maxOutput != 16000 || e.p.cached != 1000 || e.p.write != 4000 {
 		t.Errorf("acme-chat-large: %+v", e)
@@ -426,4 +435,34 @@ func TestBudgetIsSharedByTwoInstancesThroughRedis(t *testing.T) {
 		t.Fatalf("spent in redis %d (%v), want %d × %d", spent, err, ok.Load(), cost)
 	}
 	t.Logf("%d admitted, %d rejected; %d nano-dollars spent of %d", ok.Load(), rejected.Load(), spent, budget)
+}
+
+// clamp_max_tokens applies to the token buckets too: a request whose
+// output reservation TPM cannot serve goes up with what it can; when not
+// even <min> fits, the 429 stands.
+func TestClampMaxTokensFitsTheTokenBuckets(t *testing.T) {
+	mustLoad(t, "zone clamp_tpm\ncalibrate off\ntpm 600\nclamp_max_tokens 100")
+	var got atomic.Value
+	setUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got.Store(b)
+		chatCompletion(w, r, 5, 5)
+	})
+	const body = `{"model":"m","max_tokens":4000,"messages":[{"role":"user","content":"hi"}]}`
+	r := send(t, "/v1/chat/completions", "sk-clamp-tpm", body)
+	if r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	var n int64
+	fmt.Sscan(r.header.Get("x-llm-ratelimit-max-tokens-clamped"), &n)
+	var sent struct {
+		MaxTokens int64 `json:"max_tokens"`
+	}
+	if err := json.Unmarshal(got.Load().([]byte), &sent); err != nil || n < 500 || n >= 600 || sent.MaxTokens != n {
+		t.Fatalf("clamped %d, upstream max_tokens %d (%v); want what TPM 600 leaves after the input", n, sent.MaxTokens, err)
+	}
+	mustLoad(t, "zone clamp_otpm\ncalibrate off\notpm 50\nclamp_max_tokens 100")
+	if r := send(t, "/v1/chat/completions", "sk-clamp-tpm", body); r.status != 429 || r.header.Get("x-llm-ratelimit-max-tokens-clamped") != "" {
+		t.Fatalf("otpm 50 under <min> 100: %d %v", r.status, r.header)
+	}
 }

@@ -57,6 +57,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	q := ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), accts: accts, d: req.demand,
 		learn: h.learn, learnKey: h.learn && len(accts) == 0, lane: h.lanes[tier], spend: h.spendAsk(tier, &req)}
+	if req.parsed != nil { // only a body the gateway read can be rewritten
+		q.clampMin, q.choices = h.ClampMaxTokens, req.info.N
+	}
 	var t ticket
 	var dec decision
 	var waited time.Duration
@@ -161,11 +164,11 @@ func (h *Handler) readAndEstimate(r *http.Request, d dialect, req *llmRequest) e
 	}
 	mb := h.modelFor(req.info.Model)
 	req.demand = h.demandFor(&req.info, mb, req.parsed)
-	if mb != nil && mb.ContextWindow > 0 && req.demand.in+req.demand.out > float64(mb.ContextWindow) {
+	if window, _ := h.modelLimits(mb, req.info.Model); window > 0 && req.demand.in+req.demand.out > float64(window) {
 		dm := req.demand
 		return &apiError{kind: errContextLength, msg: fmt.Sprintf(
 			"This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the messages, %d in the completion). Please reduce the length of the messages or completion.",
-			mb.ContextWindow, int64(dm.in+dm.out), int64(dm.in), int64(dm.out))}
+			window, int64(dm.in+dm.out), int64(dm.in), int64(dm.out))}
 	}
 	return nil
 }
@@ -252,13 +255,14 @@ func (h *Handler) demandFor(info *requestInfo, m *Model, d dialect) demand {
 		dm.out = float64(info.MaxOutput) * float64(info.N)
 	default:
 		per := h.DefaultMaxOutput
-		if m != nil && m.MaxOutput > 0 {
-			per = m.MaxOutput
+		window, maxOut := h.modelLimits(m, info.Model)
+		if maxOut > 0 {
+			per = maxOut
 		}
 		// Without an explicit max the model stops at its window: do not
 		// reserve (or reject for) more than the window leaves.
-		if m != nil && m.ContextWindow > 0 {
-			per = min(per, max(m.ContextWindow-int64(dm.in), 0))
+		if window > 0 {
+			per = min(per, max(window-int64(dm.in), 0))
 		}
 		dm.out = float64(per) * float64(info.N)
 	}

@@ -1,6 +1,7 @@
 package llmratelimit
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"time"
@@ -169,13 +170,12 @@ func (k *keySpend) resetsAt(p period) time.Time { return p.next(time.Unix(k.star
 
 // spendConfig is a handler's prices and budgets, resolved.
 type spendConfig struct {
-	priced   bool                 // some price is configured: requests are costed
-	file     map[string]filePrice // prices_file, by exact model name
-	def      *price               // default_price
-	highest  price                // the dearest price configured: for unpriced models
-	blocks   map[*Model]price     // model blocks with a price
-	budgets  map[string]*budget   // by tier; "" for keys without a tier
-	clampMin int64
+	priced  bool                 // some price is configured: requests are costed
+	file    map[string]filePrice // prices_file, by exact model name
+	def     *price               // default_price
+	highest price                // the dearest price configured: for unpriced models
+	blocks  map[*Model]price     // model blocks with a price
+	budgets map[string]*budget   // by tier; "" for keys without a tier
 }
 
 // checkPrice reports a price that is not a finite number >= 0.
@@ -221,7 +221,7 @@ func (b *Budget) resolve() *budget {
 
 // provisionSpend resolves prices_file, the prices and the budgets.
 func (h *Handler) provisionSpend() error {
-	sc := spendConfig{blocks: map[*Model]price{}, budgets: map[string]*budget{}, clampMin: h.ClampMaxTokens}
+	sc := spendConfig{blocks: map[*Model]price{}, budgets: map[string]*budget{}}
 	if h.PricesFile != "" {
 		f, err := loadPricesFile(h.PricesFile)
 		if err != nil {
@@ -280,9 +280,23 @@ func (sc *spendConfig) priceFor(block *Model, model string) price {
 
 // spendAsk is what a request's admission needs to know of spend.
 type spendAsk struct {
-	p        price
-	b        *budget // nil: no budget applies
-	label    string  // the cost metric's model label: a block name or "*"
-	clampMin int64   // > 0: the output reservation may shrink to fit the budget
-	n        int64   // choices the output reservation covers (n, candidateCount)
+	p     price
+	b     *budget // nil: no budget applies
+	label string  // the cost metric's model label: a block name or "*"
+}
+
+// modelLimits is the context window and the output reservation of a model
+// (0: none): its block's, else, for what the block does not set, its
+// prices_file entry's max_input_tokens and max_output_tokens.
+func (h *Handler) modelLimits(m *Model, model string) (window, maxOut int64) {
+	if m != nil {
+		window, maxOut = m.ContextWindow, m.MaxOutput
+	}
+	if window == 0 || maxOut == 0 {
+		if fp, ok := h.spend.file[model]; ok {
+			window = cmp.Or(window, fp.maxInput)
+			maxOut = cmp.Or(maxOut, fp.maxOutput)
+		}
+	}
+	return window, maxOut
 }

@@ -203,6 +203,42 @@ func (a *admission) check(nowNs int64) verdict {
 	return v
 }
 
+// clampOutput is the largest output, at most out and at least minOut,
+// that the token buckets can serve now with the input in: ok is false when
+// a bucket that the output does not change (requests, input tokens) is the
+// one that blocks, or when less than minOut fits. With ok, the needs of
+// the tokens and output buckets are set to it.
+func (a *admission) clampOutput(nowNs int64, in, out, minOut float64) (float64, bool) {
+	fit := out
+	for i := 0; i < a.n; i++ {
+		u := &a.uses[i]
+		level := min(u.b.advance(nowNs, u.limit), float64(u.limit))
+		switch u.dim {
+		case dimTokens:
+			fit = min(fit, level-in)
+		case dimOutput:
+			fit = min(fit, level)
+		default:
+			if level < u.need || u.need > float64(u.limit) {
+				return 0, false
+			}
+		}
+	}
+	fit = math.Floor(fit)
+	if fit < minOut {
+		return 0, false
+	}
+	for i := 0; i < a.n; i++ {
+		switch u := &a.uses[i]; u.dim {
+		case dimTokens:
+			u.need = in + fit
+		case dimOutput:
+			u.need = fit
+		}
+	}
+	return fit, true
+}
+
 // limitBuckets are the per-minute buckets of one scope (a key, a key ×
 // model, the upstream account).
 type limitBuckets struct {

@@ -179,6 +179,9 @@ type ask struct {
 	lane            lane // the queue lane of the key's tier
 	d               demand
 	spend           *spendAsk // nil: no price and no budget apply
+	// clampMin > 0: the output reservation may shrink to fit, down to
+	// clampMin tokens per choice of choices (clamp_max_tokens).
+	clampMin, choices int64
 }
 
 // shared tells whether the request takes a shared account's quota.
@@ -288,6 +291,9 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		dec.verdict = a.check(nowNs)
 	case !q.shared():
 		dec.verdict = a.try(nowNs)
+		if !dec.ok && q.clampMin > 0 {
+			t.clampToBuckets(&a, &dec, nowNs)
+		}
 	case len(q.accts) == 1 && !q.accts[0].pool:
 		// The unnamed upstream block: one account, in the same admission.
 		ac := q.accts[0]
@@ -349,6 +355,28 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 	}
 	ks.touch(lim, t.mb, q.d.model)
 	return t, dec
+}
+
+// clampToBuckets lets a request that the token buckets cannot serve at its
+// full output reservation through with a smaller one (clamp_max_tokens),
+// if its input and clampMin output tokens per choice fit.
+func (t *ticket) clampToBuckets(a *admission, dec *decision, nowNs int64) {
+	n := max(t.a.choices, 1)
+	out, ok := a.clampOutput(nowNs, t.a.d.in, t.a.d.out, float64(t.a.clampMin*n))
+	if !ok {
+		return
+	}
+	perChoice := int64(out) / n
+	out = float64(perChoice * n)
+	a.clampOutput(nowNs, t.a.d.in, out, out) // whole choices
+	saved := dec.clamped
+	if v := a.try(nowNs); v.ok {
+		dec.verdict = v
+		t.a.d.out = out
+		dec.clamped = perChoice
+		return
+	}
+	dec.clamped = saved
 }
 
 // keyLimits is the key's limits in force: its tier's, with what its
