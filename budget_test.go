@@ -430,7 +430,7 @@ func TestBudgetIsSharedByTwoInstancesThroughRedis(t *testing.T) {
 		t.Fatalf("%d admitted (cost %d each), %d rejected, budget %d nano-dollars", ok.Load(), cost, rejected.Load(), budget)
 	}
 	start := periodDaily.start(time.Now())
-	spent, err := a.rs.client.HGet(context.Background(), "t:budget:redis-budget:spend:"+hashKey("sk-redis-budget").id()+":"+strconv.FormatInt(start.Unix(), 10), "s").Int64()
+	spent, err := a.rs.client.HGet(context.Background(), "{t:budget:redis-budget}:spend:"+hashKey("sk-redis-budget").id()+":"+strconv.FormatInt(start.Unix(), 10), "s").Int64()
 	if err != nil || spent != ok.Load()*cost {
 		t.Fatalf("spent in redis %d (%v), want %d × %d", spent, err, ok.Load(), cost)
 	}

@@ -61,8 +61,13 @@ import (
 //		max_queue   <n>
 //		max_keys    <n> | -1
 //		store redis {
-//			address <host:port>
-//			url     <redis://...>
+//			address  <host:port>...      # one, a cluster's seed nodes, or the Sentinels
+//			url      <redis://...|rediss://...>
+//			cluster
+//			sentinel <master name>
+//			username <name>
+//			password <secret>            # placeholders work: {env.REDIS_PASSWORD}
+//			tls
 //			prefix  <string>
 //			fail    open|closed
 //			timeout <duration>

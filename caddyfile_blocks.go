@@ -331,8 +331,8 @@ func parseBlock(d *caddyfile.Dispenser, where string, subs map[string]func() err
 	return nil
 }
 
-// parseStore reads "store redis { address url prefix fail timeout }"; the
-// cursor is on "store".
+// parseStore reads "store redis { address... url cluster sentinel username
+// password tls prefix fail timeout }"; the cursor is on "store".
 func (h *Handler) parseStore(d *caddyfile.Dispenser) error {
 	if !d.NextArg() || d.Val() != "redis" {
 		return d.Errf("store: want \"redis\", got %q", d.Val())
@@ -349,17 +349,43 @@ func (h *Handler) parseStore(d *caddyfile.Dispenser) error {
 			return d.Errf("store redis %s: given twice", sub)
 		}
 		seen[sub] = true
+		switch sub {
+		case "address":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("store redis address: want <host:port>...")
+			}
+			rc.Address, rc.Addresses = args[0], args[1:]
+			if len(rc.Addresses) == 0 {
+				rc.Addresses = nil
+			}
+			continue
+		case "cluster", "tls":
+			if d.NextArg() {
+				return d.Errf("store redis %s: takes no argument", sub)
+			}
+			if sub == "cluster" {
+				rc.Cluster = true
+			} else {
+				rc.TLS = true
+			}
+			continue
+		}
 		v, err := oneArg(d, "store redis "+sub)
 		if err != nil {
 			return err
 		}
 		switch sub {
-		case "address":
-			rc.Address = v
 		case "url":
 			rc.URL = v
 		case "prefix":
 			rc.Prefix = v
+		case "sentinel":
+			rc.Sentinel = v
+		case "username":
+			rc.Username = v
+		case "password":
+			rc.Password = v
 		case "fail":
 			if err := checkFailMode(v); err != nil {
 				return d.Errf("%w", err)
@@ -379,6 +405,9 @@ func (h *Handler) parseStore(d *caddyfile.Dispenser) error {
 		}
 	}
 	if err := checkRedisTarget(rc.Address, rc.URL); err != nil {
+		return d.Errf("%w", err)
+	}
+	if err := checkRedisMode(rc); err != nil {
 		return d.Errf("%w", err)
 	}
 	return nil

@@ -3,6 +3,7 @@ package llmratelimit
 import (
 	"context"
 	crand "crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -27,8 +28,23 @@ type StoreConfig struct {
 type RedisConfig struct {
 	// Address is host:port of the Redis server.
 	Address string `json:"address,omitempty"`
-	// URL is a redis:// URL, instead of Address.
+	// Addresses are more host:port: a cluster's seed nodes, or the
+	// Sentinels (with Sentinel), with Address or instead of it.
+	Addresses []string `json:"addresses,omitempty"`
+	// URL is a redis:// or rediss:// (TLS) URL, instead of addresses.
 	URL string `json:"url,omitempty"`
+	// Cluster talks to a Redis Cluster (or Valkey cluster mode): the
+	// addresses are seed nodes, and commands follow MOVED and ASK.
+	Cluster bool `json:"cluster,omitempty"`
+	// Sentinel is the name of the master that the Sentinels at the
+	// addresses watch: the client follows its failovers.
+	Sentinel string `json:"sentinel,omitempty"`
+	// Username and Password authenticate (ACL); placeholders such as
+	// {env.REDIS_PASSWORD} are replaced at provision time.
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+	// TLS connects with TLS (rediss:// URLs do anyway).
+	TLS bool `json:"tls,omitempty"`
 	// Prefix starts every Redis key. Default "llm_ratelimit:".
 	Prefix string `json:"prefix,omitempty"`
 	// Fail is what happens when Redis cannot be reached: "open" (default)
@@ -156,7 +172,7 @@ return 1
 
 // redisStore is a handler's connection to the shared store.
 type redisStore struct {
-	client   *redis.Client
+	client   redis.UniversalClient
 	prefix   string
 	failOpen bool
 	timeout  time.Duration
@@ -168,34 +184,62 @@ type redisStore struct {
 }
 
 func newRedisStore(c *RedisConfig, logger *zap.Logger) (*redisStore, error) {
-	var opts *redis.Options
-	switch {
-	case c.URL != "":
-		o, err := redis.ParseURL(c.URL)
+	repl := caddy.NewReplacer() // {env.*} and other global placeholders
+	uo := &redis.UniversalOptions{
+		Addrs:         c.addrs(),
+		MasterName:    c.Sentinel,
+		IsClusterMode: c.Cluster,
+		Username:      repl.ReplaceKnown(c.Username, ""),
+		Password:      repl.ReplaceKnown(c.Password, ""),
+	}
+	if c.URL != "" {
+		o, err := redis.ParseURL(repl.ReplaceKnown(c.URL, ""))
 		if err != nil {
 			return nil, fmt.Errorf("store redis url: %v", err)
 		}
-		opts = o
-	case c.Address != "":
-		opts = &redis.Options{Addr: c.Address}
-	default:
+		uo.Addrs, uo.DB, uo.TLSConfig = []string{o.Addr}, o.DB, o.TLSConfig
+		if uo.Username == "" && uo.Password == "" {
+			uo.Username, uo.Password = o.Username, o.Password
+		}
+	}
+	if len(uo.Addrs) == 0 {
 		return nil, errors.New("store redis: address or url is required")
+	}
+	if c.TLS && uo.TLSConfig == nil {
+		uo.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	timeout := time.Duration(c.Timeout)
 	if timeout <= 0 {
 		timeout = 100 * time.Millisecond
 	}
-	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = timeout, timeout, timeout
-	opts.MaxRetries = 0
+	uo.DialTimeout, uo.ReadTimeout, uo.WriteTimeout = timeout, timeout, timeout
+	// One try per call: fail open or closed decides what a failure means.
+	// A cluster still follows MOVED and ASK redirections.
+	uo.MaxRetries = -1
 	prefix := c.Prefix
 	if prefix == "" {
 		prefix = "llm_ratelimit:"
 	}
 	var id [6]byte // names this instance's leases
 	_, _ = crand.Read(id[:])
-	return &redisStore{client: redis.NewClient(opts), prefix: prefix, failOpen: c.Fail != "closed",
+	return &redisStore{client: redis.NewUniversalClient(uo), prefix: prefix, failOpen: c.Fail != "closed",
 		timeout: timeout, logger: logger, instance: hex.EncodeToString(id[:])}, nil
 }
+
+// addrs is Address and Addresses.
+func (c *RedisConfig) addrs() []string {
+	var a []string
+	if c.Address != "" {
+		a = append(a, c.Address)
+	}
+	return append(a, c.Addresses...)
+}
+
+// zoneBase starts every key of a zone: the prefix and the zone in a hash
+// tag, so that a Redis Cluster keeps all of them in one slot and one
+// script can touch the key's, the key × model and the account's buckets
+// atomically. A zone is served by one shard; more zones spread.
+func (rs *redisStore) zoneBase(zone string) string { return "{" + rs.prefix + zone + "}:" }
 
 // redisTicket is an admitted request's hold on the shared store.
 type redisTicket struct {
@@ -214,7 +258,7 @@ type redisTicket struct {
 
 // redisAdmit decides a request on Redis. The error is a store failure.
 func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket, decision, error) {
-	base := rs.prefix + zoneName + ":"
+	base := rs.zoneBase(zoneName)
 	var uses []use
 	var keys []string
 	add := func(prefix string, lim Limits, sc scope) {
@@ -389,7 +433,8 @@ func (rs *redisStore) warn(msg string, err error) {
 var stores = caddy.NewUsagePool()
 
 func loadRedisStore(c *RedisConfig, logger *zap.Logger) (*redisStore, error) {
-	key := fmt.Sprintf("%s|%s|%s|%s|%d", c.Address, c.URL, c.Prefix, c.Fail, c.Timeout)
+	key := fmt.Sprintf("%s|%v|%s|%t|%s|%s|%s|%t|%s|%s|%d", c.Address, c.Addresses, c.URL, c.Cluster, c.Sentinel,
+		c.Username, c.Password, c.TLS, c.Prefix, c.Fail, c.Timeout)
 	v, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
 		rs, err := newRedisStore(c, logger)
 		if err != nil {

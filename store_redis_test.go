@@ -155,7 +155,7 @@ func TestRedisAdmissionIsAllOrNothing(t *testing.T) {
 	}
 	c := redis.NewClient(&redis.Options{Addr: srv.addr})
 	defer c.Close()
-	level, err := c.HGet(context.Background(), h.rs.prefix+h.Zone+":"+hashKey("sk-atomic").id()+":rpm", "l").Float64()
+	level, err := c.HGet(context.Background(), h.rs.zoneBase(h.Zone)+hashKey("sk-atomic").id()+":rpm", "l").Float64()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,7 +50,14 @@ func (h *Handler) Validate() error {
 	}
 	if h.Store != nil && h.Store.Redis != nil {
 		rc := h.Store.Redis
-		if err := checkRedisTarget(rc.Address, rc.URL); err != nil {
+		target := rc.Address
+		if len(rc.Addresses) > 0 {
+			target = rc.Addresses[0]
+		}
+		if err := checkRedisTarget(target, rc.URL); err != nil {
+			return err
+		}
+		if err := checkRedisMode(rc); err != nil {
 			return err
 		}
 		if rc.Fail != "" {
@@ -243,6 +250,20 @@ func checkFailMode(s string) error {
 func checkRedisTarget(address, url string) error {
 	if address == "" && url == "" {
 		return fmt.Errorf("store redis: address or url is required")
+	}
+	return nil
+}
+
+// checkRedisMode: cluster and sentinel exclude each other, and a
+// Sentinel's addresses cannot come from a url.
+func checkRedisMode(rc *RedisConfig) error {
+	switch {
+	case rc.Cluster && rc.Sentinel != "":
+		return fmt.Errorf("store redis: cluster and sentinel exclude each other")
+	case rc.Sentinel != "" && len(rc.addrs()) == 0:
+		return fmt.Errorf("store redis: sentinel needs the Sentinels' addresses")
+	case rc.URL != "" && len(rc.addrs()) > 0:
+		return fmt.Errorf("store redis: url or address, not both")
 	}
 	return nil
 }
