@@ -178,3 +178,162 @@ func TestTwoInstancesShareOneLimitThroughARedisCluster(t *testing.T) {
 	}
 	t.Logf("%d of 200 admitted across two instances on a 3-master cluster", ok.Load())
 }
+
+// sentinelSetup is a primary, its replica and one Sentinel watching them
+// as "mymaster", on loopback.
+type sentinelSetup struct {
+	primary, replica, sentinel string
+	primaryCmd                 *exec.Cmd
+}
+
+func startSentinel(t testing.TB) *sentinelSetup {
+	t.Helper()
+	needTool(t, "redis-server", "redis-server")
+	needTool(t, "redis-sentinel", "redis-sentinel")
+	s := &sentinelSetup{}
+	pp, rp, sp := freePortTB(t), freePortTB(t), freePortTB(t)
+	s.primary, s.replica, s.sentinel = fmt.Sprintf("127.0.0.1:%d", pp), fmt.Sprintf("127.0.0.1:%d", rp), fmt.Sprintf("127.0.0.1:%d", sp)
+	s.primaryCmd = startProcess(t, "redis-server", "--port", strconv.Itoa(pp), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	waitPing(t, s.primary)
+	startProcess(t, "redis-server", "--port", strconv.Itoa(rp), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", t.TempDir(), "--replicaof", "127.0.0.1", strconv.Itoa(pp))
+	waitPing(t, s.replica)
+	rc := redis.NewClient(&redis.Options{Addr: s.replica})
+	defer rc.Close()
+	for i := 0; ; i++ {
+		info, _ := rc.Info(context.Background(), "replication").Result()
+		if strings.Contains(info, "master_link_status:up") {
+			break
+		}
+		if i > 500 {
+			t.Fatal("the replica did not sync")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "sentinel.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n"+
+		"sentinel monitor mymaster 127.0.0.1 %d 1\nsentinel down-after-milliseconds mymaster 1000\n"+
+		"sentinel failover-timeout mymaster 3000\nsentinel parallel-syncs mymaster 1\n", sp, dir, pp)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	startProcess(t, "redis-sentinel", conf)
+	waitPing(t, s.sentinel)
+	if got := s.master(t); got != s.primary {
+		t.Fatalf("the sentinel names %q as master, want %s", got, s.primary)
+	}
+	return s
+}
+
+// master is the address the Sentinel gives for mymaster.
+func (s *sentinelSetup) master(t testing.TB) string {
+	c := redis.NewSentinelClient(&redis.Options{Addr: s.sentinel})
+	defer c.Close()
+	a, err := c.GetMasterAddrByName(context.Background(), "mymaster").Result()
+	if err != nil || len(a) != 2 {
+		return ""
+	}
+	return a[0] + ":" + a[1]
+}
+
+func freePortTB(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Kill the primary behind a Sentinel: with fail closed the gateways answer
+// 503 while there is no primary and serve again through the promoted
+// replica within 15 s of the promotion, still sharing the limit; with fail
+// open no client sees an error at all.
+func TestSentinelFailoverIsFollowed(t *testing.T) {
+	setClock(nil)
+	t.Cleanup(func() { setClock(clk) })
+	s := startSentinel(t)
+	mk := func(fail, zone string) *Handler {
+		h := provisioned(t, &Handler{Zone: zone, Limits: Limits{RPM: 20},
+			Store: &StoreConfig{Redis: &RedisConfig{Address: s.sentinel, Sentinel: "mymaster", Fail: fail,
+				Timeout: 0, Prefix: "t:sentinel:"}}})
+		h.logger = zap.NewNop()
+		return h
+	}
+	a, b := mk("closed", "sentinel-closed"), mk("closed", "sentinel-closed")
+	open := mk("open", "sentinel-open")
+	if w := serveOnce(t, a, "sk-before", chatBody); w.Code != 200 {
+		t.Fatalf("before the failover: %d %s", w.Code, w.Body)
+	}
+	// fail open: a client keeps sending through the failover and must
+	// never see an error.
+	stop := make(chan struct{})
+	var openBad atomic.Value
+	var openDone sync.WaitGroup
+	openDone.Add(1)
+	go func() {
+		defer openDone.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if w := serveOnce(t, open, fmt.Sprintf("sk-open-%d", i), chatBody); w.Code != 200 {
+				openBad.Store(fmt.Sprintf("%d %s", w.Code, w.Body))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+
+	_ = s.primaryCmd.Process.Kill()
+	var promoted time.Time
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if s.master(t) == s.replica {
+			promoted = time.Now()
+			break
+		}
+	}
+	if promoted.IsZero() {
+		t.Fatal("the sentinel did not promote the replica within 60 s")
+	}
+	var served time.Time
+	for deadline := promoted.Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if w := serveOnce(t, a, "sk-probe", chatBody); w.Code == 200 {
+			served = time.Now()
+			break
+		} else if w.Code != 503 {
+			t.Fatalf("fail closed during the failover: %d %s, want 503 or 200", w.Code, w.Body)
+		}
+	}
+	if served.IsZero() {
+		t.Fatalf("fail closed: not served again within 15 s of the promotion")
+	}
+	close(stop)
+	openDone.Wait()
+	if v := openBad.Load(); v != nil {
+		t.Fatalf("fail open: a client saw %v during the failover", v)
+	}
+	// The limit is still shared through the new primary: rpm 20 over both.
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 60 {
+		h := a
+		if i%2 == 1 {
+			h = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if w := serveOnce(t, h, "sk-after", chatBody); w.Code == 200 {
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := ok.Load(); got < 20 || got > 21 {
+		t.Fatalf("after the failover two instances admitted %d of 60 with rpm 20", got)
+	}
+	t.Logf("promoted, then served again after %v; %d of 60 admitted after", served.Sub(promoted).Round(time.Millisecond), ok.Load())
+}
