@@ -254,6 +254,23 @@ type redisTicket struct {
 	budget          bool
 	worst, expireAt int64
 	zone            string
+	// The shared upstream's request bucket, which every retry charges.
+	upRPMKey string
+	upRPM    int64
+}
+
+// chargeRetry counts a retry as one more call on the shared upstream's
+// request bucket in Redis (debt allowed), as in process: its tokens are
+// the ones already reserved.
+func (rt *redisTicket) chargeRetry() {
+	if rt.upRPM <= 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rt.rs.timeout)
+	defer cancel()
+	if err := settleScript.Run(ctx, rt.rs.client, []string{rt.upRPMKey}, 1, 0, rt.upRPM, "-1").Err(); err != nil {
+		rt.rs.warn("charging a retry in redis failed", err)
+	}
 }
 
 // redisAdmit decides a request on Redis. The error is a store failure.
@@ -349,7 +366,8 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	switch {
 	case ok == 1:
 		dec.ok = true
-		rt := &redisTicket{rs: rs, keys: keys, nb: nb, leaseIDs: leaseIDs, budget: hasBudget, worst: worst, expireAt: expireAt, zone: zoneName}
+		rt := &redisTicket{rs: rs, keys: keys, nb: nb, leaseIDs: leaseIDs, budget: hasBudget, worst: worst, expireAt: expireAt, zone: zoneName,
+			upRPMKey: base + "upstream:rpm", upRPM: up.RPM}
 		for _, u := range uses {
 			rt.limits = append(rt.limits, u.limit)
 			rt.dims = append(rt.dims, u.dim)

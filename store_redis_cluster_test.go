@@ -1,10 +1,15 @@
 package llmratelimit
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"github.com/caddyserver/caddy/v2"
+	"io"
 	"math/rand"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -336,4 +341,44 @@ func TestSentinelFailoverIsFollowed(t *testing.T) {
 		t.Fatalf("after the failover two instances admitted %d of 60 with rpm 20", got)
 	}
 	t.Logf("promoted, then served again after %v; %d of 60 admitted after", served.Sub(promoted).Round(time.Millisecond), ok.Load())
+}
+
+// flaky429 answers 429 to its first call, then as nextJSON.
+type flaky429 struct{ calls atomic.Int32 }
+
+func (f *flaky429) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	if f.calls.Add(1) == 1 {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusTooManyRequests)
+		_, err := io.WriteString(w, `{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}`)
+		return err
+	}
+	return nextJSON{}.ServeHTTP(w, r)
+}
+
+// Every upstream attempt counts on the shared upstream's request bucket in
+// Redis, retries included, as it does in process.
+func TestRedisRetriesChargeTheSharedUpstream(t *testing.T) {
+	setClock(nil)
+	t.Cleanup(func() { setClock(clk) })
+	srv := startRedis(t)
+	zero := 0.0
+	h := provisioned(t, &Handler{Zone: "redis-retry", Upstream: &Limits{RPM: 10},
+		Retry: &RetryConfig{Base: caddy.Duration(time.Millisecond), Max: caddy.Duration(5 * time.Millisecond), Jitter: &zero},
+		Store: &StoreConfig{Redis: &RedisConfig{Address: srv.addr, Fail: "closed", Prefix: "t:retry:"}}})
+	h.logger = zap.NewNop()
+	next := &flaky429{}
+	r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", bytes.NewBufferString(chatBody))
+	r.Header.Set("Authorization", "Bearer sk-retry")
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, next); err != nil || w.Code != 200 || next.calls.Load() != 2 {
+		t.Fatalf("%v %d after %d calls: %s", err, w.Code, next.calls.Load(), w.Body)
+	}
+	c := redis.NewClient(&redis.Options{Addr: srv.addr})
+	defer c.Close()
+	level, err := c.HGet(context.Background(), h.rs.zoneBase(h.Zone)+"upstream:rpm", "l").Float64()
+	if err != nil || level < 8 || level > 8.1 {
+		t.Fatalf("upstream rpm level in Redis %v (%v): want 8 (two calls) plus refill", level, err)
+	}
 }

@@ -461,6 +461,10 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 // chargeRetry counts one more upstream call against the upstream's request
 // bucket: a retry is a new call. Its tokens are the ones already reserved.
 func (t *ticket) chargeRetry(nowNs int64) {
+	if t.rt != nil {
+		t.rt.chargeRetry()
+		return
+	}
 	if t.acct == nil {
 		return
 	}
