@@ -390,6 +390,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		m.calib = h.zone.calibFor(m.Name, m.TokenRatio)
 	}
 	h.starCalib = h.zone.calibFor(calibStar, 1)
+	if h.rs != nil {
+		var up Limits
+		if h.Upstream != nil {
+			up = *h.Upstream
+		}
+		h.zone.shared.Store(&sharedZone{rs: h.rs, up: up})
+	}
 	if len(h.spend.budgets) > 0 && h.rs == nil {
 		h.zone.budgets.Store(&h.spend.budgets)
 		h.zone.attachLedger(storageOf(ctx), h.logger)

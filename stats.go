@@ -185,6 +185,9 @@ func (z *zone) stats(nowNs int64) ZoneStats {
 		}
 	}
 	z.upMu.Unlock()
+	if sh := z.shared.Load(); sh != nil {
+		z.sharedStats(sh.rs, sh.up, &out)
+	}
 	return out
 }
 
@@ -224,6 +227,13 @@ func (z *zone) keyStats(keyID string, nowNs int64) (KeyStats, bool) {
 			}
 		}
 		s.mu.Unlock()
+	}
+	if z.shared.Load() != nil { // a key decided through Redis only
+		for _, k := range z.stats(nowNs).Keys {
+			if k.KeyID == keyID {
+				return k, true
+			}
+		}
 	}
 	return KeyStats{}, false
 }

@@ -481,6 +481,7 @@ func (h *Handler) admitShared(ctx context.Context, q ask) (ticket, decision, tim
 	start := now()
 	maxWait := time.Duration(h.MaxWait)
 	for {
+		h.zone.sawShared(&q)
 		t, dec, err := h.rs.admit(ctx, h.Zone, q)
 		if err != nil {
 			if ctx.Err() != nil {

@@ -133,7 +133,7 @@ func TestTwoInstancesShareOneLimitThroughARedisCluster(t *testing.T) {
 			Models:   []Model{{Name: "gpt-4o", Limits: Limits{RPM: 100000, TPM: 1 << 40}}},
 			Upstream: &Limits{RPM: 100000, TPM: 1 << 40},
 			Store: &StoreConfig{Redis: &RedisConfig{Address: addrs[0], Addresses: addrs[1:], Cluster: true,
-				Fail: "closed", Timeout: 0, Prefix: "t:cluster:"}}})
+				Fail: "closed", Timeout: caddy.Duration(2 * time.Second), Prefix: "t:cluster:"}}})
 		h.logger = zap.NewNop()
 		return h
 	}
@@ -210,8 +210,8 @@ func startSentinel(t testing.TB) *sentinelSetup {
 		if strings.Contains(info, "master_link_status:up") {
 			break
 		}
-		if i > 500 {
-			t.Fatal("the replica did not sync")
+		if i > 3000 {
+			t.Fatal("the replica did not sync within 30 s")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -262,7 +262,7 @@ func TestSentinelFailoverIsFollowed(t *testing.T) {
 	mk := func(fail, zone string) *Handler {
 		h := provisioned(t, &Handler{Zone: zone, Limits: Limits{RPM: 20},
 			Store: &StoreConfig{Redis: &RedisConfig{Address: s.sentinel, Sentinel: "mymaster", Fail: fail,
-				Timeout: 0, Prefix: "t:sentinel:"}}})
+				Timeout: caddy.Duration(2 * time.Second), Prefix: "t:sentinel:"}}})
 		h.logger = zap.NewNop()
 		return h
 	}
@@ -380,5 +380,45 @@ func TestRedisRetriesChargeTheSharedUpstream(t *testing.T) {
 	level, err := c.HGet(context.Background(), h.rs.zoneBase(h.Zone)+"upstream:rpm", "l").Float64()
 	if err != nil || level < 8 || level > 8.1 {
 		t.Fatalf("upstream rpm level in Redis %v (%v): want 8 (two calls) plus refill", level, err)
+	}
+}
+
+// The stats of a shared zone come from Redis: the levels of the keys this
+// instance has seen, and the shared upstream's buckets.
+func TestSharedZoneStatsReadRedis(t *testing.T) {
+	setClock(nil)
+	t.Cleanup(func() { setClock(clk) })
+	srv := startRedis(t)
+	mk := func() *Handler {
+		h := provisioned(t, &Handler{Zone: "redis-stats", Limits: Limits{RPM: 10}, Upstream: &Limits{RPM: 100},
+			Store: &StoreConfig{Redis: &RedisConfig{Address: srv.addr, Fail: "closed", Prefix: "t:stats:"}}})
+		h.logger = zap.NewNop()
+		return h
+	}
+	a, b := mk(), mk()
+	for i := range 5 {
+		h := a
+		if i%2 == 1 {
+			h = b
+		}
+		if w := serveOnce(t, h, "sk-stats", chatBody); w.Code != 200 {
+			t.Fatalf("%d %s", w.Code, w.Body)
+		}
+	}
+	st := a.zone.stats(now().UnixNano())
+	var k *KeyStats
+	for i := range st.Keys {
+		if st.Keys[i].KeyID == hashKey("sk-stats").id() {
+			k = &st.Keys[i]
+		}
+	}
+	if k == nil || k.RPMAvailable == nil || *k.RPMAvailable != 5 {
+		t.Fatalf("key stats %+v, want rpm_available 5 from Redis", k)
+	}
+	if st.Upstream.RPMAvailable == nil || *st.Upstream.RPMAvailable != 95 {
+		t.Fatalf("upstream stats %+v, want rpm_available 95 from Redis", st.Upstream)
+	}
+	if one, ok := a.zone.keyStats(hashKey("sk-stats").id(), now().UnixNano()); !ok || *one.RPMAvailable != 5 {
+		t.Fatalf("one key's stats: %+v %v", one, ok)
 	}
 }

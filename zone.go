@@ -38,9 +38,12 @@ type zone struct {
 	m     *zoneMetrics
 	nkeys atomic.Int64 // keys with state, against max_keys
 
-	costs       costTotals
-	budgets     atomic.Pointer[map[string]*budget] // the latest config's, by tier
-	ledgerDirty atomic.Bool                        // spend changed since the ledger was last saved
+	costs   costTotals
+	budgets atomic.Pointer[map[string]*budget] // the latest config's, by tier
+	// shared is the latest config's shared store and unnamed upstream
+	// quota, when the zone is shared: the stats read Redis.
+	shared      atomic.Pointer[sharedZone]
+	ledgerDirty atomic.Bool // spend changed since the ledger was last saved
 	ledgerMu    sync.Mutex
 	ledger      *ledger // where spend is saved across restarts, or nil
 
@@ -53,7 +56,10 @@ type shard struct {
 	// spend is the spend of the keys that a budget applies to; unlike
 	// keys, the sweeper never drops it (the ledger keeps it).
 	spend map[keyPrefix]*keySpend
-	_     [32]byte // keep shards on separate cache lines
+	// seen is the keys this instance decided through the shared store
+	// (for the stats endpoint).
+	seen map[keyPrefix]seenKey
+	_    [24]byte // keep shards on separate cache lines
 }
 
 // keyState is everything the zone keeps for one key. It is small and holds
@@ -148,6 +154,12 @@ func (z *zone) inFlight() int64 {
 		s.mu.Unlock()
 	}
 	return n
+}
+
+// sharedZone is what the stats of a shared zone need.
+type sharedZone struct {
+	rs *redisStore
+	up Limits
 }
 
 // demand is what one request asks of the buckets, after estimation.
