@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -220,6 +221,26 @@ var (
 )
 
 // jsonUsage reads the usage object of a message.
+// anthropicQuotaKinds are the kinds of Anthropic's rate-limit headers.
+var anthropicQuotaKinds = [4]string{"requests", "tokens", "input-tokens", "output-tokens"}
+
+// setQuotaHeaders: Anthropic's family, anthropic-ratelimit-<kind>-limit,
+// -remaining and -reset (RFC 3339, UTC, whole seconds), for requests,
+// tokens, input-tokens and output-tokens, each from the bucket of that
+// kind that constrains most; none of x-ratelimit-*.
+func (anthropicDialect) setQuotaHeaders(hdr http.Header, qs quotaSet, now time.Time) {
+	for i, q := range [4]quota{qs.req, qs.tpm, qs.itpm, qs.otpm} {
+		if !q.set {
+			continue
+		}
+		k := anthropicQuotaKinds[i]
+		hdr.Set("anthropic-ratelimit-"+k+"-limit", strconv.FormatInt(q.limit, 10))
+		hdr.Set("anthropic-ratelimit-"+k+"-remaining", strconv.FormatInt(q.remaining, 10))
+		reset := now.Add(q.reset + time.Second - 1).UTC().Truncate(time.Second) // rounded up
+		hdr.Set("anthropic-ratelimit-"+k+"-reset", reset.Format(time.RFC3339))
+	}
+}
+
 // clampOutput rewrites max_tokens.
 func (anthropicDialect) clampOutput(_ string, body []byte, n int64) []byte {
 	return setIntMember(body, []string{"max_tokens"}, "max_tokens", n)

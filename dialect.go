@@ -39,6 +39,9 @@ type dialect interface {
 	// isAddedUsageEvent tells the stream event that prepare's rewrite
 	// added.
 	isAddedUsageEvent(event []byte) bool
+	// setQuotaHeaders writes the gateway's rate-limit headers in the
+	// format's own family, replacing the upstream's of the same names.
+	setQuotaHeaders(hdr http.Header, qs quotaSet, now time.Time)
 	// clampOutput rewrites the body's output limit per choice to n (the
 	// field the format and path use; added when absent)
 	// (clamp_max_tokens).

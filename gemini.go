@@ -287,6 +287,12 @@ var (
 // jsonUsage reads the last usageMetadata of an answer: of a single
 // response, or of the streamed JSON array (each chunk's figures are
 // cumulative, so the last one counts).
+// setQuotaHeaders: Google has no rate-limit headers of its own; the
+// gateway's are the x-ratelimit-* family.
+func (geminiDialect) setQuotaHeaders(hdr http.Header, qs quotaSet, _ time.Time) {
+	setXQuotaHeaders(hdr, qs.req, qs.tok)
+}
+
 // clampOutput rewrites generationConfig.maxOutputTokens (either
 // spelling), adding what is missing.
 func (geminiDialect) clampOutput(_ string, body []byte, n int64) []byte {

@@ -92,7 +92,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if !h.DryRun {
 			h.logger.Info("rejected", append(fields, zap.String("outcome", outcomeRejected))...)
 			if h.headersOn {
-				setQuotaHeaders(w.Header(), dec.req, dec.tok)
+				setQuotaHeaders(w.Header(), d, dec.qs)
 			}
 			return h.reply(w, d, &apiError{kind: errRateLimited, msg: msg, dim: dec.blocking.dim, wait: dec.wait, never: dec.never}, outcomeRejected)
 		}
@@ -179,7 +179,7 @@ func (h *Handler) readAndEstimate(r *http.Request, d dialect, req *llmRequest) e
 func (h *Handler) serveAdmitted(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d dialect, req *llmRequest, t ticket, dec decision) error {
 	h.zone.m.estIn.Add(req.demand.in)
 	h.zone.m.resOut.Add(req.demand.out)
-	uw := &usageWriter{ResponseWriter: w, h: h, d: req.parsed, req: dec.req, tok: dec.tok, strip: req.strip, t: t}
+	uw := &usageWriter{ResponseWriter: w, h: h, d: req.parsed, hd: d, qs: dec.qs, strip: req.strip, t: t}
 	defer uw.release()
 	defer uw.abandon()
 	err := h.forward(uw, r, next, d, req, &uw.t)

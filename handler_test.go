@@ -30,7 +30,7 @@ func TestRejectsFourthRequestOverRPM(t *testing.T) {
 			if r.status != http.StatusTooManyRequests {
 				t.Fatalf("4th request: status %d, want 429", r.status)
 			}
-			for h, want := range map[string]string{
+			want := map[string]string{
 				"Retry-After":                    "20", // one request refills in 60s/3
 				"retry-after-ms":                 "20000",
 				"x-should-retry":                 "true",
@@ -38,7 +38,17 @@ func TestRejectsFourthRequestOverRPM(t *testing.T) {
 				"x-ratelimit-remaining-requests": "0",
 				"x-ratelimit-reset-requests":     "1m0s",
 				"Content-Type":                   "application/json",
-			} {
+			}
+			if tc.anthropic { // Anthropic's own family instead
+				for _, k := range []string{"limit", "remaining", "reset"} {
+					delete(want, "x-ratelimit-"+k+"-requests")
+				}
+				want["anthropic-ratelimit-requests-limit"] = "3"
+				want["anthropic-ratelimit-requests-remaining"] = "0"
+				// full again in a minute, rounded up to the second
+				want["anthropic-ratelimit-requests-reset"] = clk.Now().Add(time.Minute+time.Second-1).UTC().Truncate(time.Second).Format(time.RFC3339)
+			}
+			for h, want := range want {
 				if got := r.header.Get(h); got != want {
 					t.Errorf("%s = %q, want %q", h, got, want)
 				}

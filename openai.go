@@ -405,6 +405,11 @@ func (openAIDialect) prepare(path string, body []byte, info *requestInfo) ([]byt
 
 func (openAIDialect) isAddedUsageEvent(event []byte) bool { return isUsageOnlyChunk(event) }
 
+// setQuotaHeaders: x-ratelimit-{limit,remaining,reset}-{requests,tokens}.
+func (openAIDialect) setQuotaHeaders(hdr http.Header, qs quotaSet, _ time.Time) {
+	setXQuotaHeaders(hdr, qs.req, qs.tok)
+}
+
 // clampOutput: Responses has max_output_tokens, completions max_tokens;
 // chat has max_completion_tokens (added when absent) or the older
 // max_tokens, whichever the body sets.

@@ -102,10 +102,10 @@ var quotaHeaderNames = [2][3]string{
 	{"X-Ratelimit-Limit-Tokens", "X-Ratelimit-Remaining-Tokens", "X-Ratelimit-Reset-Tokens"},
 }
 
-// setQuotaHeaders writes the x-ratelimit-* headers, replacing any of the
+// setXQuotaHeaders writes the x-ratelimit-* headers, replacing any of the
 // same name. A kind with no bucket gets none. All six values share one
 // string and one slice: two allocations per response.
-func setQuotaHeaders(hdr http.Header, req, tok quota) {
+func setXQuotaHeaders(hdr http.Header, req, tok quota) {
 	if !req.set && !tok.set {
 		return
 	}
@@ -137,6 +137,15 @@ func setQuotaHeaders(hdr http.Header, req, tok quota) {
 			start = end
 		}
 	}
+}
+
+// setQuotaHeaders writes the rate-limit headers in the family of dialect
+// d (nil: the fallback's).
+func setQuotaHeaders(hdr http.Header, d dialect, qs quotaSet) {
+	if d == nil {
+		d = dialectNamed(fallbackDialect)
+	}
+	d.setQuotaHeaders(hdr, qs, now())
 }
 
 // resetString is a Go duration rounded up to the millisecond, as the

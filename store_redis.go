@@ -357,12 +357,9 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	var dec decision
 	for i, u := range uses {
 		b := bucket{level: levels[i], at: 1}
-		if u.dim == dimRequests {
-			dec.req.consider(&b, u.limit)
-		} else {
-			dec.tok.consider(&b, u.limit)
-		}
+		dec.qs.considerUse(&b, u.limit, u.dim)
 	}
+	dec.req, dec.tok = dec.qs.req, dec.qs.tok
 	switch {
 	case ok == 1:
 		dec.ok = true

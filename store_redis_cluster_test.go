@@ -107,11 +107,22 @@ func startCluster(t testing.TB) []string {
 	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
-	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
-	defer c.Close()
-	for range 300 {
-		info, err := c.ClusterInfo(context.Background()).Result()
-		if err == nil && strings.Contains(info, "cluster_state:ok") {
+	// Every node must agree that the cluster is up and every slot served:
+	// one that does not yet answers CLUSTERDOWN.
+	ready := func() bool {
+		for _, a := range addrs {
+			n := redis.NewClient(&redis.Options{Addr: a})
+			info, err := n.ClusterInfo(context.Background()).Result()
+			n.Close()
+			if err != nil || !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, "cluster_slots_ok:16384") ||
+				!strings.Contains(info, "cluster_known_nodes:3") {
+				return false
+			}
+		}
+		return true
+	}
+	for range 1500 {
+		if ready() {
 			return addrs
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -139,8 +139,9 @@ func TestAnthropicStreamSettlesInputWithCacheWritesAndCumulativeOutput(t *testin
 			}
 			setUpstream(t, noUsage)
 			r = send(t, "/v1/messages", "sk-anth", body)
-			rem := intHeader(t, r, "x-ratelimit-remaining-tokens")
-			own := 1000 // the next request's output reservation
+			kind := map[string]string{"itpm": "input-tokens", "otpm": "output-tokens", "cut": "output-tokens"}[tc.name]
+			rem := intHeader(t, r, "anthropic-ratelimit-"+kind+"-remaining") // Anthropic's own family
+			own := 1000                                                      // the next request's output reservation
 			if tc.name == "itpm" {
 				own = 4 // its input: "Hi" + 3 for the message
 			}

@@ -314,6 +314,40 @@ func (a *admission) quotas() (req, tok quota) {
 	return req, tok
 }
 
+// quotaSet is what the rate-limit headers of one response say: requests
+// and tokens (the most constraining token bucket of any kind), as OpenAI's
+// x-ratelimit-* family has them, and each kind of token bucket on its own,
+// as Anthropic's anthropic-ratelimit-* family has them.
+type quotaSet struct {
+	req, tok, tpm, itpm, otpm quota
+}
+
+// considerUse adds a bucket to the quota of its kind (and to tok).
+func (qs *quotaSet) considerUse(b *bucket, limit int64, d dimension) {
+	switch d {
+	case dimRequests:
+		qs.req.consider(b, limit)
+		return
+	case dimTokens:
+		qs.tpm.consider(b, limit)
+	case dimInput:
+		qs.itpm.consider(b, limit)
+	case dimOutput:
+		qs.otpm.consider(b, limit)
+	}
+	qs.tok.consider(b, limit)
+}
+
+// quotaSet is every header quota of an admission's uses, as the buckets
+// stand now.
+func (a *admission) quotaSet() (qs quotaSet) {
+	for i := 0; i < a.n; i++ {
+		u := &a.uses[i]
+		qs.considerUse(u.b, u.limit, u.dim)
+	}
+	return qs
+}
+
 // debit takes every bucket's need (after a check that said ok).
 func (a *admission) debit() {
 	for i := 0; i < a.n; i++ {

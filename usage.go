@@ -34,20 +34,21 @@ const (
 // usage-only chunk that the handler asked for on the client's behalf.
 type usageWriter struct {
 	http.ResponseWriter
-	h        *Handler
-	d        dialect // reads the usage; nil: nothing to read
-	t        ticket  // the request's hold, settled once the usage is known
-	req, tok quota   // x-ratelimit-* as of the admission
-	strip    bool    // the handler injected include_usage
-	status   int
-	mode     uint8
-	tail     []byte // JSON: the body's tail; SSE: the current line's tail
-	held     []byte // SSE with strip: the event being held back
-	scanned  int    // how much of held has been searched for an event end
-	acc      usageAcc
-	length   int64 // the answer's Content-Length; -1 when unknown
-	written  int64
-	ended    bool // the end of a stream ([DONE], message_stop, response.completed) was read
+	h       *Handler
+	d       dialect  // reads the usage; nil: nothing to read
+	t       ticket   // the request's hold, settled once the usage is known
+	qs      quotaSet // the rate-limit headers as of the admission
+	hd      dialect  // the request's dialect, whose family the headers take
+	strip   bool     // the handler injected include_usage
+	status  int
+	mode    uint8
+	tail    []byte // JSON: the body's tail; SSE: the current line's tail
+	held    []byte // SSE with strip: the event being held back
+	scanned int    // how much of held has been searched for an event end
+	acc     usageAcc
+	length  int64 // the answer's Content-Length; -1 when unknown
+	written int64
+	ended   bool // the end of a stream ([DONE], message_stop, response.completed) was read
 }
 
 func (uw *usageWriter) WriteHeader(code int) {
@@ -63,7 +64,7 @@ func (uw *usageWriter) WriteHeader(code int) {
 	// handler's replace them.
 	uw.t.learn(now().UnixNano(), code, uw.Header())
 	if uw.h.headersOn {
-		setQuotaHeaders(uw.Header(), uw.req, uw.tok)
+		setQuotaHeaders(uw.Header(), uw.hd, uw.qs)
 	}
 	uw.length = -1
 	if cl := uw.Header().Get("Content-Length"); cl != "" {

@@ -230,8 +230,9 @@ type ticket struct {
 // decision is the outcome of zone.admit.
 type decision struct {
 	verdict
-	req, tok  quota // for the x-ratelimit-* headers
-	queueFull bool  // turned away because max_queue requests already wait
+	req, tok  quota    // for the x-ratelimit-* headers
+	qs        quotaSet // every kind, for the anthropic-ratelimit-* headers
+	queueFull bool     // turned away because max_queue requests already wait
 	// overBudget: turned away because the worst case does not fit what is
 	// left of the key's budget (spent and resetsAt say the rest).
 	overBudget bool
@@ -329,7 +330,8 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 			t.acfg, t.acct, dec.verdict = z.chooseAccount(&a, q.accts, q.d, ks.lastAccount, nil, nowNs, peek)
 		}
 	}
-	dec.req, dec.tok = a.quotas()
+	dec.qs = a.quotaSet()
+	dec.req, dec.tok = dec.qs.req, dec.qs.tok
 	if peek {
 		return ticket{}, dec
 	}
