@@ -129,6 +129,7 @@ func (h *Handler) replyBudget(w http.ResponseWriter, d dialect, b *budget, dec d
 	h.logger.Info("rejected", h.decisionFields(kh, tier, &req.info, req.demand,
 		zap.String("outcome", outcomeBudget), zap.String("reason", msg))...)
 	w.Header().Set("x-llm-ratelimit-budget-reset", reset)
+	h.zone.m.rejected("budget")
 	return h.reply(w, d, &apiError{kind: errBudget, msg: msg, never: true}, outcomeBudget)
 }
 

@@ -94,6 +94,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			if h.headersOn {
 				setQuotaHeaders(w.Header(), d, dec.qs)
 			}
+			limit := rejectionLimits[dec.blocking.dim]
+			if dec.queueFull {
+				limit = "queue_full"
+			}
+			m.rejected(limit)
 			return h.reply(w, d, &apiError{kind: errRateLimited, msg: msg, dim: dec.blocking.dim, wait: dec.wait, never: dec.never}, outcomeRejected)
 		}
 		m.outcomes[outcomeDryRunRejected].Inc()

@@ -46,7 +46,7 @@ func TestRejectsFourthRequestOverRPM(t *testing.T) {
 				want["anthropic-ratelimit-requests-limit"] = "3"
 				want["anthropic-ratelimit-requests-remaining"] = "0"
 				// full again in a minute, rounded up to the second
-				want["anthropic-ratelimit-requests-reset"] = clk.Now().Add(time.Minute+time.Second-1).UTC().Truncate(time.Second).Format(time.RFC3339)
+				want["anthropic-ratelimit-requests-reset"] = clk.Now().Add(time.Minute + time.Second - 1).UTC().Truncate(time.Second).Format(time.RFC3339)
 			}
 			for h, want := range want {
 				if got := r.header.Get(h); got != want {

@@ -55,6 +55,12 @@ var (
 		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "ledger_errors_total",
 		Help: "Spend ledgers that could not be read (moved aside; the zone started with no spend) or saved.",
 	}, []string{"zone"})
+	metricRejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "rejections_total",
+		Help: "Requests the handler answered 429 itself, by the limit that decided: requests, tokens, input_tokens, output_tokens, concurrency, keys, cooldown, queue_full or budget.",
+	}, []string{"zone", "limit"})
+	metricQueueLengthDesc = prometheus.NewDesc("caddy_llm_ratelimit_queue_length",
+		"Requests of a zone waiting in its queue (max_wait).", []string{"zone"}, nil)
 	metricKeysDesc = prometheus.NewDesc("caddy_llm_ratelimit_keys",
 		"Keys a zone holds state for (idle keys whose buckets are full are dropped).", []string{"zone"}, nil)
 	metricCalibrationDesc = prometheus.NewDesc("caddy_llm_ratelimit_calibration_factor",
@@ -82,6 +88,7 @@ func (zoneCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- metricKeysDesc
 	ch <- metricInFlightDesc
 	ch <- metricCalibrationDesc
+	ch <- metricQueueLengthDesc
 }
 
 func (zoneCollector) Collect(ch chan<- prometheus.Metric) {
@@ -89,6 +96,7 @@ func (zoneCollector) Collect(ch chan<- prometheus.Metric) {
 		z := v.(*zone)
 		ch <- prometheus.MustNewConstMetric(metricKeysDesc, prometheus.GaugeValue, float64(z.keyCount()), z.name)
 		ch <- prometheus.MustNewConstMetric(metricInFlightDesc, prometheus.GaugeValue, float64(z.inFlight()), z.name)
+		ch <- prometheus.MustNewConstMetric(metricQueueLengthDesc, prometheus.GaugeValue, float64(z.queue.length()), z.name)
 		z.calib.Range(func(k, v any) bool {
 			ch <- prometheus.MustNewConstMetric(metricCalibrationDesc, prometheus.GaugeValue, v.(*modelCalib).factor(), z.name, k.(string))
 			return true
@@ -99,7 +107,7 @@ func (zoneCollector) Collect(ch chan<- prometheus.Metric) {
 
 var collectors = []prometheus.Collector{
 	metricRequests, metricTokens, metricRetries, metricQueueWait, metricEstimateRatio, metricStoreErrors,
-	metricUpstreamCalls, metricUpstreamCooldown, metricCost, metricLedgerErrors, zoneCollector{},
+	metricUpstreamCalls, metricUpstreamCooldown, metricCost, metricLedgerErrors, metricRejections, zoneCollector{},
 }
 
 // registerMetrics puts the package's collectors into a config's registry.
@@ -117,6 +125,22 @@ func registerMetrics(reg prometheus.Registerer) error {
 		}
 	}
 	return nil
+}
+
+// rejectionLimits names each limit in rejections_total.
+var rejectionLimits = [...]string{
+	dimRequests:    "requests",
+	dimTokens:      "tokens",
+	dimInput:       "input_tokens",
+	dimOutput:      "output_tokens",
+	dimConcurrency: "concurrency",
+	dimKeys:        "keys",
+	dimCooldown:    "cooldown",
+}
+
+// rejected counts a 429 of the handler's own by the limit that decided.
+func (m *zoneMetrics) rejected(limit string) {
+	metricRejections.WithLabelValues(m.zone, limit).Inc()
 }
 
 // zoneMetrics are a zone's metric children, resolved once so that the hot
