@@ -250,13 +250,17 @@ func (z *zone) accountState(name string) *account {
 // (1 for an account without limits).
 func (st *account) headroom(lim Limits, nowNs int64) float64 {
 	h := 1.0
-	for _, p := range [...]struct {
-		b     *bucket
-		limit int64
-	}{{&st.rpm, lim.RPM}, {&st.tpm, lim.TPM}, {&st.itpm, lim.ITPM}, {&st.otpm, lim.OTPM}} {
-		if p.limit > 0 {
-			h = min(h, p.b.advance(nowNs, p.limit)/float64(p.limit))
-		}
+	if lim.RPM > 0 {
+		h = min(h, st.rpm.advance(nowNs, lim.RPM)/float64(lim.RPM))
+	}
+	if lim.TPM > 0 {
+		h = min(h, st.tpm.advance(nowNs, lim.TPM)/float64(lim.TPM))
+	}
+	if lim.ITPM > 0 {
+		h = min(h, st.itpm.advance(nowNs, lim.ITPM)/float64(lim.ITPM))
+	}
+	if lim.OTPM > 0 {
+		h = min(h, st.otpm.advance(nowNs, lim.OTPM)/float64(lim.OTPM))
 	}
 	return h
 }

@@ -235,8 +235,8 @@ func (anthropicDialect) setQuotaHeaders(hdr http.Header, qs quotaSet, now time.T
 		}
 		k := anthropicQuotaKinds[i]
 		hdr.Set("anthropic-ratelimit-"+k+"-limit", strconv.FormatInt(q.limit, 10))
-		hdr.Set("anthropic-ratelimit-"+k+"-remaining", strconv.FormatInt(q.remaining, 10))
-		reset := now.Add(q.reset + time.Second - 1).UTC().Truncate(time.Second) // rounded up
+		hdr.Set("anthropic-ratelimit-"+k+"-remaining", strconv.FormatInt(q.remaining(), 10))
+		reset := now.Add(q.reset() + time.Second - 1).UTC().Truncate(time.Second) // rounded up
 		hdr.Set("anthropic-ratelimit-"+k+"-reset", reset.Format(time.RFC3339))
 	}
 }

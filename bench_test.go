@@ -375,3 +375,30 @@ func BenchmarkThroughCaddy(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkChooseAccount8 is the choice of an account among 8 of a pool,
+// under the zone's upstream lock as admission makes it: each account's
+// buckets checked, the best by priority and headroom (peek: nothing is
+// debited, so every round chooses among the same 8).
+func BenchmarkChooseAccount8(b *testing.B) {
+	z := newZone("bench-choose")
+	defer z.Destruct()
+	var accts []*accountCfg
+	for i := range 8 {
+		accts = append(accts, &accountCfg{name: fmt.Sprintf("acct-%d", i), idx: i, priority: i % 2,
+			lim: Limits{RPM: 10000, TPM: 2000000}, pool: true})
+	}
+	nowNs := time.Now().UnixNano()
+	d := demand{in: 300, out: 512}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var a admission
+		z.upMu.Lock()
+		ac, _, v := z.chooseAccount(&a, accts, d, nil, nil, nowNs, true)
+		z.upMu.Unlock()
+		if ac == nil || !v.ok {
+			b.Fatal("no account")
+		}
+	}
+}

@@ -49,7 +49,7 @@ func (z *zone) fitBudget(s *shard, q *ask, dec *decision, nowNs int64) (sp *keyS
 		}
 	}
 	dec.overBudget, dec.never = true, true
-	dec.spent, dec.resetsAt = sp.spent, sp.resetsAt(sa.b.period)
+	dec.spent, dec.resetsAt = sp.spent, sp.resetsAt(sa.b.period).Unix()
 	return nil, 0, false
 }
 
@@ -123,7 +123,7 @@ func (h *Handler) spendAsk(tier string, req *llmRequest) *spendAsk {
 // replyBudget answers a request that its key's budget cannot cover: 429,
 // insufficient_quota (OpenAI), not to be retried before the period resets.
 func (h *Handler) replyBudget(w http.ResponseWriter, d dialect, b *budget, dec decision, kh keyHash, tier string, req *llmRequest) error {
-	reset := dec.resetsAt.UTC().Format(time.RFC3339)
+	reset := time.Unix(dec.resetsAt, 0).UTC().Format(time.RFC3339)
 	msg := fmt.Sprintf("You exceeded your current quota: this key's %s budget of $%.2f is spent ($%.4f spent, and this request could cost more than what is left). The budget resets at %s.",
 		b.cfg.Period, b.cfg.USD, usd(dec.spent), reset)
 	h.logger.Info("rejected", h.decisionFields(kh, tier, &req.info, req.demand,

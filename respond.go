@@ -119,9 +119,9 @@ func setXQuotaHeaders(hdr http.Header, req, tok quota) {
 		}
 		b = strconv.AppendInt(b, q.limit, 10)
 		ends[3*i] = len(b)
-		b = strconv.AppendInt(b, q.remaining, 10)
+		b = strconv.AppendInt(b, q.remaining(), 10)
 		ends[3*i+1] = len(b)
-		b = appendReset(b, q.reset)
+		b = appendReset(b, q.reset())
 		ends[3*i+2] = len(b)
 	}
 	all := string(b)

@@ -359,7 +359,6 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		b := bucket{level: levels[i], at: 1}
 		dec.qs.considerUse(&b, u.limit, u.dim)
 	}
-	dec.req, dec.tok = dec.qs.req, dec.qs.tok
 	switch {
 	case ok == 1:
 		dec.ok = true
@@ -372,7 +371,7 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		return ticket{rt: rt, a: q, debited: true}, dec, nil
 	case blocking == -1:
 		dec.overBudget, dec.never = true, true
-		dec.spent, dec.resetsAt = int64(spent), resetsAt
+		dec.spent, dec.resetsAt = int64(spent), resetsAt.Unix()
 	case full > 0:
 		dec.verdict = verdict{wait: time.Second, blocking: use{limit: leaseLimits[full-1], need: 1, dim: dimConcurrency, scope: leaseScopes[full-1]}}
 	case blocking > 0:

@@ -285,19 +285,24 @@ func floorNonNeg(x float64) int64 {
 // quota is what the x-ratelimit-* headers say about one kind of limit: the
 // most constraining bucket among those that apply.
 type quota struct {
-	set       bool
-	limit     int64
-	remaining int64
-	reset     time.Duration
+	set   bool
+	limit int64
+	level float64 // the bucket's level; remaining and reset follow from it
 }
 
-// consider keeps the bucket with the least remaining.
+// remaining is the bucket's level rounded down, never negative.
+func (q quota) remaining() int64 { return floorNonNeg(q.level) }
+
+// reset is the time until the bucket is full again.
+func (q quota) reset() time.Duration { return durationFromTokens(q.limit, float64(q.limit)-q.level) }
+
+// consider keeps the bucket with the least remaining. Only the level is
+// kept: remaining and reset are worked out when the headers are written.
 func (q *quota) consider(b *bucket, limit int64) {
-	rem := floorNonNeg(b.level)
-	if q.set && rem >= q.remaining {
+	if q.set && b.level >= q.level {
 		return
 	}
-	*q = quota{set: true, limit: limit, remaining: rem, reset: b.untilFull(limit)}
+	*q = quota{set: true, limit: limit, level: b.level}
 }
 
 // quotas reports the requests and tokens headers from the uses of an

@@ -97,10 +97,10 @@ func TestQuotasReportTheMostConstrainingBucket(t *testing.T) {
 		t.Fatal("rejected")
 	}
 	req, tok := a.quotas()
-	if req.limit != 100 || req.remaining != 99 || req.reset != durationFromTokens(100, 1) {
+	if req.limit != 100 || req.remaining() != 99 || req.reset() != durationFromTokens(100, 1) {
 		t.Errorf("requests quota %+v", req)
 	}
-	if tok.limit != 2000 || tok.remaining != 1000 || tok.reset != 30*time.Second {
+	if tok.limit != 2000 || tok.remaining() != 1000 || tok.reset() != 30*time.Second {
 		t.Errorf("tokens quota %+v, want the model bucket (1000 of 2000 left, 30s to full)", tok)
 	}
 }

@@ -230,14 +230,13 @@ type ticket struct {
 // decision is the outcome of zone.admit.
 type decision struct {
 	verdict
-	req, tok  quota    // for the x-ratelimit-* headers
-	qs        quotaSet // every kind, for the anthropic-ratelimit-* headers
+	qs        quotaSet // for the rate-limit headers, every kind
 	queueFull bool     // turned away because max_queue requests already wait
 	// overBudget: turned away because the worst case does not fit what is
 	// left of the key's budget (spent and resetsAt say the rest).
 	overBudget bool
 	spent      int64
-	resetsAt   time.Time
+	resetsAt   int64 // unix seconds
 	// clamped > 0: the output reservation was cut to this many tokens
 	// per choice to fit the budget (clamp_max_tokens).
 	clamped int64
@@ -331,7 +330,6 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		}
 	}
 	dec.qs = a.quotaSet()
-	dec.req, dec.tok = dec.qs.req, dec.qs.tok
 	if peek {
 		return ticket{}, dec
 	}
