@@ -68,7 +68,24 @@ func main() {
 	}()
 
 	plain := start(bin, dir, "plain", "", up.Addr().String())
-	plugin := start(bin, dir, "plugin", "llm_ratelimit {\n\t\trpm 100000000\n\t\ttpm 100000000000\n\t\tconcurrent 100000\n\t}", up.Addr().String())
+	// Everything on (issue 18): a pool of two accounts, calibration (the
+	// default), a price and a budget.
+	plugin := start(bin, dir, "plugin", `llm_ratelimit {
+		rpm 100000000
+		tpm 100000000000
+		concurrent 100000
+		default_price input 2.5 output 10
+		budget 1000000000 monthly
+		upstream a {
+			rpm 100000000
+			header_up Authorization "Bearer sk-provider-a"
+		}
+		upstream b {
+			rpm 100000000
+			header_up Authorization "Bearer sk-provider-b"
+			priority 1
+		}
+	}`, up.Addr().String())
 	defer plain.cmd.Process.Kill()
 	defer plugin.cmd.Process.Kill()
 
