@@ -466,3 +466,32 @@ func TestClampMaxTokensFitsTheTokenBuckets(t *testing.T) {
 		t.Fatalf("otpm 50 under <min> 100: %d %v", r.status, r.header)
 	}
 }
+
+// The sweeper drops spend that no period can still count, and keeps the
+// rest: a key's spend does not outlive its period by more than a month.
+func TestSweepDropsStaleSpendOnly(t *testing.T) {
+	z := newZone("sweep-spend")
+	defer z.Destruct()
+	nowNs := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC).UnixNano()
+	day := periodDaily.start(time.Unix(0, nowNs)).Unix()
+	entries := map[string]*keySpend{
+		"nothing":   {start: day},
+		"spent":     {start: day, spent: 5},
+		"in-flight": {start: day, reserved: 7},
+		"old":       {start: day - 40*24*3600, spent: 9},
+	}
+	for k, sp := range entries {
+		s := z.shard(hashKey(k))
+		if s.spend == nil {
+			s.spend = map[keyPrefix]*keySpend{}
+		}
+		s.spend[hashKey(k).prefix()] = sp
+	}
+	z.sweep(nowNs)
+	for k, keep := range map[string]bool{"nothing": false, "spent": true, "in-flight": true, "old": false} {
+		_, ok := z.spendOf(hashKey(k))
+		if ok != keep {
+			t.Errorf("%s: kept %v, want %v", k, ok, keep)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 type seenKey struct {
 	tier string
 	lim  Limits
+	at   int64 // unix ns of its last decision, for the sweeper
 }
 
 // sawShared records a key decided on Redis, under its shard's lock.
@@ -23,7 +24,7 @@ func (z *zone) sawShared(q *ask) {
 	if s.seen == nil {
 		s.seen = make(map[keyPrefix]seenKey)
 	}
-	s.seen[q.kh.prefix()] = seenKey{tier: q.tier, lim: q.lim}
+	s.seen[q.kh.prefix()] = seenKey{tier: q.tier, lim: q.lim, at: now().UnixNano()}
 	s.mu.Unlock()
 }
 

@@ -124,10 +124,31 @@ func (z *zone) sweep(nowNs int64) (dropped int) {
 				dropped++
 			}
 		}
+		// Spend that no period can still count (nothing in flight, and
+		// nothing spent, or spent in a period that began more than the
+		// longest one ago), and keys decided through Redis long ago.
+		for kp, sp := range s.spend {
+			if sp.reserved == 0 && (sp.spent == 0 || nowNs/1e9-sp.start > staleSpend) {
+				delete(s.spend, kp)
+			}
+		}
+		for kp, k := range s.seen {
+			if nowNs-k.at > int64(staleSeen) {
+				delete(s.seen, kp)
+			}
+		}
 		s.mu.Unlock()
 	}
 	return dropped
 }
+
+// staleSpend is longer than any budget period, in seconds; staleSeen is
+// how long the stats of a shared zone keep showing a key this instance no
+// longer decides.
+const (
+	staleSpend = 32 * 24 * 3600
+	staleSeen  = 10 * time.Minute
+)
 
 // keyCount counts the keys the zone holds.
 func (z *zone) keyCount() int {
