@@ -390,28 +390,6 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 	return t, dec
 }
 
-// clampToBuckets lets a request that the token buckets cannot serve at its
-// full output reservation through with a smaller one (clamp_max_tokens),
-// if its input and clampMin output tokens per choice fit.
-func (t *ticket) clampToBuckets(a *admission, dec *decision, nowNs int64) {
-	n := max(t.a.choices, 1)
-	out, ok := a.clampOutput(nowNs, t.a.d.in, t.a.d.out, float64(t.a.clampMin*n))
-	if !ok {
-		return
-	}
-	perChoice := int64(out) / n
-	out = float64(perChoice * n)
-	a.clampOutput(nowNs, t.a.d.in, out, out) // whole choices
-	saved := dec.clamped
-	if v := a.try(nowNs); v.ok {
-		dec.verdict = v
-		t.a.d.out = out
-		dec.clamped = perChoice
-		return
-	}
-	dec.clamped = saved
-}
-
 // keyLimits is the key's limits in force: its tier's, with what its
 // provider's headers taught applied when the key itself went upstream.
 // The caller holds the key's shard lock.
