@@ -52,6 +52,9 @@ type accountCfg struct {
 	creds    bool // header_up sets Authorization or x-api-key
 	headers  []headerUp
 	calls    *callCounters // upstream_calls_total of this account
+	// st is the zone's state of the account, resolved at provision so
+	// that choosing an account looks nothing up by name (nil: look up).
+	st *account
 }
 
 type headerUp struct {
@@ -286,7 +289,10 @@ func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affini
 		if n == len(order) {
 			break
 		}
-		st := z.accountState(ac.name)
+		st := ac.st
+		if st == nil {
+			st = z.accountState(ac.name)
+		}
 		if st == exclude {
 			continue
 		}
@@ -306,7 +312,10 @@ func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affini
 	allNever := n > 0
 	for k := 0; k < n; k++ {
 		ac := accts[order[k]]
-		st := z.accountState(ac.name)
+		st := ac.st
+		if st == nil {
+			st = z.accountState(ac.name)
+		}
 		var v verdict
 		switch {
 		case ac.pool && st.cooldownUntil > nowNs:

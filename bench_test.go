@@ -385,8 +385,10 @@ func BenchmarkChooseAccount8(b *testing.B) {
 	defer z.Destruct()
 	var accts []*accountCfg
 	for i := range 8 {
-		accts = append(accts, &accountCfg{name: fmt.Sprintf("acct-%d", i), idx: i, priority: i % 2,
-			lim: Limits{RPM: 10000, TPM: 2000000}, pool: true})
+		ac := &accountCfg{name: fmt.Sprintf("acct-%d", i), idx: i, priority: i % 2,
+			lim: Limits{RPM: 10000, TPM: 2000000}, pool: true}
+		ac.st = z.accountState(ac.name) // as Provision resolves it
+		accts = append(accts, ac)
 	}
 	nowNs := time.Now().UnixNano()
 	d := demand{in: 300, out: 512}

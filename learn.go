@@ -138,9 +138,14 @@ func (ls *learnedState) rise(nowNs int64) {
 // by the rate factor) where cfg sets none, the smaller where both do.
 func (ls *learnedState) limits(cfg Limits) Limits {
 	if ls == nil {
-		return cfg
+		return cfg // small enough to inline: nothing learned costs nothing
 	}
-	apply := func(c *int64, d dimension) {
+	return ls.apply(cfg)
+}
+
+// apply is limits for a state that learned something.
+func (ls *learnedState) apply(cfg Limits) Limits {
+	one := func(c *int64, d dimension) {
 		l := ls.limit[d]
 		if l <= 0 {
 			return
@@ -150,10 +155,10 @@ func (ls *learnedState) limits(cfg Limits) Limits {
 			*c = eff
 		}
 	}
-	apply(&cfg.RPM, dimRequests)
-	apply(&cfg.TPM, dimTokens)
-	apply(&cfg.ITPM, dimInput)
-	apply(&cfg.OTPM, dimOutput)
+	one(&cfg.RPM, dimRequests)
+	one(&cfg.TPM, dimTokens)
+	one(&cfg.ITPM, dimInput)
+	one(&cfg.OTPM, dimOutput)
 	return cfg
 }
 

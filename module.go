@@ -390,6 +390,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		m.calib = h.zone.calibFor(m.Name, m.TokenRatio)
 	}
 	h.starCalib = h.zone.calibFor(calibStar, 1)
+	h.zone.upMu.Lock()
+	for _, ac := range h.accounts { // the zone's state of each, once
+		ac.st = h.zone.accountState(ac.name)
+	}
+	h.zone.upMu.Unlock()
 	if h.rs != nil {
 		var up Limits
 		if h.Upstream != nil {
