@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -397,44 +398,25 @@ func TestBudgetIsSharedByTwoInstancesThroughRedis(t *testing.T) {
 		return h
 	}
 	a, b := mk(), mk()
-	var ok, rejected atomic.Int64
-	var wg sync.WaitGroup
-	for i := range 50 {
-		h := a
-		if i%2 == 1 {
-			h = b
+	ok, rejected := admitAcross(t, 50, "sk-redis-budget", chatBody, func(w *httptest.ResponseRecorder) {
+		if w.Header().Get("x-should-retry") != "false" || !strings.Contains(w.Body.String(), "insufficient_quota") {
+			t.Errorf("429 without the budget's shape: %v %s", w.Header(), w.Body)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			switch w := serveOnce(t, h, "sk-redis-budget", chatBody); w.Code {
-			case 200:
-				ok.Add(1)
-			case 429:
-				if w.Header().Get("x-should-retry") != "false" || !strings.Contains(w.Body.String(), "insufficient_quota") {
-					t.Errorf("429 without the budget's shape: %v %s", w.Header(), w.Body)
-				}
-				rejected.Add(1)
-			default:
-				t.Errorf("status %d: %s", w.Code, w.Body)
-			}
-		}()
-	}
-	wg.Wait()
+	}, a, b)
 	// Each settles to its usage (upstreamJSON: 260 in, 9 out, more than
 	// the estimate), so the spend may pass the budget by what estimates
 	// missed, never by more requests than the worst cases allow.
 	u, _ := parseUsageJSON(dOpenAI, []byte(upstreamJSON))
 	cost := p.resolve().cost(u)
-	if ok.Load() == 0 || ok.Load() > 10 || ok.Load()+rejected.Load() != 50 {
-		t.Fatalf("%d admitted (cost %d each), %d rejected, budget %d nano-dollars", ok.Load(), cost, rejected.Load(), budget)
+	if ok == 0 || ok > 10 || ok+rejected != 50 {
+		t.Fatalf("%d admitted (cost %d each), %d rejected, budget %d nano-dollars", ok, cost, rejected, budget)
 	}
 	start := periodDaily.start(time.Now())
 	spent, err := a.rs.client.HGet(context.Background(), "{t:budget:redis-budget}:spend:"+hashKey("sk-redis-budget").id()+":"+strconv.FormatInt(start.Unix(), 10), "s").Int64()
-	if err != nil || spent != ok.Load()*cost {
-		t.Fatalf("spent in redis %d (%v), want %d × %d", spent, err, ok.Load(), cost)
+	if err != nil || spent != ok*cost {
+		t.Fatalf("spent in redis %d (%v), want %d × %d", spent, err, ok, cost)
 	}
-	t.Logf("%d admitted, %d rejected; %d nano-dollars spent of %d", ok.Load(), rejected.Load(), spent, budget)
+	t.Logf("%d admitted, %d rejected; %d nano-dollars spent of %d", ok, rejected, spent, budget)
 }
 
 // clamp_max_tokens applies to the token buckets too: a request whose

@@ -121,6 +121,19 @@ func contentName(field string, i int) string {
 	return field + "[" + strconv.Itoa(i) + "]"
 }
 
+// geminiNullOr is s.nullOr for a member of a Content, whose name is
+// built (contentName + suffix) only for the error.
+func geminiNullOr(s *jsonScanner, want jsonKind, field string, i int, suffix, desc string) (present bool, err error) {
+	switch s.peek() {
+	case want:
+		return true, nil
+	case jsonNull:
+		_, err = s.literal()
+		return false, err
+	}
+	return false, s.typeError(contentName(field, i)+suffix, desc)
+}
+
 // geminiContent reads one Content: {role, parts}; field and i name it in
 // errors (contentName).
 func geminiContent(s *jsonScanner, tc *textCounter, field string, i int) (p part, err error) {
@@ -128,13 +141,8 @@ func geminiContent(s *jsonScanner, tc *textCounter, field string, i int) (p part
 		if key != "parts" {
 			return s.skip(nil)
 		}
-		switch s.peek() {
-		case jsonNull:
-			_, err = s.literal()
+		if ok, err := geminiNullOr(s, jsonArray, field, i, ".parts", "an array"); !ok {
 			return err
-		case jsonArray:
-		default:
-			return s.typeError(contentName(field, i)+".parts", "an array")
 		}
 		p, err = sumArray(s, tc, func(s *jsonScanner, tc *textCounter) (part, error) {
 			if s.peek() != jsonObject {
@@ -156,13 +164,8 @@ func geminiPart(s *jsonScanner, tc *textCounter, field string, i int) (part, err
 	err := s.object(geminiPartKeys, func(key string) (err error) {
 		switch key {
 		case "text":
-			switch s.peek() {
-			case jsonNull:
-				_, err = s.literal()
+			if ok, err := geminiNullOr(s, jsonString, field, i, ".parts[].text", "a string"); !ok {
 				return err
-			case jsonString:
-			default:
-				return s.typeError(contentName(field, i)+".parts[].text", "a string")
 			}
 			slots[0], err = countString(s, tc)
 		case "functionCall", "function_call", "functionResponse", "function_response",

@@ -24,7 +24,7 @@ type Price struct {
 	// cache. Default: Input.
 	CachedInput *float64 `json:"cached_input,omitempty"`
 	// CacheWrite is the price of an input token written to the prompt
-	// cache (Anthropic). Default: Input.
+	// cache, where a provider charges those apart. Default: Input.
 	CacheWrite *float64 `json:"cache_write,omitempty"`
 }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/caddyserver/caddy/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -16,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -107,36 +108,45 @@ func serveOnce(t testing.TB, h *Handler, key, body string) *httptest.ResponseRec
 	return w
 }
 
-func TestTwoInstancesShareOneLimitThroughRedis(t *testing.T) {
-	setClock(nil)
-	t.Cleanup(func() { setClock(clk) })
-	srv := startRedis(t)
-	a := redisHandler(t, srv.addr, "open", Limits{RPM: 60})
-	b := redisHandler(t, srv.addr, "open", Limits{RPM: 60})
-	var ok atomic.Int64
+// admitAcross sends n requests at once for key, alternating over the
+// handlers (gateway instances), and counts the 200s and the 429s; on each
+// 429 it calls check (when not nil). Any other status fails t.
+func admitAcross(t testing.TB, n int, key, body string, check func(*httptest.ResponseRecorder), hs ...*Handler) (ok, rejected int64) {
+	t.Helper()
+	var okN, rejN atomic.Int64
 	var wg sync.WaitGroup
-	start := time.Now()
-	for i := 0; i < 200; i++ {
-		h := a
-		if i%2 == 1 {
-			h = b
-		}
+	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			switch w := serveOnce(t, h, "sk-shared", chatBody); w.Code {
+			switch w := serveOnce(t, hs[i%len(hs)], key, body); w.Code {
 			case 200:
-				ok.Add(1)
+				okN.Add(1)
 			case 429:
+				rejN.Add(1)
+				if check != nil {
+					check(w)
+				}
 			default:
 				t.Errorf("status %d, want 200 or 429: %s", w.Code, w.Body)
 			}
 		}()
 	}
 	wg.Wait()
+	return okN.Load(), rejN.Load()
+}
+
+func TestTwoInstancesShareOneLimitThroughRedis(t *testing.T) {
+	setClock(nil)
+	t.Cleanup(func() { setClock(clk) })
+	srv := startRedis(t)
+	a := redisHandler(t, srv.addr, "open", Limits{RPM: 60})
+	b := redisHandler(t, srv.addr, "open", Limits{RPM: 60})
+	start := time.Now()
+	ok, _ := admitAcross(t, 200, "sk-shared", chatBody, nil, a, b)
 	refill := int64(time.Since(start).Seconds()) + 1 // rpm 60 refills one a second
-	if got := ok.Load(); got < 60 || got > 60+refill {
-		t.Fatalf("two instances admitted %d of 200 with rpm 60 (refill allowance %d)", got, refill)
+	if ok < 60 || ok > 60+refill {
+		t.Fatalf("two instances admitted %d of 200 with rpm 60 (refill allowance %d)", ok, refill)
 	}
 }
 

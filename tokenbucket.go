@@ -320,9 +320,9 @@ func (a *admission) quotas() (req, tok quota) {
 }
 
 // quotaSet is what the rate-limit headers of one response say: requests
-// and tokens (the most constraining token bucket of any kind), as OpenAI's
-// x-ratelimit-* family has them, and each kind of token bucket on its own,
-// as Anthropic's anthropic-ratelimit-* family has them.
+// and tokens (the most constraining token bucket of any kind), and each
+// kind of token bucket on its own; each dialect's setQuotaHeaders writes
+// the ones its header family has.
 type quotaSet struct {
 	req, tok, tpm, itpm, otpm quota
 }
