@@ -52,6 +52,7 @@ type accountCfg struct {
 	creds    bool // header_up sets Authorization or x-api-key
 	headers  []headerUp
 	calls    *callCounters // upstream_calls_total of this account
+	nameVar  any // name, as {vars.llm_upstream} holds it (no conversion per request)
 	// st is the zone's state of the account, resolved at provision so
 	// that choosing an account looks nothing up by name (nil: look up).
 	st *account
@@ -83,6 +84,9 @@ func (h *Handler) provisionAccounts() {
 			}
 		}
 		h.accounts = append(h.accounts, ac)
+	}
+	for _, ac := range h.accounts {
+		ac.nameVar = ac.name
 	}
 	h.pool = len(h.Upstreams) > 0
 	h.acctFields = nil
@@ -140,8 +144,8 @@ var credentialHeaders = [...]string{"Authorization", "X-Api-Key", "X-Goog-Api-Ke
 // account's name in {vars.llm_upstream} (matchers run again on every
 // attempt), the client's credentials removed when the account brings its
 // own, and the account's header_up set.
-func applyAccount(r *http.Request, ac *accountCfg) {
-	caddyhttp.SetVar(r.Context(), "llm_upstream", ac.name)
+func applyAccount(r *http.Request, x *exchange, ac *accountCfg) {
+	caddyhttp.SetVar(r.Context(), "llm_upstream", ac.nameVar)
 	if ac.creds {
 		for _, f := range credentialHeaders {
 			delete(r.Header, f)
@@ -165,7 +169,7 @@ func applyAccount(r *http.Request, ac *accountCfg) {
 				v = repl.ReplaceAll(v, "")
 			}
 		}
-		r.Header[hu.field] = []string{v}
+		r.Header[hu.field] = x.one(v)
 	}
 }
 
@@ -174,12 +178,13 @@ func applyAccount(r *http.Request, ac *accountCfg) {
 type savedHeaders struct {
 	fields []string
 	vals   [][]string
+	arr    [8][]string // vals' backing for up to 8 fields
 	query  string
 }
 
 func saveHeaders(r *http.Request, fields []string, into *savedHeaders) {
 	into.fields = fields
-	into.vals = into.vals[:0]
+	into.vals = into.arr[:0]
 	for _, f := range fields {
 		into.vals = append(into.vals, r.Header[f])
 	}

@@ -85,6 +85,17 @@ func BenchmarkHandlerOverhead(b *testing.B) {
 		benchHandler(b, &Handler{Zone: "bench-overhead-priced", Limits: lim,
 			DefaultPrice: &Price{Input: 2.5, Output: 10}, Budget: &Budget{USD: 1e9, Period: "monthly"}})
 	})
+	// Everything on, as bench/overhead and issue 18 measure it: a pool of
+	// two accounts whose limits are learned from every answer's headers,
+	// calibration, a price and a budget.
+	b.Run("everything", func(b *testing.B) {
+		benchHandler(b, &Handler{Zone: "bench-overhead-everything", Limits: lim,
+			DefaultPrice: &Price{Input: 2.5, Output: 10}, Budget: &Budget{USD: 1e9, Period: "monthly"},
+			Upstreams: []Account{
+				{Name: "a", Limits: Limits{RPM: 1 << 40}, HeaderUp: map[string]string{"Authorization": "Bearer sk-provider-a"}},
+				{Name: "b", Limits: Limits{RPM: 1 << 40}, HeaderUp: map[string]string{"Authorization": "Bearer sk-provider-b"}, Priority: 1},
+			}})
+	})
 }
 
 func benchHandler(b *testing.B, cfg *Handler) {

@@ -127,8 +127,8 @@ func (z *zone) spendOf(kh keyHash) (ks keySpend, ok bool) {
 }
 
 // spendAsk is what admission needs of spend for a request of a key of
-// tier: nil when no price and no budget apply.
-func (h *Handler) spendAsk(tier string, req *llmRequest) *spendAsk {
+// tier, filled into into: nil when no price and no budget apply.
+func (h *Handler) spendAsk(tier string, req *llmRequest, into *spendAsk) *spendAsk {
 	sc := &h.spend
 	b := sc.budgets[tier]
 	if !sc.priced && b == nil {
@@ -139,7 +139,8 @@ func (h *Handler) spendAsk(tier string, req *llmRequest) *spendAsk {
 	if m != nil {
 		label = m.Name
 	}
-	return &spendAsk{p: sc.priceFor(m, req.info.Model), b: b, label: label}
+	*into = spendAsk{p: sc.priceFor(m, req.info.Model), b: b, label: label}
+	return into
 }
 
 // replyBudget answers a request that its key's budget cannot cover: 429,

@@ -40,8 +40,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// 2. Body, 3. estimate, 4. context window.
-	var req llmRequest
-	if err := h.readAndEstimate(r, d, &req); err != nil {
+	x := new(exchange)
+	req := &x.req
+	if err := h.readAndEstimate(r, d, x); err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) {
 			return h.reply(w, d, ae, outcomeInvalid)
@@ -56,7 +57,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			msg: "The model `" + req.info.Model + "` does not exist or no provider account of this gateway serves it."}, outcomeInvalid)
 	}
 	q := ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), accts: accts, d: req.demand,
-		learn: h.learn, learnKey: h.learn && len(accts) == 0, lane: h.lanes[tier], spend: h.spendAsk(tier, &req)}
+		learn: h.learn, learnKey: h.learn && len(accts) == 0, lane: h.lanes[tier], spend: h.spendAsk(tier, req, &x.spend)}
 	if req.parsed != nil { // only a body the gateway read can be rewritten
 		q.clampMin, q.choices = h.ClampMaxTokens, req.info.N
 	}
@@ -78,11 +79,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	m := h.zone.m
 	if !dec.ok && dec.overBudget && !h.DryRun {
-		return h.replyBudget(w, d, q.spend.b, dec, kh, tier, &req)
+		return h.replyBudget(w, d, q.spend.b, dec, kh, tier, req)
 	}
 	if dec.ok && dec.clamped > 0 {
 		req.body = req.parsed.clampOutput(r.URL.Path, req.body, dec.clamped)
-		restoreBody(r, req.body)
+		x.replay(r, req.body)
 		w.Header().Set("x-llm-ratelimit-max-tokens-clamped", strconv.FormatInt(dec.clamped, 10))
 	}
 	if !dec.ok {
@@ -114,7 +115,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			ce.Write(h.decisionFields(kh, tier, &req.info, req.demand, zap.String("outcome", outcome), zap.Duration("queued", waited))...)
 		}
 	}
-	return h.serveAdmitted(w, r, next, d, &req, t, dec)
+	return h.serveAdmitted(w, r, next, d, x, t, dec)
 }
 
 // llmRequest is what the handler read from a request before admission.
@@ -138,7 +139,8 @@ type llmRequest struct {
 // the next handler, estimates the demand and checks the context window.
 // An *apiError is the client's mistake, to be answered; any other error
 // means the client went away.
-func (h *Handler) readAndEstimate(r *http.Request, d dialect, req *llmRequest) error {
+func (h *Handler) readAndEstimate(r *http.Request, d dialect, x *exchange) error {
+	req := &x.req
 	req.info = requestInfo{N: 1}
 	req.canRetry = r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
 	if d != nil && r.Method == http.MethodPost { // e.g. GET /v1/chat/completions lists stored completions: no body
@@ -161,7 +163,7 @@ func (h *Handler) readAndEstimate(r *http.Request, d dialect, req *llmRequest) e
 		}
 		req.parsed = d
 		req.body, req.strip = d.prepare(r.URL.Path, body, &req.info)
-		restoreBody(r, req.body)
+		x.replay(r, req.body)
 		req.canRetry = true
 		// The usage in the response must be readable; an encode directive
 		// in front of this handler re-compresses for the client.
@@ -181,13 +183,15 @@ func (h *Handler) readAndEstimate(r *http.Request, d dialect, req *llmRequest) e
 // serveAdmitted forwards an admitted request (6, 7), settles it (8) and
 // releases it (9) on every path: a panic such as http.ErrAbortHandler
 // keeps the reservation but frees the slot.
-func (h *Handler) serveAdmitted(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d dialect, req *llmRequest, t ticket, dec decision) error {
+func (h *Handler) serveAdmitted(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d dialect, x *exchange, t ticket, dec decision) error {
+	req := &x.req
 	h.zone.m.estIn.Add(req.demand.in)
 	h.zone.m.resOut.Add(req.demand.out)
-	uw := &usageWriter{ResponseWriter: w, h: h, d: req.parsed, hd: d, qs: dec.qs, strip: req.strip, t: t}
+	uw := &x.uw
+	*uw = usageWriter{ResponseWriter: w, h: h, d: req.parsed, hd: d, qs: dec.qs, strip: req.strip, t: t}
 	defer uw.release()
 	defer uw.abandon()
-	err := h.forward(uw, r, next, d, req, &uw.t)
+	err := h.forward(uw, r, next, d, x, &uw.t)
 	if ferr := uw.flushHeld(true); err == nil {
 		err = ferr
 	}
@@ -319,32 +323,4 @@ func drainBody(r *http.Request) {
 	if r.Body != nil {
 		_, _ = io.CopyN(io.Discard, r.Body, maxDrain)
 	}
-}
-
-// restoreBody gives the buffered body back for the next handler and for
-// every re-send: Body, ContentLength and GetBody. Expect and chunked
-// transfer encoding no longer apply.
-func restoreBody(r *http.Request, body []byte) {
-	rb := &replayBody{body: body}
-	rb.Reset(body)
-	r.Body = rb
-	r.ContentLength = int64(len(body))
-	r.GetBody = rb.fresh
-	r.TransferEncoding = nil
-	r.Header.Del("Expect")
-	r.Header.Del("Transfer-Encoding")
-}
-
-// replayBody is a buffered request body that can hand out fresh copies.
-type replayBody struct {
-	bytes.Reader
-	body []byte
-}
-
-func (*replayBody) Close() error { return nil }
-
-func (rb *replayBody) fresh() (io.ReadCloser, error) {
-	n := &replayBody{body: rb.body}
-	n.Reset(rb.body)
-	return n, nil
 }

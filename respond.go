@@ -142,10 +142,15 @@ func setXQuotaHeaders(hdr http.Header, req, tok quota) {
 // setQuotaHeaders writes the rate-limit headers in the family of dialect
 // d (nil: the fallback's).
 func setQuotaHeaders(hdr http.Header, d dialect, qs quotaSet) {
+	setQuotaHeadersAt(hdr, d, qs, now())
+}
+
+// setQuotaHeadersAt is setQuotaHeaders as of at.
+func setQuotaHeadersAt(hdr http.Header, d dialect, qs quotaSet, at time.Time) {
 	if d == nil {
 		d = dialectNamed(fallbackDialect)
 	}
-	d.setQuotaHeaders(hdr, qs, now())
+	d.setQuotaHeaders(hdr, qs, at)
 }
 
 // resetString is a Go duration rounded up to the millisecond, as the

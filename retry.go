@@ -153,11 +153,11 @@ var recordBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // forward calls the next handler, retrying per the policy. Each retry is
 // a new upstream call, charged on t; d shapes the handler's own answer.
 // A client that goes away during a wait ends it at once (status 499).
-func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d dialect, req *llmRequest, t *ticket) error {
-	var saved savedHeaders
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d dialect, x *exchange, t *ticket) error {
+	req, saved := &x.req, &x.saved
 	if t.acfg != nil && h.pool {
-		saveHeaders(r, h.acctFields, &saved)
-		h.attemptOn(w, r, t.acfg)
+		saveHeaders(r, h.acctFields, saved)
+		h.attemptOn(w, r, x, t.acfg)
 	}
 	p := h.retry
 	if p == nil || !req.canRetry {
@@ -174,7 +174,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	// A closed cooldown gate holds every request of the zone, first tries
 	// included: one upstream hint, not a herd of 429s. A pool cools down
 	// each account on its own instead.
-	if !h.pool {
+	if !h.pool && h.zone.gate.openAt.Load() > start.UnixNano() {
 		if err := h.zone.gate.wait(r.Context(), p, deadline); err != nil {
 			if errors.Is(err, errGateTooLong) {
 				wait := h.zone.gate.remaining()
@@ -192,25 +192,24 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	for attempt := 1; ; attempt++ {
 		buf.Reset()
 		last := attempt > p.attempts
-		rec := caddyhttp.NewResponseRecorder(w, buf, func(status int, _ http.Header) bool {
-			return !last && p.retryable(status)
-		})
+		rec := &x.rec
+		rec.reset(w, buf, p, last)
 		if attempt > 1 {
 			w.Header().Set("x-llm-ratelimit-attempts", strconv.Itoa(attempt))
-			restoreBody(r, req.body)
+			x.replay(r, req.body)
 			if !moved {
 				t.chargeRetry(now().UnixNano())
 			}
 			if t.acfg != nil && h.pool {
 				saved.restore(r)
-				h.attemptOn(w, r, t.acfg)
+				h.attemptOn(w, r, x, t.acfg)
 			}
 		}
 		err := next.ServeHTTP(rec, r)
 		status := rec.Status()
 		var he caddyhttp.HandlerError
 		switch {
-		case rec.Buffered():
+		case rec.buffered:
 			// A retryable status, nothing sent to the client yet.
 		case err != nil && status == 0 && errors.As(err, &he) && !last && p.retryable(he.StatusCode):
 			// The proxy failed before answering (e.g. 502 dial error).
@@ -272,10 +271,10 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 
 // attemptOn prepares an attempt served by account ac, and names it in the
 // response (headers on).
-func (h *Handler) attemptOn(w http.ResponseWriter, r *http.Request, ac *accountCfg) {
-	applyAccount(r, ac)
+func (h *Handler) attemptOn(w http.ResponseWriter, r *http.Request, x *exchange, ac *accountCfg) {
+	applyAccount(r, x, ac)
 	if h.headersOn {
-		w.Header()["X-Llm-Ratelimit-Upstream"] = []string{ac.name}
+		w.Header()["X-Llm-Ratelimit-Upstream"] = x.one(ac.name)
 	}
 }
 
@@ -328,14 +327,14 @@ func statusOf(w http.ResponseWriter, err error) int {
 
 // handThrough gives the client the last upstream answer: the buffered
 // response unchanged (but for the attempts count), or the proxy's error.
-func (h *Handler) handThrough(rec caddyhttp.ResponseRecorder, err error, attempt int) error {
+func (h *Handler) handThrough(rec *attemptWriter, err error, attempt int) error {
 	if attempt > 1 {
 		rec.Header().Set("x-llm-ratelimit-attempts", strconv.Itoa(attempt))
 	}
-	if !rec.Buffered() {
+	if !rec.buffered {
 		return err
 	}
-	return rec.WriteResponse()
+	return rec.writeKept()
 }
 
 // headerSnapshot remembers a response header map's entries before an

@@ -62,9 +62,10 @@ func (uw *usageWriter) WriteHeader(code int) {
 	uw.status = code
 	// What the provider's own rate-limit headers say is learned before the
 	// handler's replace them.
-	uw.t.learn(now().UnixNano(), code, uw.Header())
+	at := now()
+	uw.t.learn(at.UnixNano(), code, uw.Header())
 	if uw.h.headersOn {
-		setQuotaHeaders(uw.Header(), uw.hd, uw.qs)
+		setQuotaHeadersAt(uw.Header(), uw.hd, uw.qs, at)
 	}
 	uw.length = -1
 	if cl := uw.Header().Get("Content-Length"); cl != "" {
@@ -135,7 +136,11 @@ func (uw *usageWriter) settle() {
 
 // abandon finishes a request that ends without settle (a panic such as
 // http.ErrAbortHandler): the slot is freed, the reservation stands.
-func (uw *usageWriter) abandon() { uw.t.finish(now().UnixNano(), nil, false) }
+func (uw *usageWriter) abandon() {
+	if !uw.t.done {
+		uw.t.finish(now().UnixNano(), nil, false)
+	}
+}
 
 // mediaType is a Content-Type without its parameters, lower-cased only
 // when it has to be.

@@ -33,6 +33,7 @@ var (
 	requests = flag.Int("requests", 20000, "requests per config per round")
 	conns    = flag.Int("conns", 16, "concurrent keep-alive connections")
 	keys     = flag.Int("keys", 1000, "rotating API keys")
+	profile  = flag.String("profile", "", "also write each child's CPU profile (pprof, over one more round) into this directory")
 )
 
 var body = []byte(`{"model":"gpt-4o","max_tokens":512,"temperature":0.2,"messages":[{"role":"system","content":"You are a careful assistant that answers questions about Go programs concisely and correctly."},{"role":"user","content":"` +
@@ -41,9 +42,10 @@ var body = []byte(`{"model":"gpt-4o","max_tokens":512,"temperature":0.2,"message
 const answer = `{"id":"chatcmpl-1","object":"chat.completion","created":1741569952,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"A token bucket refills continuously."},"finish_reason":"stop"}],"usage":{"prompt_tokens":260,"completion_tokens":9,"total_tokens":269}}`
 
 type child struct {
-	name string
-	addr string
-	cmd  *exec.Cmd
+	name  string
+	addr  string
+	admin string // the admin endpoint, with -profile
+	cmd   *exec.Cmd
 }
 
 func main() {
@@ -98,7 +100,7 @@ func main() {
 		drive(c, 2000, keyHeaders)
 	}
 	fmt.Printf("%d rounds x %d requests per config, %d connections, %d keys, %d-byte bodies\n", *rounds, *requests, *conns, *keys, len(body))
-	fmt.Printf("%-6s %-7s %9s %9s %9s %12s\n", "round", "config", "req/s", "p50", "p99", "CPU µs/req")
+	fmt.Printf("%-6s %-7s %9s %9s %9s %12s %12s %14s\n", "round", "config", "req/s", "p50", "p99", "CPU µs/req", "of it sys", "reads/writes")
 	var ratios []float64
 	cpu := map[string][]float64{}
 	for r := 1; r <= *rounds; r++ {
@@ -108,12 +110,17 @@ func main() {
 		}
 		perReq := map[string]float64{}
 		for _, c := range order {
-			before := cpuTime(c.cmd.Process.Pid)
+			before, sys0 := cpuTimes(c.cmd.Process.Pid)
+			r0, w0 := syscalls(c.cmd.Process.Pid)
 			rps, p50, p99 := drive(c, *requests, keyHeaders)
-			us := float64(cpuTime(c.cmd.Process.Pid)-before) / float64(time.Microsecond) / float64(*requests)
+			after, sys1 := cpuTimes(c.cmd.Process.Pid)
+			us := float64(after-before) / float64(time.Microsecond) / float64(*requests)
+			sysUs := float64(sys1-sys0) / float64(time.Microsecond) / float64(*requests)
+			r1, w1 := syscalls(c.cmd.Process.Pid)
 			perReq[c.name] = us
 			cpu[c.name] = append(cpu[c.name], us)
-			fmt.Printf("%-6d %-7s %9.0f %9v %9v %12.1f\n", r, c.name, rps, p50.Round(time.Microsecond), p99.Round(time.Microsecond), us)
+			fmt.Printf("%-6d %-7s %9.0f %9v %9v %12.1f %12.1f %8.2f/%.2f\n", r, c.name, rps, p50.Round(time.Microsecond), p99.Round(time.Microsecond), us, sysUs,
+				float64(r1-r0)/float64(*requests), float64(w1-w0)/float64(*requests))
 		}
 		ratios = append(ratios, perReq["plugin"]/perReq["plain"])
 	}
@@ -121,15 +128,49 @@ func main() {
 	fmt.Printf("median CPU µs/req: plain %.1f, plugin %.1f (added %.1f µs)\n",
 		median(cpu["plain"]), median(cpu["plugin"]), median(cpu["plugin"])-median(cpu["plain"]))
 	fmt.Printf("plugin/plain CPU ratio: median %.3f, spread %.3f .. %.3f\n", median(ratios), ratios[0], ratios[len(ratios)-1])
+	if *profile != "" {
+		for _, c := range []*child{plain, plugin} {
+			writeProfile(c, keyHeaders)
+		}
+	}
+}
+
+// writeProfile drives one more round at c while its admin endpoint records
+// a CPU profile, and writes it to <-profile>/<name>.pprof.
+func writeProfile(c *child, keyHeaders []string) {
+	got := make(chan []byte)
+	go func() {
+		resp, err := http.Get("http://" + c.admin + "/debug/pprof/profile?seconds=5")
+		check(err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		check(err)
+		got <- b
+	}()
+	var done atomic.Bool
+	var sent atomic.Int64
+	go func() {
+		for !done.Load() {
+			drive(c, 500, keyHeaders)
+			sent.Add(500)
+		}
+	}()
+	b := <-got
+	done.Store(true)
+	fmt.Printf("%s: about %d requests during the 5 s profile\n", c.name, sent.Load())
+	check(os.MkdirAll(*profile, 0o755))
+	path := filepath.Join(*profile, c.name+".pprof")
+	check(os.WriteFile(path, b, 0o644))
+	fmt.Println("wrote", path)
 }
 
 func start(bin, dir, name, directive, upstream string) *child {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	check(err)
-	addr := l.Addr().String()
-	l.Close()
+	addr, admin := freeAddr(), "off"
+	if *profile != "" {
+		admin = freeAddr()
+	}
 	cfg := fmt.Sprintf(`{
-	admin off
+	admin %s
 	persist_config off
 	auto_https off
 	log {
@@ -144,7 +185,7 @@ http://%s {
 		}
 	}
 }
-`, addr, directive, upstream)
+`, admin, addr, directive, upstream)
 	path := filepath.Join(dir, name+".Caddyfile")
 	check(os.WriteFile(path, []byte(cfg), 0o600))
 	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
@@ -156,12 +197,19 @@ http://%s {
 	for i := 0; i < 100; i++ {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			return &child{name: name, addr: addr, cmd: cmd}
+			return &child{name: name, addr: addr, admin: admin, cmd: cmd}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	check(fmt.Errorf("%s did not start", name))
 	return nil
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	check(err)
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // drive sends n requests over *conns keep-alive connections.
@@ -209,8 +257,9 @@ func drive(c *child, n int, keyHeaders []string) (rps float64, p50, p99 time.Dur
 	return float64(n) / el.Seconds(), lat[n/2], lat[n*99/100]
 }
 
-// cpuTime is a process's user + system CPU time, from /proc/<pid>/stat.
-func cpuTime(pid int) time.Duration {
+// cpuTimes is a process's user + system CPU time, and the system part of
+// it, from /proc/<pid>/stat.
+func cpuTimes(pid int) (total, sys time.Duration) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	check(err)
 	// Fields after the command name, which is in parentheses.
@@ -223,7 +272,26 @@ func cpuTime(pid int) time.Duration {
 	stime, err := strconv.ParseInt(f[12], 10, 64)
 	check(err)
 	const ticksPerSecond = 100 // CLK_TCK on Linux
-	return time.Duration(utime+stime) * time.Second / ticksPerSecond
+	return time.Duration(utime+stime) * time.Second / ticksPerSecond, time.Duration(stime) * time.Second / ticksPerSecond
+}
+
+// syscalls is a process's read and write system calls so far, from
+// /proc/<pid>/io: a change that costs a system call per request shows
+// here before it shows in the CPU time.
+func syscalls(pid int) (reads, writes int64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	check(err)
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, ": ")
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch k {
+		case "syscr":
+			reads = n
+		case "syscw":
+			writes = n
+		}
+	}
+	return reads, writes
 }
 
 func median(v []float64) float64 {
