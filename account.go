@@ -286,41 +286,31 @@ const maxAccounts = 32
 // The caller holds the key's shard lock and z.upMu.
 func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affinity, exclude *account, nowNs int64, peek bool) (*accountCfg, *account, verdict) {
 	base := a.n
-	var order [maxAccounts]int
-	var room [maxAccounts]float64
-	var sticky [maxAccounts]bool // the key's previous account
-	n := 0
-	for i, ac := range accts {
-		if n == len(order) {
-			break
-		}
+	n := min(len(accts), maxAccounts)
+	// The candidates, picked best first (a selection, not a sort: the
+	// first pick is nearly always the one, and most picks never need an
+	// account's headroom).
+	var cand choice
+	cand.affinity = affinity
+	left := 0
+	for i, ac := range accts[:n] {
 		st := ac.st
 		if st == nil {
 			st = z.accountState(ac.name)
 		}
+		cand.st[i] = st
 		if st == exclude {
+			cand.state[i] = choiceOut
 			continue
 		}
 		st.learned.rise(nowNs)
-		room[n] = st.headroom(st.limits(ac.lim), nowNs)
-		order[n] = i
-		sticky[n] = st == affinity
-		// Insertion sort: few accounts, no allocation.
-		for j := n; j > 0 && accountBefore(accts[order[j]], room[j], sticky[j], accts[order[j-1]], room[j-1], sticky[j-1]); j-- {
-			order[j], order[j-1] = order[j-1], order[j]
-			room[j], room[j-1] = room[j-1], room[j]
-			sticky[j], sticky[j-1] = sticky[j-1], sticky[j]
-		}
-		n++
+		left++
 	}
 	var best verdict
-	allNever := n > 0
-	for k := 0; k < n; k++ {
-		ac := accts[order[k]]
-		st := ac.st
-		if st == nil {
-			st = z.accountState(ac.name)
-		}
+	allNever := left > 0
+	for ; left > 0; left-- {
+		k := cand.next(accts[:n], nowNs)
+		ac, st := accts[k], cand.st[k]
 		var v verdict
 		switch {
 		case ac.pool && st.cooldownUntil > nowNs:
@@ -330,7 +320,7 @@ func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affini
 		default:
 			a.n = base
 			st.admitInto(a, st.limits(ac.lim), d, scopeUpstream)
-			if v = a.check(nowNs); v.ok {
+			if a.checkInto(nowNs, &v); v.ok {
 				if !peek {
 					a.debit()
 				}
@@ -354,19 +344,59 @@ func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affini
 	return nil, nil, best
 }
 
-// accountBefore orders candidates: affinity, priority, headroom, config
-// order.
-func accountBefore(x *accountCfg, xRoom float64, xSticky bool, y *accountCfg, yRoom float64, ySticky bool) bool {
-	if xSticky != ySticky {
-		return xSticky
+// choice holds the candidates of one account choice: each one's state,
+// its headroom once needed, and whether it was picked already.
+type choice struct {
+	st       [maxAccounts]*account
+	room     [maxAccounts]float64
+	state    [maxAccounts]uint8
+	affinity *account
+}
+
+const (
+	choiceOpen  = iota // a candidate, headroom not computed
+	choiceRoom         // a candidate, room holds its headroom
+	choiceOut          // picked already, or excluded
+)
+
+// next picks the best candidate left and takes it out.
+func (c *choice) next(accts []*accountCfg, nowNs int64) int {
+	k := -1
+	for i := range accts {
+		if c.state[i] == choiceOut {
+			continue
+		}
+		if k < 0 || c.before(accts, i, k, nowNs) {
+			k = i
+		}
+	}
+	c.state[k] = choiceOut
+	return k
+}
+
+// before orders candidates i and j: affinity (the key's previous
+// account), then the lower priority, then the more headroom, then config
+// order. A headroom is computed only when the first two tie.
+func (c *choice) before(accts []*accountCfg, i, j int, nowNs int64) bool {
+	x, y := accts[i], accts[j]
+	if xs, ys := c.st[i] == c.affinity, c.st[j] == c.affinity; xs != ys {
+		return xs
 	}
 	if x.priority != y.priority {
 		return x.priority < y.priority
 	}
-	if xRoom != yRoom {
-		return xRoom > yRoom
+	if xr, yr := c.headroom(accts, i, nowNs), c.headroom(accts, j, nowNs); xr != yr {
+		return xr > yr
 	}
 	return x.idx < y.idx
+}
+
+func (c *choice) headroom(accts []*accountCfg, i int, nowNs int64) float64 {
+	if c.state[i] != choiceRoom {
+		c.room[i] = c.st[i].headroom(c.st[i].limits(accts[i].lim), nowNs)
+		c.state[i] = choiceRoom
+	}
+	return c.room[i]
 }
 
 // coolDown puts the ticket's pool account in cooldown for cool after it

@@ -140,8 +140,10 @@ func BenchmarkAdmitSettle(b *testing.B) {
 	t0 := time.Now().UnixNano()
 	b.ReportAllocs()
 	b.ResetTimer()
+	var tk ticket
+	var dec decision
 	for i := 0; i < b.N; i++ {
-		tk, dec := z.admit(q, t0+int64(i), false, false)
+		z.admitInto(&q, t0+int64(i), false, false, &tk, &dec)
 		if !dec.ok {
 			b.Fatal("rejected")
 		}

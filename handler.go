@@ -61,14 +61,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if req.parsed != nil { // only a body the gateway read can be rewritten
 		q.clampMin, q.choices = h.ClampMaxTokens, req.info.N
 	}
-	var t ticket
+	// The ticket goes straight where the usage writer keeps it.
+	t := &x.uw.t
 	var dec decision
 	var waited time.Duration
 	var err error
 	if h.rs != nil {
-		t, dec, waited, err = h.admitShared(r.Context(), q)
+		*t, dec, waited, err = h.admitShared(r.Context(), q)
 	} else {
-		t, dec, waited, err = h.zone.admitOrWait(r.Context(), q, time.Duration(h.MaxWait), h.MaxQueue, h.DryRun)
+		waited, err = h.zone.admitOrWaitInto(r.Context(), &q, time.Duration(h.MaxWait), h.MaxQueue, h.DryRun, t, &dec)
 	}
 	if errors.Is(err, errStoreDown) {
 		return h.reply(w, d, &apiError{kind: errUnavailable, wait: time.Second,
@@ -115,7 +116,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			ce.Write(h.decisionFields(kh, tier, &req.info, req.demand, zap.String("outcome", outcome), zap.Duration("queued", waited))...)
 		}
 	}
-	return h.serveAdmitted(w, r, next, d, x, t, dec)
+	return h.serveAdmitted(w, r, next, d, x, &dec)
 }
 
 // llmRequest is what the handler read from a request before admission.
@@ -183,12 +184,12 @@ func (h *Handler) readAndEstimate(r *http.Request, d dialect, x *exchange) error
 // serveAdmitted forwards an admitted request (6, 7), settles it (8) and
 // releases it (9) on every path: a panic such as http.ErrAbortHandler
 // keeps the reservation but frees the slot.
-func (h *Handler) serveAdmitted(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d dialect, x *exchange, t ticket, dec decision) error {
+func (h *Handler) serveAdmitted(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d dialect, x *exchange, dec *decision) error {
 	req := &x.req
 	h.zone.m.estIn.Add(req.demand.in)
 	h.zone.m.resOut.Add(req.demand.out)
-	uw := &x.uw
-	*uw = usageWriter{ResponseWriter: w, h: h, d: req.parsed, hd: d, qs: dec.qs, strip: req.strip, t: t}
+	uw := &x.uw // its ticket is the admission's
+	uw.ResponseWriter, uw.h, uw.d, uw.hd, uw.qs, uw.strip = w, h, req.parsed, d, dec.qs, req.strip
 	defer uw.release()
 	defer uw.abandon()
 	err := h.forward(uw, r, next, d, x, &uw.t)

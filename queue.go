@@ -76,10 +76,17 @@ func needs(d demand) [4]float64 {
 // does not fit yet and would fit in time. The decision says why a request
 // was turned away; waited is how long it queued.
 func (z *zone) admitOrWait(ctx context.Context, q ask, maxWait time.Duration, maxQueue int, dryRun bool) (t ticket, dec decision, waited time.Duration, err error) {
+	waited, err = z.admitOrWaitInto(ctx, &q, maxWait, maxQueue, dryRun, &t, &dec)
+	return t, dec, waited, err
+}
+
+// admitOrWaitInto is admitOrWait writing the ticket and the decision into
+// t and dec: the request path's form, which copies neither.
+func (z *zone) admitOrWaitInto(ctx context.Context, q *ask, maxWait time.Duration, maxQueue int, dryRun bool, t *ticket, dec *decision) (waited time.Duration, err error) {
 	start := now()
 	if maxWait <= 0 || dryRun {
-		t, dec = z.admit(q, start.UnixNano(), dryRun, false)
-		return t, dec, 0, nil
+		z.admitInto(q, start.UnixNano(), dryRun, false, t, dec)
+		return 0, nil
 	}
 	wq := &z.queue
 	wq.mu.Lock()
@@ -88,31 +95,32 @@ func (z *zone) admitOrWait(ctx context.Context, q ask, maxWait time.Duration, ma
 	// upstream quota with them.
 	_, keyWaits := wq.keys[q.kh]
 	if wq.n == 0 || (!keyWaits && !q.shared()) {
-		t, dec = z.admit(q, start.UnixNano(), false, false)
+		z.admitInto(q, start.UnixNano(), false, false, t, dec)
 		if dec.ok || dec.never {
 			wq.mu.Unlock()
-			return t, dec, 0, nil
+			return 0, nil
 		}
-	} else if _, dec = z.admit(q, start.UnixNano(), false, true); dec.never {
+	} else if z.admitInto(q, start.UnixNano(), false, true, t, dec); dec.never {
 		wq.mu.Unlock()
-		return t, dec, 0, nil
+		return 0, nil
 	}
 	// It does not fit now. Would it within maxWait, behind the queue?
-	predicted := wq.predict(q, dec, start.UnixNano())
+	predicted := wq.predict(*q, *dec, start.UnixNano())
 	if predicted > maxWait || wq.n >= maxQueue || wq.closed {
 		dec.wait = max(predicted, dec.wait)
 		dec.queueFull = wq.n >= maxQueue
 		wq.mu.Unlock()
-		return t, dec, 0, nil
+		return 0, nil
 	}
-	w := &waiter{q: q, deadline: start.Add(maxWait).UnixNano(), done: make(chan struct{})}
+	w := &waiter{q: *q, deadline: start.Add(maxWait).UnixNano(), done: make(chan struct{})}
 	wq.push(w)
 	wq.dispatchLocked(start.UnixNano())
 	wq.mu.Unlock()
 
 	select {
 	case <-w.done:
-		return w.t, w.dec, now().Sub(start), nil
+		*t, *dec = w.t, w.dec
+		return now().Sub(start), nil
 	case <-ctx.Done():
 	}
 	// The client went away: leave the queue, taking nothing.
@@ -127,7 +135,8 @@ func (z *zone) admitOrWait(ctx context.Context, q ask, maxWait time.Duration, ma
 		wq.dispatchLocked(now().UnixNano())
 	}
 	wq.mu.Unlock()
-	return ticket{}, decision{}, now().Sub(start), ctx.Err()
+	*t, *dec = ticket{}, decision{}
+	return now().Sub(start), ctx.Err()
 }
 
 // predict estimates when a request would be served behind the waiters

@@ -155,12 +155,16 @@ func (a *admission) add(b *bucket, limit int64, need float64, d dimension, s sco
 
 // try debits every bucket if each can serve its need now; otherwise it
 // debits none and reports the wait and the blocking bucket.
-func (a *admission) try(nowNs int64) verdict {
-	v := a.check(nowNs)
-	if v.ok {
+func (a *admission) try(nowNs int64) (v verdict) {
+	a.tryInto(nowNs, &v)
+	return v
+}
+
+// tryInto is try writing its verdict into v.
+func (a *admission) tryInto(nowNs int64, v *verdict) {
+	if a.checkInto(nowNs, v); v.ok {
 		a.debit()
 	}
-	return v
 }
 
 // concurrencyFull is the verdict when a concurrency cap is reached: the
@@ -175,14 +179,20 @@ func (a *admission) concurrencyFull(nowNs int64, limit int64, sc scope) verdict 
 
 // check decides without debiting: ok when every bucket can serve its need
 // now, else the wait and the blocking bucket.
-func (a *admission) check(nowNs int64) verdict {
-	var v verdict
+func (a *admission) check(nowNs int64) (v verdict) {
+	a.checkInto(nowNs, &v)
+	return v
+}
+
+// checkInto is check writing its verdict into v.
+func (a *admission) checkInto(nowNs int64, v *verdict) {
+	*v = verdict{}
 	for i := 0; i < a.n; i++ {
 		u := &a.uses[i]
 		level := u.b.advance(nowNs, u.limit)
 		if u.need > float64(u.limit) {
 			if !v.never {
-				v = verdict{never: true, blocking: *u, available: floorNonNeg(level)}
+				*v = verdict{never: true, blocking: *u, available: floorNonNeg(level)}
 			}
 			continue
 		}
@@ -197,10 +207,9 @@ func (a *admission) check(nowNs int64) verdict {
 		if v.never {
 			v.wait = 0
 		}
-		return v
+		return
 	}
 	v.ok = true
-	return v
 }
 
 // clampOutput is the largest output, at most out and at least minOut,
@@ -345,12 +354,12 @@ func (qs *quotaSet) considerUse(b *bucket, limit int64, d dimension) {
 
 // quotaSet is every header quota of an admission's uses, as the buckets
 // stand now.
-func (a *admission) quotaSet() (qs quotaSet) {
+func (a *admission) quotaSet(qs *quotaSet) {
+	*qs = quotaSet{}
 	for i := 0; i < a.n; i++ {
 		u := &a.uses[i]
 		qs.considerUse(u.b, u.limit, u.dim)
 	}
-	return qs
 }
 
 // debit takes every bucket's need (after a check that said ok).

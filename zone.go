@@ -270,7 +270,18 @@ type decision struct {
 // debited and its slots taken. With dryRun a request that does not fit
 // still gets its slots (it will be forwarded) but debits nothing. With
 // peek nothing changes: the decision is only computed.
-func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
+func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (t ticket, dec decision) {
+	z.admitInto(&q, nowNs, dryRun, peek, &t, &dec)
+	return t, dec
+}
+
+// admitInto is admit writing its outcome into t and dec, without copying
+// the ask, the ticket or the decision on the way: the request path's form.
+// q is not changed; t.a is the ask as admitted (its input calibrated for
+// the key, its output maybe clamped). t is the zero ticket unless the
+// request holds something.
+func (z *zone) admitInto(q *ask, nowNs int64, dryRun, peek bool, t *ticket, dec *decision) {
+	*dec = decision{}
 	s := z.shard(q.kh)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -283,56 +294,62 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		if !q.known && q.maxKeys > 0 && z.nkeys.Load() >= int64(q.maxKeys) {
 			// A key flood: no state for one more unknown key until the
 			// sweeper frees some. Keys with state and configured keys go on.
-			return ticket{}, decision{verdict: verdict{wait: sweepInterval, blocking: use{limit: int64(q.maxKeys), dim: dimKeys}}}
+			*t = ticket{}
+			dec.verdict = verdict{wait: sweepInterval, blocking: use{limit: int64(q.maxKeys), dim: dimKeys}}
+			return
 		}
 		ks = new(keyState)
 		s.keys[q.kh.prefix()] = ks
 		z.nkeys.Add(1)
 	}
-	if q.d.calib != nil {
+	*t = ticket{}
+	t.z, t.s, t.ks, t.a = z, s, ks, *q
+	qa := &t.a // the ask as this admission changes it
+	if qa.d.calib != nil {
 		// The key's own correction, relative to its model's.
-		q.d.in = math.Ceil(q.d.raw * q.d.modelFactor * ks.stats.calib.factor())
+		qa.d.in = math.Ceil(qa.d.raw * qa.d.modelFactor * ks.stats.calib.factor())
 	}
-	t := ticket{z: z, s: s, ks: ks, a: q}
-	var dec decision
-	if q.spend != nil && q.spend.b != nil {
+	if qa.spend != nil && qa.spend.b != nil {
 		var ok bool
-		if t.sp, t.worst, ok = z.fitBudget(s, &q, &dec, nowNs); !ok {
-			return ticket{}, dec
+		if t.sp, t.worst, ok = z.fitBudget(s, qa, dec, nowNs); !ok {
+			*t = ticket{}
+			return
 		}
-		t.a = q // the output reservation may have been clamped
 	}
 	lim := t.keyLimits(nowNs)
 	var a admission
-	ks.limitBuckets.admitInto(&a, lim, q.d, scopeKey)
-	if q.d.model != nil {
+	ks.limitBuckets.admitInto(&a, lim, qa.d, scopeKey)
+	if qa.d.model != nil {
 		if ks.models == nil {
 			ks.models = make(map[string]*limitBuckets, 1)
 		}
-		t.mb = ks.models[q.d.model.Name]
+		t.mb = ks.models[qa.d.model.Name]
 		if t.mb == nil {
 			t.mb = new(limitBuckets)
-			ks.models[q.d.model.Name] = t.mb
+			ks.models[qa.d.model.Name] = t.mb
 		}
-		t.mb.admitInto(&a, q.d.model.Limits, q.d, scopeModel)
+		t.mb.admitInto(&a, qa.d.model.Limits, qa.d, scopeModel)
 	}
 
 	switch {
 	case lim.Concurrent > 0 && ks.inflight >= lim.Concurrent:
 		dec.verdict = a.concurrencyFull(nowNs, lim.Concurrent, scopeKey)
-	case !q.shared() && peek:
-		dec.verdict = a.check(nowNs)
-	case !q.shared():
-		dec.verdict = a.try(nowNs)
-		if !dec.ok && q.clampMin > 0 {
-			t.clampToBuckets(&a, &dec, nowNs)
+	case !qa.shared() && peek:
+		a.checkInto(nowNs, &dec.verdict)
+	case !qa.shared():
+		a.tryInto(nowNs, &dec.verdict)
+		if !dec.ok && qa.clampMin > 0 {
+			t.clampToBuckets(&a, dec, nowNs)
 		}
-	case len(q.accts) == 1 && !q.accts[0].pool:
+	case len(qa.accts) == 1 && !qa.accts[0].pool:
 		// The unnamed upstream block: one account, in the same admission.
-		ac := q.accts[0]
-		st := z.accountState(ac.name)
+		ac := qa.accts[0]
+		st := ac.st
+		if st == nil {
+			st = z.accountState(ac.name)
+		}
 		st.learned.rise(nowNs)
-		st.admitInto(&a, st.limits(ac.lim), q.d, scopeUpstream)
+		st.admitInto(&a, st.limits(ac.lim), qa.d, scopeUpstream)
 		st.cfg = ac.lim
 		switch {
 		case ac.lim.Concurrent > 0 && st.inflight >= ac.lim.Concurrent:
@@ -347,47 +364,49 @@ func (z *zone) admit(q ask, nowNs int64, dryRun, peek bool) (ticket, decision) {
 		// A pool: the key's own buckets first (when they block, no account
 		// helps), then the account that serves the attempt.
 		if dec.verdict = a.check(nowNs); dec.ok {
-			t.acfg, t.acct, dec.verdict = z.chooseAccount(&a, q.accts, q.d, ks.lastAccount, nil, nowNs, peek)
+			t.acfg, t.acct, dec.verdict = z.chooseAccount(&a, qa.accts, qa.d, ks.lastAccount, nil, nowNs, peek)
 		}
 	}
-	dec.qs = a.quotaSet()
+	a.quotaSet(&dec.qs)
 	if peek {
-		return ticket{}, dec
+		*t = ticket{}
+		return
 	}
-	if dec.ok || dryRun {
-		ks.inflight++
-		if q.shared() {
-			if t.acct == nil { // dry_run forwards what did not fit: to the first account
-				t.acfg, t.acct = q.accts[0], z.accountState(q.accts[0].name)
-			}
-			t.acct.inflight++
-			t.acct.calls++
-			ks.lastAccount = t.acct
-			if q.learn && t.acct.learned == nil {
-				t.acct.learned = newLearnedState(nowNs)
-			}
-			if dec.ok {
-				t.acct.learned.count(1, q.d)
-			}
-			t.sent = t.acct.learned.snapshot(nowNs)
-		} else if q.learnKey {
-			if dec.ok {
-				ks.learned.count(1, q.d)
-			}
-			t.sent = ks.learned.snapshot(nowNs)
+	if !dec.ok && !dryRun {
+		ks.touch(lim, t.mb, qa.d.model)
+		*t = ticket{}
+		return
+	}
+	ks.inflight++
+	if qa.shared() {
+		if t.acct == nil { // dry_run forwards what did not fit: to the first account
+			t.acfg, t.acct = qa.accts[0], z.accountState(qa.accts[0].name)
 		}
-		t.debited = dec.ok
-		ks.stats.admitted(nowNs, q.tier, lim) // the limits in force, learned ones included
-		if t.sp != nil && dec.ok {
-			t.sp.reserved += t.worst
-		} else {
-			t.sp = nil
+		t.acct.inflight++
+		t.acct.calls++
+		ks.lastAccount = t.acct
+		if qa.learn && t.acct.learned == nil {
+			t.acct.learned = newLearnedState(nowNs)
 		}
+		if dec.ok {
+			t.acct.learned.count(1, qa.d)
+		}
+		t.sent = t.acct.learned.snapshot(nowNs)
+	} else if qa.learnKey {
+		if dec.ok {
+			ks.learned.count(1, qa.d)
+		}
+		t.sent = ks.learned.snapshot(nowNs)
+	}
+	t.debited = dec.ok
+	ks.stats.admitted(nowNs, qa.tier, lim) // the limits in force, learned ones included
+	if t.sp != nil && dec.ok {
+		t.sp.reserved += t.worst
 	} else {
-		t.acfg, t.acct, t.sp = nil, nil, nil
+		t.sp = nil
 	}
-	ks.touch(lim, t.mb, q.d.model)
-	return t, dec
+	// No touch: the key holds a request in flight, which the sweeper never
+	// drops, and the request's finish touches it.
 }
 
 // keyLimits is the key's limits in force: its tier's, with what its
@@ -442,26 +461,24 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	if t.a.spend != nil && t.debited {
 		t.z.settleCost(t, nowNs, u, refund)
 	}
-	if !t.debited {
-		return
-	}
+	lim := t.keyLimits(nowNs)
 	var dIn, dOut float64 // tokens to give back (negative: to take)
 	switch {
 	case refund:
 		dIn, dOut = t.a.d.in, t.a.d.out
 	case u != nil:
 		dIn, dOut = t.a.d.in-float64(u.Input), t.a.d.out-float64(u.Output)
-	default:
-		return
 	}
-	lim := t.keyLimits(nowNs)
-	t.ks.limitBuckets.settle(lim, nowNs, dIn, dOut)
-	if t.mb != nil {
-		t.mb.settle(t.a.d.model.Limits, nowNs, dIn, dOut)
+	if t.debited && (refund || u != nil) {
+		t.ks.limitBuckets.settle(lim, nowNs, dIn, dOut)
+		if t.mb != nil {
+			t.mb.settle(t.a.d.model.Limits, nowNs, dIn, dOut)
+		}
+		if t.acct != nil {
+			t.acct.settle(t.acct.limits(t.acfg.lim), nowNs, dIn, dOut)
+		}
 	}
-	if t.acct != nil {
-		t.acct.settle(t.acct.limits(t.acfg.lim), nowNs, dIn, dOut)
-	}
+	// The reservation (settled or standing) decides when the key is idle.
 	var ml *Model
 	if t.mb != nil {
 		ml = t.a.d.model
