@@ -256,21 +256,21 @@ func (z *zone) accountState(name string) *account {
 
 // headroom is the smallest remaining fraction over the account's buckets
 // (1 for an account without limits).
-func (st *account) headroom(lim Limits, nowNs int64) float64 {
-	h := 1.0
-	if lim.RPM > 0 {
-		h = min(h, st.rpm.advance(nowNs, lim.RPM)/float64(lim.RPM))
+func (st *account) headroom(lim *Limits, nowNs int64) (num, den float64) {
+	num, den = 1, 1
+	// The smallest level/limit, kept as a fraction: no division.
+	least := func(b *bucket, limit int64) {
+		if limit > 0 {
+			if l, c := b.advance(nowNs, limit), float64(limit); l*den < num*c {
+				num, den = l, c
+			}
+		}
 	}
-	if lim.TPM > 0 {
-		h = min(h, st.tpm.advance(nowNs, lim.TPM)/float64(lim.TPM))
-	}
-	if lim.ITPM > 0 {
-		h = min(h, st.itpm.advance(nowNs, lim.ITPM)/float64(lim.ITPM))
-	}
-	if lim.OTPM > 0 {
-		h = min(h, st.otpm.advance(nowNs, lim.OTPM)/float64(lim.OTPM))
-	}
-	return h
+	least(&st.rpm, lim.RPM)
+	least(&st.tpm, lim.TPM)
+	least(&st.itpm, lim.ITPM)
+	least(&st.otpm, lim.OTPM)
+	return num, den
 }
 
 // maxAccounts bounds the candidates ordered on the stack per choice.
@@ -285,33 +285,42 @@ const maxAccounts = 32
 // can take it now, the verdict says how long until one could, and why.
 // The caller holds the key's shard lock and z.upMu.
 func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affinity, exclude *account, nowNs int64, peek bool) (*accountCfg, *account, verdict) {
+	var v verdict
+	ac, st := z.chooseAccountInto(a, accts, &d, affinity, exclude, nowNs, peek, &v)
+	return ac, st, v
+}
+
+// chooseAccountInto is chooseAccount writing its verdict into best.
+func (z *zone) chooseAccountInto(a *admission, accts []*accountCfg, d *demand, affinity, exclude *account, nowNs int64, peek bool, best *verdict) (*accountCfg, *account) {
 	base := a.n
-	n := min(len(accts), maxAccounts)
-	// The candidates, picked best first (a selection, not a sort: the
-	// first pick is nearly always the one, and most picks never need an
-	// account's headroom).
-	var cand choice
-	cand.affinity = affinity
+	*best = verdict{}
+	if len(accts) > maxAccounts {
+		accts = accts[:maxAccounts]
+	}
+	// The candidates are picked best first: a selection, not a sort, for
+	// the first pick is nearly always the one, and most picks never need
+	// an account's headroom.
+	// The zone's scratch (the caller holds upMu): nothing to clear but
+	// the bit sets.
+	c := &z.pick
+	c.z, c.accts, c.affinity, c.nowNs, c.lookup, c.out, c.known = z, accts, affinity, nowNs, false, 0, 0
 	left := 0
-	for i, ac := range accts[:n] {
-		st := ac.st
-		if st == nil {
-			st = z.accountState(ac.name)
+	for i, ac := range accts {
+		if ac.st == nil {
+			c.lookup = true // an account made after provision (tests)
 		}
-		cand.st[i] = st
-		if st == exclude {
-			cand.state[i] = choiceOut
+		if c.state(i) == exclude {
+			c.out |= 1 << i
 			continue
 		}
-		st.learned.rise(nowNs)
+		c.state(i).learned.rise(nowNs)
 		left++
 	}
-	var best verdict
 	allNever := left > 0
+	var v verdict
 	for ; left > 0; left-- {
-		k := cand.next(accts[:n], nowNs)
-		ac, st := accts[k], cand.st[k]
-		var v verdict
+		k := c.next()
+		ac, st := accts[k], c.state(k)
 		switch {
 		case ac.pool && st.cooldownUntil > nowNs:
 			v = verdict{wait: durationNs(st.cooldownUntil - nowNs), blocking: use{dim: dimCooldown, scope: scopeUpstream}}
@@ -319,84 +328,108 @@ func (z *zone) chooseAccount(a *admission, accts []*accountCfg, d demand, affini
 			v = verdict{wait: 1e9, blocking: use{limit: ac.lim.Concurrent, need: 1, dim: dimConcurrency, scope: scopeUpstream}}
 		default:
 			a.n = base
-			st.admitInto(a, st.limits(ac.lim), d, scopeUpstream)
+			lim := &ac.lim // by pointer: copies of a Limits stall on store forwarding
+			if st.learned != nil {
+				l := st.learned.apply(*lim)
+				lim = &l
+			}
+			st.admitInto(a, lim, d, scopeUpstream)
 			if a.checkInto(nowNs, &v); v.ok {
 				if !peek {
 					a.debit()
 				}
 				st.cfg = ac.lim
-				return ac, st, v
+				*best = v
+				c.accts, c.affinity = nil, nil // keep no config alive
+				return ac, st
 			}
 		}
 		if !v.never {
 			allNever = false
 			if best.wait == 0 || v.wait < best.wait {
-				best = v
+				*best = v
 			}
 		} else if best.wait == 0 && !best.never {
-			best = v
+			*best = v
 		}
 	}
 	a.n = base
 	if allNever {
 		best.wait = 0
 	}
-	return nil, nil, best
+	c.accts, c.affinity = nil, nil
+	return nil, nil
 }
 
-// choice holds the candidates of one account choice: each one's state,
-// its headroom once needed, and whether it was picked already.
+// choice is one account choice's candidates: which were picked already
+// (or excluded), and each one's headroom once needed.
 type choice struct {
-	st       [maxAccounts]*account
-	room     [maxAccounts]float64
-	state    [maxAccounts]uint8
+	z        *zone
+	accts    []*accountCfg // at most maxAccounts
 	affinity *account
+	nowNs    int64
+	lookup   bool   // some account's state was not resolved at provision
+	out      uint32 // bit i: accts[i] was picked, or is excluded
+	known    uint32 // bit i: room[i] holds accts[i]'s headroom
+	room     [maxAccounts][2]float64 // a headroom as a fraction
 }
 
-const (
-	choiceOpen  = iota // a candidate, headroom not computed
-	choiceRoom         // a candidate, room holds its headroom
-	choiceOut          // picked already, or excluded
-)
+// state is the zone's state of candidate i.
+func (c *choice) state(i int) *account {
+	if st := c.accts[i].st; st != nil || !c.lookup {
+		return st
+	}
+	return c.z.accountState(c.accts[i].name)
+}
 
 // next picks the best candidate left and takes it out.
-func (c *choice) next(accts []*accountCfg, nowNs int64) int {
+func (c *choice) next() int {
 	k := -1
-	for i := range accts {
-		if c.state[i] == choiceOut {
+	for i := range c.accts {
+		if c.out&(1<<i) != 0 {
 			continue
 		}
-		if k < 0 || c.before(accts, i, k, nowNs) {
+		if k < 0 || c.before(i, k) {
 			k = i
 		}
 	}
-	c.state[k] = choiceOut
+	c.out |= 1 << k
 	return k
 }
 
 // before orders candidates i and j: affinity (the key's previous
 // account), then the lower priority, then the more headroom, then config
 // order. A headroom is computed only when the first two tie.
-func (c *choice) before(accts []*accountCfg, i, j int, nowNs int64) bool {
-	x, y := accts[i], accts[j]
-	if xs, ys := c.st[i] == c.affinity, c.st[j] == c.affinity; xs != ys {
-		return xs
+func (c *choice) before(i, j int) bool {
+	x, y := c.accts[i], c.accts[j]
+	if c.affinity != nil {
+		if xs, ys := c.state(i) == c.affinity, c.state(j) == c.affinity; xs != ys {
+			return xs
+		}
 	}
 	if x.priority != y.priority {
 		return x.priority < y.priority
 	}
-	if xr, yr := c.headroom(accts, i, nowNs), c.headroom(accts, j, nowNs); xr != yr {
-		return xr > yr
+	xr, yr := c.headroom(i), c.headroom(j)
+	// xr > yr, as fractions with positive denominators.
+	if a, b := xr[0]*yr[1], yr[0]*xr[1]; a != b {
+		return a > b
 	}
 	return x.idx < y.idx
 }
 
-func (c *choice) headroom(accts []*accountCfg, i int, nowNs int64) float64 {
-	if c.state[i] != choiceRoom {
-		c.room[i] = c.st[i].headroom(c.st[i].limits(accts[i].lim), nowNs)
-		c.state[i] = choiceRoom
+func (c *choice) headroom(i int) *[2]float64 {
+	if c.known&(1<<i) == 0 {
+		st := c.state(i)
+		lim := &c.accts[i].lim // by pointer: copies of a Limits stall on store forwarding
+		if st.learned != nil {
+			l := st.learned.apply(*lim)
+			lim = &l
+		}
+		c.room[i][0], c.room[i][1] = st.headroom(lim, c.nowNs)
+		c.known |= 1 << i
 	}
-	return c.room[i]
+	return &c.room[i]
 }
 
 // coolDown puts the ticket's pool account in cooldown for cool after it

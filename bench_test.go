@@ -410,7 +410,8 @@ func BenchmarkChooseAccount8(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		var a admission
 		z.upMu.Lock()
-		ac, _, v := z.chooseAccount(&a, accts, d, nil, nil, nowNs, true)
+		var v verdict
+		ac, _ := z.chooseAccountInto(&a, accts, &d, nil, nil, nowNs, true, &v)
 		z.upMu.Unlock()
 		if ac == nil || !v.ok {
 			b.Fatal("no account")

@@ -256,7 +256,7 @@ type limitBuckets struct {
 
 // admitInto adds the buckets of lb that lim limits to an admission, with
 // what the demand needs of each.
-func (lb *limitBuckets) admitInto(a *admission, lim Limits, d demand, sc scope) {
+func (lb *limitBuckets) admitInto(a *admission, lim *Limits, d *demand, sc scope) {
 	a.add(&lb.rpm, lim.RPM, 1, dimRequests, sc)
 	a.add(&lb.tpm, lim.TPM, d.in+d.out, dimTokens, sc)
 	a.add(&lb.itpm, lim.ITPM, d.in, dimInput, sc)

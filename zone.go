@@ -34,6 +34,7 @@ type zone struct {
 	// key's shard lock.
 	upMu     sync.Mutex
 	accounts map[string]*account
+	pick     choice // the account choice's scratch, guarded by upMu
 
 	m     *zoneMetrics
 	nkeys atomic.Int64 // keys with state, against max_keys
@@ -318,7 +319,7 @@ func (z *zone) admitInto(q *ask, nowNs int64, dryRun, peek bool, t *ticket, dec 
 	}
 	lim := t.keyLimits(nowNs)
 	var a admission
-	ks.limitBuckets.admitInto(&a, lim, qa.d, scopeKey)
+	ks.limitBuckets.admitInto(&a, &lim, &qa.d, scopeKey)
 	if qa.d.model != nil {
 		if ks.models == nil {
 			ks.models = make(map[string]*limitBuckets, 1)
@@ -328,7 +329,7 @@ func (z *zone) admitInto(q *ask, nowNs int64, dryRun, peek bool, t *ticket, dec 
 			t.mb = new(limitBuckets)
 			ks.models[qa.d.model.Name] = t.mb
 		}
-		t.mb.admitInto(&a, qa.d.model.Limits, qa.d, scopeModel)
+		t.mb.admitInto(&a, &qa.d.model.Limits, &qa.d, scopeModel)
 	}
 
 	switch {
@@ -349,7 +350,8 @@ func (z *zone) admitInto(q *ask, nowNs int64, dryRun, peek bool, t *ticket, dec 
 			st = z.accountState(ac.name)
 		}
 		st.learned.rise(nowNs)
-		st.admitInto(&a, st.limits(ac.lim), qa.d, scopeUpstream)
+		ulim := st.limits(ac.lim)
+		st.admitInto(&a, &ulim, &qa.d, scopeUpstream)
 		st.cfg = ac.lim
 		switch {
 		case ac.lim.Concurrent > 0 && st.inflight >= ac.lim.Concurrent:
@@ -364,7 +366,7 @@ func (z *zone) admitInto(q *ask, nowNs int64, dryRun, peek bool, t *ticket, dec 
 		// A pool: the key's own buckets first (when they block, no account
 		// helps), then the account that serves the attempt.
 		if dec.verdict = a.check(nowNs); dec.ok {
-			t.acfg, t.acct, dec.verdict = z.chooseAccount(&a, qa.accts, qa.d, ks.lastAccount, nil, nowNs, peek)
+			t.acfg, t.acct = z.chooseAccountInto(&a, qa.accts, &qa.d, ks.lastAccount, nil, nowNs, peek, &dec.verdict)
 		}
 	}
 	a.quotaSet(&dec.qs)
