@@ -52,7 +52,7 @@ type accountCfg struct {
 	creds    bool // header_up sets Authorization or x-api-key
 	headers  []headerUp
 	calls    *callCounters // upstream_calls_total of this account
-	nameVar  any // name, as {vars.llm_upstream} holds it (no conversion per request)
+	nameVar  any           // name, as {vars.llm_upstream} holds it (no conversion per request)
 	// st is the zone's state of the account, resolved at provision so
 	// that choosing an account looks nothing up by name (nil: look up).
 	st *account
@@ -368,9 +368,9 @@ type choice struct {
 	accts    []*accountCfg // at most maxAccounts
 	affinity *account
 	nowNs    int64
-	lookup   bool   // some account's state was not resolved at provision
-	out      uint32 // bit i: accts[i] was picked, or is excluded
-	known    uint32 // bit i: room[i] holds accts[i]'s headroom
+	lookup   bool                    // some account's state was not resolved at provision
+	out      uint32                  // bit i: accts[i] was picked, or is excluded
+	known    uint32                  // bit i: room[i] holds accts[i]'s headroom
 	room     [maxAccounts][2]float64 // a headroom as a fraction
 }
 
