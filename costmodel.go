@@ -253,40 +253,46 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 			stop = countCtrl
 			break
 		}
-		if i+1 < len(p) {
+		// Escapes, as many as follow each other: text that escapes every
+		// character goes here, not back through the block loop.
+		for i+1 < len(p) && p[i] == '\\' {
 			if e := simpleEscape[p[i+1]]; e != 0 {
 				w, acc = chargeByte(tab, w, acc, e)
 				i += 2
 				escaped++
 				continue
 			}
-		}
-		if i+6 <= len(p) && p[i+1] == 'u' {
+			if i+6 > len(p) || p[i+1] != 'u' {
+				break
+			}
 			h := p[i+2 : i+6 : i+6]
 			x0, x1, x2, x3 := hexVal[h[0]], hexVal[h[1]], hexVal[h[2]], hexVal[h[3]]
 			r := x0<<12 | x1<<8 | x2<<4 | x3
-			if (x0|x1|x2|x3)&0x10 == 0 && (r < 0xD800 || r >= 0xE000) {
-				switch {
-				case r < 0x80:
-					w, acc = chargeByte(tab, w, acc, byte(r))
-					escaped += 5
-				case r < 0x800:
-					w, acc = chargeByte(tab, w, acc, byte(0xC0|r>>6))
-					w, acc = chargeByte(tab, w, acc, byte(0x80|r&0x3F))
-					escaped += 4
-				default:
-					afterMB := w&(1<<classBits-1) == contClass
-					w, acc = chargeByte(tab, w, acc, byte(0xE0|r>>12))
-					w, acc = chargeByte(tab, w, acc, byte(0x80|r>>6&0x3F))
-					w, acc = chargeByte(tab, w, acc, byte(0x80|r&0x3F))
-					if afterMB && r >= hanLo && r < hanHi {
-						acc += int64(hanDelta[r-hanLo])
-					}
-					escaped += 3
-				}
-				i += 6
-				continue
+			if (x0|x1|x2|x3)&0x10 != 0 || r >= 0xD800 && r < 0xE000 {
+				break // a surrogate pair, or not an escape: decodeEscape says
 			}
+			switch {
+			case r < 0x80:
+				w, acc = chargeByte(tab, w, acc, byte(r))
+				escaped += 5
+			case r < 0x800:
+				w, acc = chargeByte(tab, w, acc, byte(0xC0|r>>6))
+				w, acc = chargeByte(tab, w, acc, byte(0x80|r&0x3F))
+				escaped += 4
+			default:
+				afterMB := w&(1<<classBits-1) == contClass
+				w, acc = chargeByte(tab, w, acc, byte(0xE0|r>>12))
+				w, acc = chargeByte(tab, w, acc, byte(0x80|r>>6&0x3F))
+				w, acc = chargeByte(tab, w, acc, byte(0x80|r&0x3F))
+				if afterMB && r >= hanLo && r < hanHi {
+					acc += int64(hanDelta[r-hanLo])
+				}
+				escaped += 3
+			}
+			i += 6
+		}
+		if i >= len(p) || p[i] != '\\' {
+			continue // back to plain text (or to the end)
 		}
 		var buf [4]byte
 		m, adv := decodeEscape(p[i:], &buf)
