@@ -477,7 +477,8 @@ func (t *ticket) failover(nowNs int64, cool time.Duration) bool {
 		return false
 	}
 	if t.debited {
-		st.settle(st.limits(t.acfg.lim), nowNs, t.a.d.in, t.a.d.out)
+		ulim := st.limits(t.acfg.lim)
+		st.settle(&ulim, nowNs, t.a.d.in, t.a.d.out)
 		next.learned.count(1, t.a.d)
 	}
 	st.inflight--

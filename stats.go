@@ -32,7 +32,7 @@ func (s *keyStats) roll(nowNs int64) {
 	}
 }
 
-func (s *keyStats) admitted(nowNs int64, tier string, lim Limits) {
+func (s *keyStats) admitted(nowNs int64, tier string, lim *Limits) {
 	s.roll(nowNs)
 	s.tier, s.rpm, s.tpm = tier, lim.RPM, lim.TPM
 	s.requests++

@@ -266,7 +266,7 @@ func (lb *limitBuckets) admitInto(a *admission, lim *Limits, d *demand, sc scope
 // settle gives back dIn input and dOut output tokens (negative: takes
 // more, into debt) on the token buckets that lim limits: the other half of
 // an admission, once the request's actual usage is known.
-func (lb *limitBuckets) settle(lim Limits, nowNs int64, dIn, dOut float64) {
+func (lb *limitBuckets) settle(lim *Limits, nowNs int64, dIn, dOut float64) {
 	if lim.TPM > 0 {
 		lb.tpm.add(nowNs, lim.TPM, dIn+dOut)
 	}
@@ -279,7 +279,7 @@ func (lb *limitBuckets) settle(lim Limits, nowNs int64, dIn, dOut float64) {
 }
 
 // fullAt is when every bucket of lb is full again (unix ns).
-func (lb *limitBuckets) fullAt(lim Limits) int64 {
+func (lb *limitBuckets) fullAt(lim *Limits) int64 {
 	return max(lb.rpm.fullAt(lim.RPM), lb.tpm.fullAt(lim.TPM), lb.itpm.fullAt(lim.ITPM), lb.otpm.fullAt(lim.OTPM))
 }
 

@@ -317,9 +317,10 @@ func (z *zone) admitInto(q *ask, nowNs int64, dryRun, peek bool, t *ticket, dec 
 			return
 		}
 	}
-	lim := t.keyLimits(nowNs)
+	var learned Limits
+	lim := t.keyLimits(nowNs, &learned)
 	var a admission
-	ks.limitBuckets.admitInto(&a, &lim, &qa.d, scopeKey)
+	ks.limitBuckets.admitInto(&a, lim, &qa.d, scopeKey)
 	if qa.d.model != nil {
 		if ks.models == nil {
 			ks.models = make(map[string]*limitBuckets, 1)
@@ -414,12 +415,13 @@ func (z *zone) admitInto(q *ask, nowNs int64, dryRun, peek bool, t *ticket, dec 
 // keyLimits is the key's limits in force: its tier's, with what its
 // provider's headers taught applied when the key itself went upstream.
 // The caller holds the key's shard lock.
-func (t *ticket) keyLimits(nowNs int64) Limits {
+func (t *ticket) keyLimits(nowNs int64, scratch *Limits) *Limits {
 	if !t.a.learnKey {
-		return t.a.lim
+		return &t.a.lim // by pointer: copies of a Limits stall on store forwarding
 	}
 	t.ks.learned.rise(nowNs)
-	return t.ks.learned.limits(t.a.lim)
+	*scratch = t.ks.learned.limits(t.a.lim)
+	return scratch
 }
 
 // finish settles a ticket and gives its slots back, once: later calls do
@@ -463,7 +465,8 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	if t.a.spend != nil && t.debited {
 		t.z.settleCost(t, nowNs, u, refund)
 	}
-	lim := t.keyLimits(nowNs)
+	var learned Limits
+	lim := t.keyLimits(nowNs, &learned)
 	var dIn, dOut float64 // tokens to give back (negative: to take)
 	switch {
 	case refund:
@@ -474,10 +477,11 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	if t.debited && (refund || u != nil) {
 		t.ks.limitBuckets.settle(lim, nowNs, dIn, dOut)
 		if t.mb != nil {
-			t.mb.settle(t.a.d.model.Limits, nowNs, dIn, dOut)
+			t.mb.settle(&t.a.d.model.Limits, nowNs, dIn, dOut)
 		}
 		if t.acct != nil {
-			t.acct.settle(t.acct.limits(t.acfg.lim), nowNs, dIn, dOut)
+			ulim := t.acct.limits(t.acfg.lim)
+			t.acct.settle(&ulim, nowNs, dIn, dOut)
 		}
 	}
 	// The reservation (settled or standing) decides when the key is idle.
@@ -510,10 +514,10 @@ func (t *ticket) chargeRetry(nowNs int64) {
 
 // touch records when the key's buckets will all be full again, for the
 // sweeper.
-func (ks *keyState) touch(lim Limits, mb *limitBuckets, m *Model) {
+func (ks *keyState) touch(lim *Limits, mb *limitBuckets, m *Model) {
 	idle := ks.limitBuckets.fullAt(lim)
 	if mb != nil {
-		if t := mb.fullAt(m.Limits); t > idle {
+		if t := mb.fullAt(&m.Limits); t > idle {
 			idle = t
 		}
 	}
