@@ -74,6 +74,9 @@ var (
 	costTable  *costTab    // by class triple
 	deepLower  *costTab    // lower-case letter triples in a deep block
 	deepUpper  *costTab    // upper-case letter triples in a deep block
+	// costTables holds the three one after the other, for a block loop
+	// that picks its table by an offset instead of a branch.
+	costTables *[3 * tableSize]uint8
 	classStart uint64      // the context at the start of a text
 	contClass  uint64      // the class of UTF-8 continuation bytes
 	classCount int         // the number of classes
@@ -158,7 +161,8 @@ func loadCostTable(gz []byte) error {
 			scanClass[i] |= stopBit
 		}
 	}
-	t, dl, du := new(costTab), new(costTab), new(costTab)
+	all := new([3 * tableSize]uint8)
+	t, dl, du := (*costTab)(all[:tableSize]), (*costTab)(all[tableSize:2*tableSize]), (*costTab)(all[2*tableSize:])
 	p := b[head:]
 	fill := func(tab *costTab, lo, hi uint32) {
 		for c2 := lo; c2 < hi; c2++ {
@@ -177,7 +181,7 @@ func loadCostTable(gz []byte) error {
 		hanDelta[i] = int16(binary.LittleEndian.Uint16(p[2*i:]))
 	}
 	contClass, classCount = byteClass[0x80]&(1<<classBits-1), n
-	costTable, deepLower, deepUpper = t, dl, du
+	costTable, deepLower, deepUpper, costTables = t, dl, du, all
 	classStart = uint64(start) | notLower | notUpper
 	return nil
 }
@@ -332,7 +336,7 @@ type blockState struct {
 // stays in registers.
 func countBlocks(st blockState, p []byte, i int, cls *[256]uint64) (blockState, int) {
 	const m = tableMask
-	tab := costTable
+	tabs := costTables
 	w, acc, seen, runs := st.w, st.acc, st.seen, st.runs
 	q := p[i:]
 	for len(q) >= 4 {
@@ -348,13 +352,16 @@ func countBlocks(st blockState, p []byte, i int, cls *[256]uint64) (blockState, 
 		// The block's kind: bit 0 all lower-case letters, bit 1 all
 		// upper-case letters (the flags, inverted).
 		runs = (runs<<2 | uint32(^or>>notLowerShift)&3) & runsMask
-		ct := tab
-		switch runs {
-		case deepLowerRuns: // the blocks before were lower-case letters too
-			ct = deepLower
-		case deepUpperRuns:
-			ct = deepUpper
+		// The table, without a branch: deep runs of lower-case or
+		// upper-case letters use the second or the third.
+		off := uint64(0)
+		if runs == deepLowerRuns {
+			off = tableSize
 		}
+		if runs == deepUpperRuns {
+			off = 2 * tableSize
+		}
+		ct := (*costTab)(tabs[off : off+tableSize])
 		acc += int64(ct[w>>(3*classBits)&m]) + int64(ct[w>>(2*classBits)&m]) +
 			int64(ct[w>>classBits&m]) + int64(ct[w&m])
 	}

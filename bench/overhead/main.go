@@ -29,17 +29,37 @@ import (
 )
 
 var (
-	rounds   = flag.Int("rounds", 5, "interleaved rounds")
-	requests = flag.Int("requests", 20000, "requests per config per round")
-	conns    = flag.Int("conns", 16, "concurrent keep-alive connections")
-	keys     = flag.Int("keys", 1000, "rotating API keys")
-	profile  = flag.String("profile", "", "also write each child's CPU profile (pprof, over one more round) into this directory")
+	rounds    = flag.Int("rounds", 5, "interleaved rounds")
+	requests  = flag.Int("requests", 20000, "requests per config per round")
+	conns     = flag.Int("conns", 16, "concurrent keep-alive connections")
+	keys      = flag.Int("keys", 1000, "rotating API keys")
+	directive = flag.String("directive", everything, "the plugin's directive (default: everything on, as issue 18 measures)")
+	profile   = flag.String("profile", "", "also write each child's CPU profile (pprof, over one more round) into this directory")
 )
 
 var body = []byte(`{"model":"gpt-4o","max_tokens":512,"temperature":0.2,"messages":[{"role":"system","content":"You are a careful assistant that answers questions about Go programs concisely and correctly."},{"role":"user","content":"` +
 	strings.Repeat("Explain how a token bucket limits both requests and tokens per minute. ", 15) + `"}]}`)
 
 const answer = `{"id":"chatcmpl-1","object":"chat.completion","created":1741569952,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"A token bucket refills continuously."},"finish_reason":"stop"}],"usage":{"prompt_tokens":260,"completion_tokens":9,"total_tokens":269}}`
+
+// everything is the plugin with everything on (issue 18): a pool of two
+// accounts, calibration (the default), a price and a budget.
+const everything = `llm_ratelimit {
+		rpm 100000000
+		tpm 100000000000
+		concurrent 100000
+		default_price input 2.5 output 10
+		budget 1000000000 monthly
+		upstream a {
+			rpm 100000000
+			header_up Authorization "Bearer sk-provider-a"
+		}
+		upstream b {
+			rpm 100000000
+			header_up Authorization "Bearer sk-provider-b"
+			priority 1
+		}
+	}`
 
 type child struct {
 	name  string
@@ -70,24 +90,7 @@ func main() {
 	}()
 
 	plain := start(bin, dir, "plain", "", up.Addr().String())
-	// Everything on (issue 18): a pool of two accounts, calibration (the
-	// default), a price and a budget.
-	plugin := start(bin, dir, "plugin", `llm_ratelimit {
-		rpm 100000000
-		tpm 100000000000
-		concurrent 100000
-		default_price input 2.5 output 10
-		budget 1000000000 monthly
-		upstream a {
-			rpm 100000000
-			header_up Authorization "Bearer sk-provider-a"
-		}
-		upstream b {
-			rpm 100000000
-			header_up Authorization "Bearer sk-provider-b"
-			priority 1
-		}
-	}`, up.Addr().String())
+	plugin := start(bin, dir, "plugin", *directive, up.Addr().String())
 	defer plain.cmd.Process.Kill()
 	defer plugin.cmd.Process.Kill()
 
