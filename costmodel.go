@@ -69,17 +69,17 @@ var costTableFile []byte
 type costTab = [tableSize]uint8
 
 var (
-	byteClass  [256]uint64
-	scanClass  [256]uint64 // byteClass plus stopBit, for count
-	costTable  *costTab    // by class triple
-	deepLower  *costTab    // lower-case letter triples in a deep block
-	deepUpper  *costTab    // upper-case letter triples in a deep block
+	byteClass [256]uint64
+	scanClass [256]uint64 // byteClass plus stopBit, for count
+	costTable *costTab    // by class triple
+	deepLower *costTab    // lower-case letter triples in a deep block
+	deepUpper *costTab    // upper-case letter triples in a deep block
 	// costTables holds the three one after the other, for a block loop
 	// that picks its table by an offset instead of a branch.
 	costTables *[3 * tableSize]uint8
-	classStart uint64      // the context at the start of a text
-	contClass  uint64      // the class of UTF-8 continuation bytes
-	classCount int         // the number of classes
+	classStart uint64 // the context at the start of a text
+	contClass  uint64 // the class of UTF-8 continuation bytes
+	classCount int    // the number of classes
 	// hanDelta corrects the charge of each ideograph U+4000-U+9FFF that
 	// follows a character of 2 bytes or more, in costUnit: the tables see
 	// every ideograph alike, the tokenizer merges common ones with their
@@ -382,6 +382,11 @@ func hanCorrection(p []byte, afterMB bool) (sum int64) {
 	for j := 0; j+2 < len(p); {
 		b := p[j]
 		if b < 0xE0 || b > 0xEF {
+			// ASCII goes eight bytes at a time.
+			if b < 0x80 && j+8 <= len(p) && binary.LittleEndian.Uint64(p[j:])&0x8080808080808080 == 0 {
+				j += 8
+				continue
+			}
 			j++
 			continue
 		}
