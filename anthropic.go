@@ -229,17 +229,34 @@ var anthropicQuotaKinds = [4]string{"requests", "tokens", "input-tokens", "outpu
 // tokens, input-tokens and output-tokens, each from the bucket of that
 // kind that constrains most; none of x-ratelimit-*.
 func (anthropicDialect) setQuotaHeaders(hdr http.Header, qs quotaSet, now time.Time) {
+	var hb headerBatch
+	b := hb.arr[:0]
 	for i, q := range [4]quota{qs.req, qs.tpm, qs.itpm, qs.otpm} {
 		if !q.set {
 			continue
 		}
-		k := anthropicQuotaKinds[i]
-		hdr.Set("anthropic-ratelimit-"+k+"-limit", strconv.FormatInt(q.limit, 10))
-		hdr.Set("anthropic-ratelimit-"+k+"-remaining", strconv.FormatInt(q.remaining(), 10))
+		names := &anthropicQuotaNames[i]
+		b = strconv.AppendInt(b, q.limit, 10)
+		hb.end(names[0], b)
+		b = strconv.AppendInt(b, q.remaining(), 10)
+		hb.end(names[1], b)
 		reset := now.Add(q.reset() + time.Second - 1).UTC().Truncate(time.Second) // rounded up
-		hdr.Set("anthropic-ratelimit-"+k+"-reset", reset.Format(time.RFC3339))
+		b = reset.AppendFormat(b, time.RFC3339)
+		hb.end(names[2], b)
 	}
+	hb.set(hdr, b)
 }
+
+// anthropicQuotaNames are the header names of each kind: limit,
+// remaining, reset, in canonical form.
+var anthropicQuotaNames = func() (n [4][3]string) {
+	for i, k := range anthropicQuotaKinds {
+		for j, what := range [3]string{"limit", "remaining", "reset"} {
+			n[i][j] = http.CanonicalHeaderKey("anthropic-ratelimit-" + k + "-" + what)
+		}
+	}
+	return n
+}()
 
 // clampOutput rewrites max_tokens.
 func (anthropicDialect) clampOutput(_ string, body []byte, n int64) []byte {

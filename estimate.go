@@ -1,6 +1,9 @@
 package llmratelimit
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // This file turns text into an estimated token count without a tokenizer,
 // and holds the entry points that read request and response bodies.
@@ -160,7 +163,8 @@ func shortField(s *jsonScanner, buf []byte) (n int, err error) {
 }
 
 // stringValue reads a field that should be a string and returns it
-// decoded (allocating); other kinds are skipped and give "".
+// decoded (interned when it has no escapes: model names repeat); other
+// kinds are skipped and give "".
 func stringValue(s *jsonScanner) (string, error) {
 	if s.peek() != jsonString {
 		return "", s.skip(nil)
@@ -172,12 +176,39 @@ func stringValue(s *jsonScanner) (string, error) {
 	}
 	raw := s.data[start+1 : s.pos-1]
 	if n == len(raw) {
-		return string(raw), nil
+		return intern(raw), nil
 	}
 	buf := make([]byte, n)
 	s.pos = start
 	_, err = s.str(nil, buf)
 	return string(buf), err
+}
+
+// internTable keeps the strings that stringValue read lately (model
+// names, mostly), so that a request naming one seen before costs no
+// allocation for it: a fixed table of slots by hash, each holding the last
+// string that landed on it. Memory stays bounded whatever clients send.
+var internTable [256]atomic.Pointer[string]
+
+// maxInterned bounds the strings kept in internTable.
+const maxInterned = 64
+
+// intern is string(b), from internTable when it holds it.
+func intern(b []byte) string {
+	if len(b) == 0 || len(b) > maxInterned {
+		return string(b)
+	}
+	h := uint32(2166136261) // FNV-1a
+	for _, c := range b {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	slot := &internTable[h%uint32(len(internTable))]
+	if p := slot.Load(); p != nil && *p == string(b) {
+		return *p
+	}
+	str := string(b)
+	slot.Store(&str)
+	return str
 }
 
 // satMul multiplies non-negative a and b, saturating at the int64 maximum.

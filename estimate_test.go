@@ -1,6 +1,7 @@
 package llmratelimit
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -769,5 +770,32 @@ func TestEstimateCorpusAsGemini(t *testing.T) {
 	}
 	if rewritten < 10 {
 		t.Fatalf("only %d corpus bodies rewritten as Gemini requests, want the 11 chat and messages bodies without tools", rewritten)
+	}
+}
+
+// TestInternReturnsEqualStringsWithoutKeepingTheBuffer: an interned string
+// equals its bytes, does not change when the bytes do, and a name seen
+// before comes back without an allocation.
+func TestInternReturnsEqualStringsWithoutKeepingTheBuffer(t *testing.T) {
+	b := []byte("gpt-4o-mini")
+	s := intern(b)
+	if s != "gpt-4o-mini" {
+		t.Fatalf("intern = %q", s)
+	}
+	b[0] = 'X' // the caller's buffer is reused for the next request
+	if s != "gpt-4o-mini" {
+		t.Fatalf("the interned string changed with its buffer: %q", s)
+	}
+	if got := intern([]byte("Xpt-4o-mini")); got != "Xpt-4o-mini" {
+		t.Fatalf("intern = %q", got)
+	}
+	name := []byte("claude-sonnet-4-5")
+	intern(name)
+	if n := testing.AllocsPerRun(100, func() { _ = intern(name) }); n != 0 {
+		t.Errorf("intern of a name seen before: %v allocations, want 0", n)
+	}
+	long := bytes.Repeat([]byte("m"), maxInterned+1)
+	if got := intern(long); got != string(long) {
+		t.Errorf("a long string: %q", got)
 	}
 }

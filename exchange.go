@@ -22,8 +22,13 @@ type exchange struct {
 	// bodyUsed: body was handed out; a later replay gets its own, for the
 	// transport may still be reading (or closing) an earlier one.
 	bodyUsed bool
-	vals     [4]string // backing for one-value header slices
-	nvals    int
+	// bb is the pooled buffer the body was read into; the handler holds
+	// a reference until done.
+	bb bodyBuf
+	// forwarded: the next handler got the body (and closes its reader).
+	forwarded bool
+	vals      [4]string // backing for one-value header slices
+	nvals     int
 }
 
 // one is a one-value header slice, from the exchange's own backing while
@@ -42,40 +47,41 @@ func (x *exchange) one(v string) []string {
 // replay gives the buffered body to the next handler: the exchange's own
 // reader the first time, a new one after that.
 func (x *exchange) replay(r *http.Request, body []byte) {
+	rb := &x.body
 	if x.bodyUsed {
-		restoreBody(r, &replayBody{}, body)
-		return
+		rb = new(replayBody)
 	}
 	x.bodyUsed = true
-	restoreBody(r, &x.body, body)
+	var buf *bodyBuf
+	if x.bb.holds(body) {
+		buf = &x.bb
+	}
+	// The handler holds its reference until done: this cannot fail.
+	_ = newReplay(rb, body, buf)
+	restoreBody(r, rb, body)
+}
+
+// done ends the handler's hold on the body buffer: a reader the next
+// handler never got is closed here.
+func (x *exchange) done() {
+	if x.bodyUsed && !x.forwarded {
+		_ = x.body.Close()
+	}
+	if x.bb.p != nil {
+		x.bb.release()
+	}
 }
 
 // restoreBody gives the buffered body back for the next handler and for
 // every re-send, through rb: Body, ContentLength and GetBody. Expect and
 // chunked transfer encoding no longer apply.
 func restoreBody(r *http.Request, rb *replayBody, body []byte) {
-	rb.body = body
-	rb.Reset(body)
 	r.Body = rb
 	r.ContentLength = int64(len(body))
 	r.GetBody = rb.fresh
 	r.TransferEncoding = nil
 	delete(r.Header, "Expect") // the canonical forms: no canonicalizing per request
 	delete(r.Header, "Transfer-Encoding")
-}
-
-// replayBody is a buffered request body that can hand out fresh copies.
-type replayBody struct {
-	bytes.Reader
-	body []byte
-}
-
-func (*replayBody) Close() error { return nil }
-
-func (rb *replayBody) fresh() (io.ReadCloser, error) {
-	n := &replayBody{body: rb.body}
-	n.Reset(rb.body)
-	return n, nil
 }
 
 // attemptWriter is what one attempt writes to: it passes the answer

@@ -41,6 +41,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// 2. Body, 3. estimate, 4. context window.
 	x := new(exchange)
+	defer x.done()
 	req := &x.req
 	if err := h.readAndEstimate(r, d, x); err != nil {
 		var ae *apiError
@@ -84,6 +85,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if dec.ok && dec.clamped > 0 {
 		req.body = req.parsed.clampOutput(r.URL.Path, req.body, dec.clamped)
+		_ = x.body.Close() // not forwarded: the clamped body replaces it
 		x.replay(r, req.body)
 		w.Header().Set("x-llm-ratelimit-max-tokens-clamped", strconv.FormatInt(dec.clamped, 10))
 	}
@@ -149,7 +151,7 @@ func (h *Handler) readAndEstimate(r *http.Request, d dialect, x *exchange) error
 			drainBody(r)
 			return &apiError{kind: errInvalid, msg: "Compressed request bodies (Content-Encoding: " + ce + ") are not supported: send the JSON body uncompressed."}
 		}
-		body, err := readBody(r, h.MaxBody)
+		body, err := readBody(r, h.MaxBody, &x.bb)
 		switch {
 		case errors.Is(err, errBodyTooLarge):
 			drainBody(r)
@@ -188,6 +190,7 @@ func (h *Handler) serveAdmitted(w http.ResponseWriter, r *http.Request, next cad
 	req := &x.req
 	h.zone.m.estIn.Add(req.demand.in)
 	h.zone.m.resOut.Add(req.demand.out)
+	x.forwarded = true
 	uw := &x.uw // its ticket is the admission's
 	uw.ResponseWriter, uw.h, uw.d, uw.hd, uw.qs, uw.strip = w, h, req.parsed, d, dec.qs, req.strip
 	defer uw.release()
@@ -283,9 +286,9 @@ func (l Limits) any() bool { return l.RPM > 0 || l.TPM > 0 || l.ITPM > 0 || l.OT
 
 var errBodyTooLarge = errors.New("request body too large")
 
-// readBody reads at most max bytes of the body: in one allocation when the
-// length is known.
-func readBody(r *http.Request, max int64) ([]byte, error) {
+// readBody reads at most max bytes of the body: into a pooled buffer
+// held by bb when the length is known.
+func readBody(r *http.Request, max int64, bb *bodyBuf) ([]byte, error) {
 	if r.ContentLength > max {
 		return nil, errBodyTooLarge
 	}
@@ -293,7 +296,7 @@ func readBody(r *http.Request, max int64) ([]byte, error) {
 		return nil, nil
 	}
 	if cl := r.ContentLength; cl > 0 {
-		buf := make([]byte, cl+1) // one more byte tells a body longer than declared
+		buf := bb.take(int(cl) + 1) // one more byte tells a body longer than declared
 		n, err := io.ReadFull(r.Body, buf)
 		switch {
 		case err == io.ErrUnexpectedEOF || err == io.EOF:

@@ -103,39 +103,55 @@ var quotaHeaderNames = [2][3]string{
 }
 
 // setXQuotaHeaders writes the x-ratelimit-* headers, replacing any of the
-// same name. A kind with no bucket gets none. All six values share one
-// string and one slice: two allocations per response.
+// same name. A kind with no bucket gets none.
 func setXQuotaHeaders(hdr http.Header, req, tok quota) {
-	if !req.set && !tok.set {
-		return
-	}
-	var buf [192]byte
-	var ends [6]int
-	b := buf[:0]
+	var hb headerBatch
+	b := hb.arr[:0]
 	for i, q := range [2]quota{req, tok} {
 		if !q.set {
-			ends[3*i], ends[3*i+1], ends[3*i+2] = len(b), len(b), len(b)
 			continue
 		}
 		b = strconv.AppendInt(b, q.limit, 10)
-		ends[3*i] = len(b)
+		hb.end(quotaHeaderNames[i][0], b)
 		b = strconv.AppendInt(b, q.remaining(), 10)
-		ends[3*i+1] = len(b)
+		hb.end(quotaHeaderNames[i][1], b)
 		b = appendReset(b, q.reset())
-		ends[3*i+2] = len(b)
+		hb.end(quotaHeaderNames[i][2], b)
+	}
+	hb.set(hdr, b)
+}
+
+// headerBatch sets the values of up to maxBatch headers, appended one
+// after the other to one buffer (its arr while it fits), with one string
+// and one slice: two allocations in all. Names must be in canonical form:
+// they are set as they are, replacing any value of the same name.
+type headerBatch struct {
+	arr   [512]byte
+	names [maxBatch]string
+	ends  [maxBatch]int
+	n     int
+}
+
+const maxBatch = 12
+
+// end closes the value that the buffer b now ends with, under name.
+func (hb *headerBatch) end(name string, b []byte) {
+	hb.names[hb.n], hb.ends[hb.n] = name, len(b)
+	hb.n++
+}
+
+// set sets the values, from the buffer b.
+func (hb *headerBatch) set(hdr http.Header, b []byte) {
+	if hb.n == 0 {
+		return
 	}
 	all := string(b)
-	vals := make([]string, 6)
-	start := 0
-	for i, q := range [2]quota{req, tok} {
-		for j := 0; j < 3; j++ {
-			end := ends[3*i+j]
-			if q.set {
-				vals[3*i+j] = all[start:end]
-				hdr[quotaHeaderNames[i][j]] = vals[3*i+j : 3*i+j+1 : 3*i+j+1]
-			}
-			start = end
-		}
+	vals := make([]string, hb.n)
+	from := 0
+	for i := range hb.n {
+		vals[i] = all[from:hb.ends[i]]
+		hdr[hb.names[i]] = vals[i : i+1 : i+1]
+		from = hb.ends[i]
 	}
 }
 

@@ -207,13 +207,12 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		}
 		err := next.ServeHTTP(rec, r)
 		status := rec.Status()
-		var he caddyhttp.HandlerError
 		switch {
 		case rec.buffered:
 			// A retryable status, nothing sent to the client yet.
-		case err != nil && status == 0 && errors.As(err, &he) && !last && p.retryable(he.StatusCode):
+		case err != nil && status == 0 && !last && p.retryable(handlerErrorStatus(err)):
 			// The proxy failed before answering (e.g. 502 dial error).
-			status = he.StatusCode
+			status = handlerErrorStatus(err)
 		default:
 			h.finalAttempt(t, statusOf(rec, err), rec.Header(), p)
 			return err // streamed through, or not retryable
@@ -267,6 +266,15 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 			return clientGone(err)
 		}
 	}
+}
+
+// handlerErrorStatus is the status of a caddyhttp.HandlerError, else 0.
+func handlerErrorStatus(err error) int {
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) {
+		return he.StatusCode
+	}
+	return 0
 }
 
 // attemptOn prepares an attempt served by account ac, and names it in the
