@@ -143,14 +143,9 @@ func (s *jsonScanner) object(known []string, member func(key string) error) erro
 		if s.pos >= len(s.data) || s.data[s.pos] != '"' {
 			return s.syntaxError()
 		}
-		start := s.pos
-		m, err := s.str(nil, s.keyBuf[:])
+		k, err := s.key()
 		if err != nil {
 			return err
-		}
-		k := s.data[start+1 : s.pos-1]
-		if m != len(k) { // escapes: use the decoded form when it fits
-			k = s.keyBuf[:min(m, len(s.keyBuf))]
 		}
 		if s.ws(); s.pos >= len(s.data) || s.data[s.pos] != ':' {
 			return s.syntaxError()
@@ -167,6 +162,25 @@ func (s *jsonScanner) object(known []string, member func(key string) error) erro
 			return err
 		}
 	}
+}
+
+// key reads the object key at s.pos (a quote): the raw bytes of a key
+// without escapes, else its decoded form as far as keyBuf holds it.
+func (s *jsonScanner) key() ([]byte, error) {
+	d, start := s.data, s.pos
+	i := start + 1
+	for i < len(d) && !strStop[d[i]] {
+		i++
+	}
+	if i < len(d) && d[i] == '"' { // the common case: nothing to decode
+		s.pos = i + 1
+		return d[start+1 : i], nil
+	}
+	m, err := s.str(nil, s.keyBuf[:])
+	if err != nil {
+		return nil, err
+	}
+	return s.keyBuf[:min(m, len(s.keyBuf))], nil
 }
 
 // array reads the array at s.pos (its kind checked by the caller), calling
@@ -394,108 +408,4 @@ func (s *jsonScanner) scalar(k jsonKind) ([]byte, error) {
 		return s.literal()
 	}
 	return nil, s.syntaxError()
-}
-
-// skip validates the value at s.pos and moves past it, iteratively. When tc
-// is not nil it is fed the value's compact JSON: the source text without
-// white space outside strings (strings as written, escapes included).
-func (s *jsonScanner) skip(tc *textCounter) error {
-	var stack [maxJSONDepth/64 + 1]uint64 // bit set: object at that level
-	level := 0
-	put := func(c byte) {
-		if tc != nil {
-			tc.writeByte(c)
-		}
-	}
-	for {
-		// A value is expected at s.pos.
-		k := s.peek()
-		if k == jsonObject || k == jsonArray {
-			c := s.data[s.pos]
-			if err := s.open(); err != nil {
-				return err
-			}
-			put(c)
-			if k == jsonObject {
-				stack[level/64] |= 1 << (level % 64)
-			} else {
-				stack[level/64] &^= 1 << (level % 64)
-			}
-			level++
-			s.ws()
-			if s.pos < len(s.data) && s.data[s.pos] == c+2 { // '{'+2 == '}', '['+2 == ']'
-				// Empty container: fall through to the closing logic.
-			} else if k == jsonObject {
-				if err := s.skipKey(tc); err != nil {
-					return err
-				}
-				continue
-			} else {
-				continue
-			}
-		} else {
-			raw, err := s.scalar(k)
-			if err != nil {
-				return err
-			}
-			if tc != nil {
-				tc.write(raw)
-			}
-		}
-		// After a value (or at an empty container's close): a separator
-		// or closers.
-		for {
-			if level == 0 {
-				return nil
-			}
-			s.ws()
-			if s.pos >= len(s.data) {
-				return s.syntaxError()
-			}
-			c := s.data[s.pos]
-			obj := stack[(level-1)/64]&(1<<((level-1)%64)) != 0
-			if (obj && c == '}') || (!obj && c == ']') {
-				s.pos++
-				s.depth--
-				level--
-				put(c)
-				continue
-			}
-			if c != ',' {
-				return s.syntaxError()
-			}
-			s.pos++
-			put(c)
-			if obj {
-				s.ws()
-				if err := s.skipKey(tc); err != nil {
-					return err
-				}
-			}
-			break
-		}
-	}
-}
-
-// skipKey scans `"key":` at s.pos (after white space), feeding tc.
-func (s *jsonScanner) skipKey(tc *textCounter) error {
-	if s.pos >= len(s.data) || s.data[s.pos] != '"' {
-		return s.syntaxError()
-	}
-	start := s.pos
-	if _, err := s.str(nil, nil); err != nil {
-		return err
-	}
-	if tc != nil {
-		tc.write(s.data[start:s.pos])
-	}
-	s.ws()
-	if s.pos >= len(s.data) || s.data[s.pos] != ':' {
-		return s.syntaxError()
-	}
-	s.pos++
-	if tc != nil {
-		tc.writeByte(':')
-	}
-	return nil
 }
