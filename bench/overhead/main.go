@@ -34,6 +34,7 @@ var (
 	conns     = flag.Int("conns", 16, "concurrent keep-alive connections")
 	keys      = flag.Int("keys", 1000, "rotating API keys")
 	directive = flag.String("directive", everything, "the plugin's directive (default: everything on, as issue 18 measures)")
+	pin       = flag.String("pin", "", "run the Caddy children on these CPUs (taskset -c), e.g. 1; run this program itself elsewhere: taskset -c 0 go run ./bench/overhead -pin 1")
 	profile   = flag.String("profile", "", "also write each child's CPU profile (pprof, over one more round) into this directory")
 )
 
@@ -192,6 +193,9 @@ http://%s {
 	path := filepath.Join(dir, name+".Caddyfile")
 	check(os.WriteFile(path, []byte(cfg), 0o600))
 	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
+	if *pin != "" { // the children on their own cores, the load elsewhere
+		cmd = exec.Command("taskset", "-c", *pin, bin, "run", "--config", path, "--adapter", "caddyfile")
+	}
 	cmd.Stderr = os.Stderr
 	check(cmd.Start())
 	started.Lock()
