@@ -1,13 +1,19 @@
 // Command overhead measures what llm_ratelimit adds to Caddy's CPU per
 // request. It builds this repository's Caddy, starts it twice as child
-// processes — plain reverse_proxy, and llm_ratelimit + reverse_proxy — in
-// front of an in-process mock upstream, drives both in interleaved rounds
-// with keep-alive connections, ~1.3 KB chat bodies and 1,000 rotating keys,
-// and prints per round and config: req/s, p50/p99 latency and the child's
-// CPU µs per request (from /proc/<pid>/stat), then the median plugin/plain
-// ratio and its spread.
+// processes — plain reverse_proxy, and llm_ratelimit + reverse_proxy, with
+// everything on by default (issue 18) — in front of an in-process mock
+// upstream, drives both in interleaved rounds with keep-alive connections,
+// ~1.3 KB chat bodies and rotating keys, and prints per round and config:
+// req/s, p50/p99 latency, the child's CPU µs per request and the system
+// part of it (from /proc/<pid>/stat), and its read and write system calls
+// per request (/proc/<pid>/io); then the median plugin/plain ratio and its
+// spread.
 //
-//	go run ./bench/overhead [-rounds 5] [-requests 20000] [-conns 16]
+//	go run ./bench/overhead [-rounds 5] [-requests 20000] [-conns 16] [-keys 1000]
+//	    [-directive 'llm_ratelimit { … }'] [-profile DIR] [-pin CPUS]
+//
+// -pin runs the children on their own CPUs (taskset), for a steadier
+// figure: taskset -c 0 <built binary> -pin 1.
 package main
 
 import (
