@@ -240,6 +240,17 @@ type account struct {
 // learned limits applied.
 func (st *account) limits(cfg Limits) Limits { return st.learned.limits(cfg) }
 
+// limitsOf is limits by pointer, for the choice's hot path (a copied
+// Limits stalls on store forwarding): cfg itself when nothing was learned,
+// else scratch filled.
+func (st *account) limitsOf(cfg, scratch *Limits) *Limits {
+	if st.learned == nil {
+		return cfg
+	}
+	*scratch = st.learned.apply(*cfg)
+	return scratch
+}
+
 // accountState is the zone's state of an account, created on first use.
 // The caller holds z.upMu.
 func (z *zone) accountState(name string) *account {
@@ -328,12 +339,8 @@ func (z *zone) chooseAccountInto(a *admission, accts []*accountCfg, d *demand, a
 			v = verdict{wait: 1e9, blocking: use{limit: ac.lim.Concurrent, need: 1, dim: dimConcurrency, scope: scopeUpstream}}
 		default:
 			a.n = base
-			lim := &ac.lim // by pointer: copies of a Limits stall on store forwarding
-			if st.learned != nil {
-				l := st.learned.apply(*lim)
-				lim = &l
-			}
-			st.admitInto(a, lim, d, scopeUpstream)
+			var learned Limits
+			st.admitInto(a, st.limitsOf(&ac.lim, &learned), d, scopeUpstream)
 			if a.checkInto(nowNs, &v); v.ok {
 				if !peek {
 					a.debit()
@@ -421,12 +428,8 @@ func (c *choice) before(i, j int) bool {
 func (c *choice) headroom(i int) *[2]float64 {
 	if c.known&(1<<i) == 0 {
 		st := c.state(i)
-		lim := &c.accts[i].lim // by pointer: copies of a Limits stall on store forwarding
-		if st.learned != nil {
-			l := st.learned.apply(*lim)
-			lim = &l
-		}
-		c.room[i][0], c.room[i][1] = st.headroom(lim, c.nowNs)
+		var learned Limits
+		c.room[i][0], c.room[i][1] = st.headroom(st.limitsOf(&c.accts[i].lim, &learned), c.nowNs)
 		c.known |= 1 << i
 	}
 	return &c.room[i]
@@ -477,8 +480,8 @@ func (t *ticket) failover(nowNs int64, cool time.Duration) bool {
 		return false
 	}
 	if t.debited {
-		ulim := st.limits(t.acfg.lim)
-		st.settle(&ulim, nowNs, t.a.d.in, t.a.d.out)
+		var learned Limits
+		st.settle(st.limitsOf(&t.acfg.lim, &learned), nowNs, t.a.d.in, t.a.d.out)
 		next.learned.count(1, t.a.d)
 	}
 	st.inflight--

@@ -71,11 +71,11 @@ type costTab = [tableSize]uint8
 var (
 	byteClass [256]uint64
 	scanClass [256]uint64 // byteClass plus stopBit, for count
-	costTable *costTab    // by class triple
-	deepLower *costTab    // lower-case letter triples in a deep block
-	deepUpper *costTab    // upper-case letter triples in a deep block
-	// costTables holds the three one after the other, for a block loop
-	// that picks its table by an offset instead of a branch.
+	costTable *costTab    // by class triple: the first of costTables
+	// costTables holds three tables one after the other, for a block loop
+	// that picks its table by an offset instead of a branch: by class
+	// triple, lower-case letter triples in a deep block, upper-case letter
+	// triples in a deep block.
 	costTables *[3 * tableSize]uint8
 	classStart uint64 // the context at the start of a text
 	contClass  uint64 // the class of UTF-8 continuation bytes
@@ -181,7 +181,7 @@ func loadCostTable(gz []byte) error {
 		hanDelta[i] = int16(binary.LittleEndian.Uint16(p[2*i:]))
 	}
 	contClass, classCount = byteClass[0x80]&(1<<classBits-1), n
-	costTable, deepLower, deepUpper, costTables = t, dl, du, all
+	costTable, costTables = t, all
 	classStart = uint64(start) | notLower | notUpper
 	return nil
 }

@@ -87,8 +87,8 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 			t.mb.settle(&t.a.d.model.Limits, nowNs, dIn, dOut)
 		}
 		if t.acct != nil {
-			ulim := t.acct.limits(t.acfg.lim)
-			t.acct.settle(&ulim, nowNs, dIn, dOut)
+			var learnedUp Limits
+			t.acct.settle(t.acct.limitsOf(&t.acfg.lim, &learnedUp), nowNs, dIn, dOut)
 		}
 	}
 	// The reservation (settled or standing) decides when the key is idle.

@@ -332,8 +332,8 @@ func (z *zone) admitInto(q *ask, nowNs int64, dryRun, peek bool, t *ticket, dec 
 			st = z.accountState(ac.name)
 		}
 		st.learned.rise(nowNs)
-		ulim := st.limits(ac.lim)
-		st.admitInto(&a, &ulim, &qa.d, scopeUpstream)
+		var learnedUp Limits
+		st.admitInto(&a, st.limitsOf(&ac.lim, &learnedUp), &qa.d, scopeUpstream)
 		st.cfg = ac.lim
 		switch {
 		case ac.lim.Concurrent > 0 && st.inflight >= ac.lim.Concurrent:
