@@ -13,8 +13,9 @@ import (
 	"unicode/utf8"
 )
 
-// corpusDir is the shared estimator corpus, relative to the package dir.
-const corpusDir = "../shared/testdata/estimator"
+// corpusDir is the estimator reference corpus (copied into this repository
+// so that a clone tests alone), relative to the package dir.
+const corpusDir = "testdata/estimator"
 
 type referenceEntry struct {
 	File                 string  `json:"file"`
@@ -34,7 +35,7 @@ func loadCorpus(t testing.TB) []referenceEntry {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(corpusDir, "reference.json"))
 	if err != nil {
-		t.Fatalf("estimator corpus not found: %v; it lives in %s (the shared/testdata/estimator directory next to this module)", err, corpusDir)
+		t.Fatalf("estimator corpus not found: %v; it lives in %s (a copy of the reference corpus kept in this repository)", err, corpusDir)
 	}
 	var refs []referenceEntry
 	if err := json.Unmarshal(b, &refs); err != nil {
