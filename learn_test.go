@@ -3,6 +3,7 @@ package llmratelimit
 import (
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -221,30 +222,66 @@ func TestProvider429CutsTheLearnedRateAndQuietSecondsRaiseIt(t *testing.T) {
 	}
 }
 
-// After an answer, a bucket is never above what the provider said
-// remains, less what was admitted since that call was sent.
-func TestBucketIsCappedAtWhatTheProviderSaysRemains(t *testing.T) {
-	z := newZone("learn-remaining")
-	defer z.Destruct()
-	ac := &accountCfg{name: "a", pool: true, lim: Limits{RPM: 100}}
-	mk := func(k string) ask { return ask{kh: hashKey(k), accts: []*accountCfg{ac}, learn: true} }
-	nowNs := int64(6000 * sec)
-	t1, _ := z.admit(mk("k1"), nowNs, false, false)
-	z.admit(mk("k2"), nowNs, false, false) // sent after t1, before t1's answer
-	// t1's answer: 5 requests remain at the provider. One was admitted
-	// since t1 was sent, so at most 4 are left.
-	t1.learn(nowNs, 200, http.Header{"X-Ratelimit-Remaining-Requests": {"5"}})
-	st := z.accountState("a")
-	if lvl := st.rpm.advance(nowNs, 100); lvl != 4 {
-		t.Fatalf("rpm level %v, want 4", lvl)
-	}
-	admitted := 0
-	for i := 0; i < 10; i++ {
-		if _, dec := z.admit(mk(fmt.Sprint("x", i)), nowNs, false, false); dec.ok {
-			admitted++
-		}
-	}
-	if admitted != 4 {
-		t.Fatalf("admitted %d more, want 4", admitted)
+// After an answer, a bucket is never above what the provider can have
+// left: its reported remaining, taken either when the call arrived (then
+// refilled for the call's latency, less what was sent since) or when it
+// answered (then already counting what was sent since), whichever is
+// larger. A cap below that would keep quota unused for good.
+func TestBucketIsCappedAtWhatTheProviderCanHaveLeft(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		latency   time.Duration
+		since     int    // calls admitted after the answered one was sent
+		remaining string // what its answer says
+		want      float64
+	}{
+		// At once: an answer-time figure already counts the later call.
+		{"answer at once", 0, 1, "5", 5},
+		// 30 s at 100 RPM refilled 50 since an arrival-time figure of 5;
+		// the 10 sent since are gone: 45 (an answer-time 5 is below it).
+		{"answer after 30 s, taken at arrival", 30 * time.Second, 10, "5", 45},
+		// Many more sent since than refilled: only an answer-time figure
+		// is possible, and it already counts them.
+		{"answer after 6 s, 40 sent since", 6 * time.Second, 40, "3", 3},
+		// Nothing said: the bucket stays as it is.
+		{"no remaining", 0, 1, "", 98},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			z := newZone("learn-remaining")
+			defer z.Destruct()
+			ac := &accountCfg{name: "a", pool: true, lim: Limits{RPM: 100}}
+			mk := func(k string) ask { return ask{kh: hashKey(k), accts: []*accountCfg{ac}, learn: true} }
+			sentNs := int64(6000 * sec)
+			t1, _ := z.admit(mk("k1"), sentNs, false, false)
+			for i := range c.since {
+				z.admit(mk(fmt.Sprint("s", i)), sentNs, false, false)
+			}
+			st := z.accountState("a")
+			answerNs := sentNs + int64(c.latency)
+			h := http.Header{}
+			if c.remaining != "" {
+				h.Set("X-Ratelimit-Remaining-Requests", c.remaining)
+			}
+			t1.learn(answerNs, 200, h)
+			lvl := st.rpm.advance(answerNs, 100)
+			if c.remaining == "" {
+				if want := math.Min(100, float64(99-c.since)+tokensFromDuration(100, c.latency)); lvl != want {
+					t.Fatalf("rpm level %v, want %v (untouched)", lvl, want)
+				}
+				return
+			}
+			if math.Abs(lvl-c.want) > 1e-9 {
+				t.Fatalf("rpm level %v, want %v", lvl, c.want)
+			}
+			admitted := 0
+			for i := range 120 {
+				if _, dec := z.admit(mk(fmt.Sprint("x", i)), answerNs, false, false); dec.ok {
+					admitted++
+				}
+			}
+			if admitted != int(c.want) {
+				t.Fatalf("admitted %d more, want %v", admitted, c.want)
+			}
+		})
 	}
 }
