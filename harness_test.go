@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,11 +23,23 @@ import (
 )
 
 // The package's tests drive one real Caddy, in-process, through its admin
-// API, in front of a real HTTP upstream. The ports are this package's own.
-const (
-	testAdmin       = "localhost:29419"
-	testGatewayPort = 29480
-)
+// API, in front of a real HTTP upstream. The ports are this package's own:
+// the admin API on base+19 and the gateways from base+81, with base 29400
+// unless LLM_RATELIMIT_TEST_PORT_BASE moves it (to run two checkouts'
+// tests at once).
+var testAdmin, testGatewayPort = testPorts()
+
+func testPorts() (admin string, gateway int) {
+	base := 29400
+	if v := os.Getenv("LLM_RATELIMIT_TEST_PORT_BASE"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1024 || n > 65000 {
+			panic("LLM_RATELIMIT_TEST_PORT_BASE: want a port from 1024 to 65000, got " + v)
+		}
+		base = n
+	}
+	return fmt.Sprintf("localhost:%d", base+19), base + 80
+}
 
 // Every config the tests load listens on a port of its own: after a
 // reload, Caddy's old server may still accept a connection for a moment,

@@ -12,8 +12,9 @@ import (
 // headers say about the account (or, in a zone without accounts, the key)
 // that served an attempt. A learned limit applies where the config sets
 // none and the smaller wins where both exist; after each answer a bucket
-// is never above what the provider reported remaining, less what this
-// gateway admitted since the call was sent; and the refill rate adapts as
+// is never above what the provider can have left (remainingNow: its
+// reported remaining, read as taken at the call's arrival or at its
+// answer, whichever leaves more); and the refill rate adapts as
 // TCP's congestion window does, so that gateways sharing one account
 // without a shared store converge on shares that add up to its quota.
 
