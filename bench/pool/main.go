@@ -3,35 +3,48 @@
 // runs it as child processes in front of an in-process mock OpenAI
 // provider on loopback, offers three times the provider's quota open loop
 // (requests launched on schedule, whatever the earlier ones got, at most
-// -conns in flight per gateway) and prints what the clients and the
-// provider saw, with PASS/FAIL checks.
+// -conns in flight per gateway on top of the calls the latency holds) and
+// prints what the clients and the provider saw, with PASS/FAIL checks.
 //
 // The mock provider knows its accounts by `Authorization: Bearer <token>`
 // (401 otherwise), enforces each one's RPM as a token bucket (capacity
 // -rpm, refilled continuously, full at first use), answers chat
-// completions with a usage block after 20–40 ms, and sends OpenAI's
-// x-ratelimit-{limit,remaining,reset}-requests on every answer, with
-// retry-after-ms and an OpenAI error body on a 429.
+// completions with a usage block after -latency plus 20–40 ms, and sends
+// OpenAI's x-ratelimit-{limit,remaining,reset}-requests on every answer,
+// with retry-after-ms and an OpenAI error body on a 429, which it answers
+// at once. The remaining it reports is taken when the call arrives
+// (-remaining arrival, as most providers do) or when it answers
+// (-remaining answer).
 //
 // Scenarios:
 //
-//	pool     two accounts of -rpm each as `upstream a { rpm R header_up ... }`
-//	         and b, offered 6R a minute from -keys client keys through one
-//	         gateway. Checks: ≥ 95 % of 2R×duration served upstream, each
-//	         account ≥ 40 % of the successes, upstream 429s ≤ 1 % of the
-//	         upstream calls, no provider 429 reaching a client.
-//	learned  one account of -rpm that only its headers tell (no rpm in the
-//	         config, learn_limits on), two gateway processes with no shared
-//	         store, each offered 1.5R a minute. Checks: ≥ 90 % of R×duration
-//	         served, upstream 429s ≤ 2 %. Then the same with learn_limits off,
-//	         as the control (figures only).
+//	pool        two accounts of -rpm each as `upstream a { rpm R header_up ... }`
+//	            and b, offered 6R a minute from -keys client keys through one
+//	            gateway. Checks: ≥ 95 % of 2R×duration served upstream, each
+//	            account ≥ 40 % of the successes, upstream 429s ≤ 1 % of the
+//	            upstream calls, no provider 429 reaching a client.
+//	configured  one account configured at its true quota (`rpm R`), one
+//	            gateway offered 3R, learn_limits on and then off. Checks: on
+//	            ≥ 97 % of R×duration served and no more than 1 point below
+//	            off; no provider 429 reaching a client.
+//	learned     one account of -rpm that only its headers tell (no rpm in the
+//	            config, learn_limits on), two gateway processes with no shared
+//	            store, each offered 1.5R a minute. Checks: ≥ 90 % of R×duration
+//	            served, upstream 429s ≤ 2 %. Then the same with learn_limits off,
+//	            as the control (figures only).
 //
-// Both buckets start full, so each scenario first runs a warm-up (by
-// default the time the offered load takes to drain the full buckets, + 5s)
-// and measures after it: the window counts requests by the time they were
-// sent (clients) or arrived (provider).
+// With -table it runs, instead, the configured and learned scenarios at
+// every -latencies, with the remaining taken at arrival and at the answer,
+// learn_limits on and off, -parallel runs at a time (each with its own
+// provider and Caddy children), and prints one Markdown table.
 //
-//	go run ./bench/pool [-scenario pool|learned|all] [-duration 60s] [-rpm 600] [-conns 64]
+// The buckets start full, so each run first runs a warm-up (by default
+// the time the offered load takes to drain the full buckets, + the
+// latency + 5s) and measures after it: the window counts requests by the
+// time they were sent (clients) or arrived (provider).
+//
+//	go run ./bench/pool [-scenario pool|configured|learned|all] [-duration 60s] [-rpm 600] [-conns 64] [-latency 0s] [-remaining arrival|answer]
+//	go run ./bench/pool -table [-latencies 0s,10s,30s,60s,120s] [-parallel 0] [-rpm 600] [-duration 60s]
 //
 // It exits non-zero only on a setup error; a failed check prints FAIL.
 package main
@@ -56,7 +69,12 @@ var (
 	conns    = flag.Int("conns", 64, "most requests in flight per gateway; a launch beyond it is skipped and counted")
 	keys     = flag.Int("keys", 8, "client keys per gateway")
 	maxWait  = flag.Duration("max-wait", 2*time.Second, "llm_ratelimit max_wait")
-	warmup   = flag.Duration("warmup", 0, "time before measuring; 0: the time the offered load takes to drain the full buckets, + 5s")
+	warmup   = flag.Duration("warmup", 0, "time before measuring; 0: the time the offered load takes to drain the full buckets, + the latency + 5s")
+	latency  = flag.Duration("latency", 0, "how long the provider holds each answer it accepts (plus 20–40 ms); a 429 is answered at once")
+	remAt    = flag.String("remaining", "arrival", "when the provider takes the remaining it reports: arrival (most providers) or answer")
+	table    = flag.Bool("table", false, "run the latency table instead of -scenario: -latencies × learn_limits on/off × remaining at arrival/answer × {configured, learned}, -parallel at a time")
+	lats     = flag.String("latencies", "0s,10s,30s,60s,120s", "the latency table's latencies")
+	parallel = flag.Int("parallel", 0, "latency table runs at once; 0: all of them")
 )
 
 const retryBlock = `		retry {
@@ -77,6 +95,9 @@ type setup struct {
 	accounts   map[string]string // bearer token → account name
 	gateways   []string          // llm_ratelimit blocks, one per process
 	perGateway float64           // requests a minute offered to each
+	latency    time.Duration     // the provider's hold on each answer it accepts
+	answerTime bool              // the provider reports remaining at the answer
+	quiet      bool              // print nothing (a latency table run)
 }
 
 type result struct {
@@ -91,11 +112,14 @@ type result struct {
 func main() {
 	flag.Parse()
 	switch {
-	case *scenario != "pool" && *scenario != "learned" && *scenario != "all":
-		check(fmt.Errorf("-scenario: want pool, learned or all, got %q", *scenario))
-	case *rpm < 6 || *duration <= 0 || *conns < 1 || *keys < 1 || *maxWait <= 0 || *warmup < 0:
-		check(fmt.Errorf("want -rpm ≥ 6, -duration > 0, -conns ≥ 1, -keys ≥ 1, -max-wait > 0, -warmup ≥ 0"))
+	case *scenario != "pool" && *scenario != "learned" && *scenario != "configured" && *scenario != "all":
+		check(fmt.Errorf("-scenario: want pool, learned, configured or all, got %q", *scenario))
+	case *rpm < 6 || *duration <= 0 || *conns < 1 || *keys < 1 || *maxWait <= 0 || *warmup < 0 || *latency < 0 || *parallel < 0:
+		check(fmt.Errorf("want -rpm ≥ 6, -duration > 0, -conns ≥ 1, -keys ≥ 1, -max-wait > 0, -warmup ≥ 0, -latency ≥ 0, -parallel ≥ 0"))
+	case *remAt != "arrival" && *remAt != "answer":
+		check(fmt.Errorf("-remaining: want arrival or answer, got %q", *remAt))
 	}
+	latencies := parseLatencies(*lats)
 	onSignal()
 	dir, err := os.MkdirTemp("", "llm-pool-")
 	check(err)
@@ -105,9 +129,16 @@ func main() {
 	defer cleanup()
 	bin := build(dir)
 
+	if *table {
+		latencyTable(bin, dir, latencies)
+		return
+	}
 	var summaries []string
 	if *scenario == "pool" || *scenario == "all" {
 		summaries = append(summaries, poolScenario(bin, dir))
+	}
+	if *scenario == "configured" || *scenario == "all" {
+		summaries = append(summaries, configuredScenario(bin, dir)...)
 	}
 	if *scenario == "learned" || *scenario == "all" {
 		summaries = append(summaries, learnedScenario(bin, dir)...)
@@ -142,6 +173,8 @@ func poolScenario(bin, dir string) string {
 		accounts:   map[string]string{"sk-acct-a": "a", "sk-acct-b": "b"},
 		gateways:   []string{limitsBlock("pool", account("a", "sk-acct-a", lim)+"\n"+account("b", "sk-acct-b", lim))},
 		perGateway: float64(6 * R),
+		latency:    *latency,
+		answerTime: *remAt == "answer",
 	}
 	s.title = fmt.Sprintf("pool: accounts a and b of %d RPM each, one gateway offered %d/min (3× the pool) from %d keys", R, 6*R, *keys)
 	o, skipped := run(bin, dir, s)
@@ -177,6 +210,8 @@ func learnedScenario(bin, dir string) []string {
 			accounts:   map[string]string{"sk-acct-a": "acct"},
 			gateways:   []string{block, block},
 			perGateway: 1.5 * float64(R),
+			latency:    *latency,
+			answerTime: *remAt == "answer",
 		}
 		label := "learned"
 		if mode == "off" {
@@ -213,7 +248,7 @@ func learnedScenario(bin, dir string) []string {
 // warm-up and the measured window, and stops them. A non-empty skipped
 // says why the scenario could not run on this build.
 func run(bin, dir string, s setup) (o *result, skipped string) {
-	prov := newProvider(*rpm, s.accounts)
+	prov := newProvider(*rpm, s.accounts, s.latency, s.answerTime)
 	pl, err := net.Listen("tcp", "127.0.0.1:0")
 	check(err)
 	srv := &http.Server{Handler: prov, ReadHeaderTimeout: 10 * time.Second}
@@ -240,10 +275,16 @@ func run(bin, dir string, s setup) (o *result, skipped string) {
 	offered := s.perGateway * float64(len(gws))
 	warm := *warmup
 	if warm == 0 {
-		warm = time.Duration(quotaPerMin/(offered-quotaPerMin)*float64(time.Minute)) + 5*time.Second
+		warm = time.Duration(quotaPerMin/(offered-quotaPerMin)*float64(time.Minute)) + s.latency + 5*time.Second
 	}
-	fmt.Printf("\n== %s\n", s.title)
-	fmt.Printf("max_wait %v, -conns %d per gateway, %v warm-up then %v measured ...\n", *maxWait, *conns, warm.Round(time.Second), *duration)
+	// Calls the provider holds are in flight for the latency: -conns is
+	// on top of them.
+	inflight := *conns + int(s.perGateway/60*s.latency.Seconds()*1.2)
+	if !s.quiet {
+		fmt.Printf("\n== %s\n", s.title)
+		fmt.Printf("max_wait %v, -conns %d per gateway (%d with the calls the latency holds), provider latency %v, remaining taken at %s, %v warm-up then %v measured ...\n",
+			*maxWait, *conns, inflight, s.latency, arrivalOrAnswer(s.answerTime), warm.Round(time.Second), *duration)
+	}
 	t0 := time.Now().Add(100 * time.Millisecond)
 	from, to := t0.Add(warm), t0.Add(warm+*duration)
 	prov.window(from, to)
@@ -254,7 +295,7 @@ func run(bin, dir string, s setup) (o *result, skipped string) {
 			ks[k] = fmt.Sprintf("sk-client-%s-gw%d-%02d", s.name, i+1, k)
 		}
 		go func() {
-			tallies <- load(gw, ks, s.perGateway, *conns, t0, from, to, *maxWait+retryMaxTotal+10*time.Second)
+			tallies <- load(gw, ks, s.perGateway, inflight, t0, from, to, *maxWait+retryMaxTotal+10*time.Second+s.latency*5/4)
 		}()
 	}
 	t := newTally()
@@ -264,6 +305,7 @@ func run(bin, dir string, s setup) (o *result, skipped string) {
 	for _, gw := range gws {
 		select {
 		case <-gw.done:
+			fmt.Printf("%s: ", s.name)
 			fmt.Printf("WARNING: %s exited during the run (%v); the figures are not valid\n", gw.name, gw.cmd.ProcessState)
 		default:
 		}

@@ -45,8 +45,7 @@ func (c *credential) take(now time.Time, rpm float64) (ok bool, remaining float6
 	if c.at.IsZero() {
 		c.level, c.at = rpm, now
 	}
-	c.level = math.Min(rpm, c.level+now.Sub(c.at).Seconds()*perSec)
-	c.at = now
+	c.refill(now, rpm)
 	if c.level >= 1 {
 		c.level--
 		ok = true
@@ -57,20 +56,39 @@ func (c *credential) take(now time.Time, rpm float64) (ok bool, remaining float6
 	return ok, c.level, full, wait
 }
 
+// refill brings the bucket up to now. c.mu is held.
+func (c *credential) refill(now time.Time, rpm float64) {
+	c.level = math.Min(rpm, c.level+now.Sub(c.at).Seconds()*rpm/60)
+	c.at = now
+}
+
+// levelAt is the bucket's level at now, for an answer-time remaining.
+func (c *credential) levelAt(now time.Time, rpm float64) float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.refill(now, rpm)
+	return c.level
+}
+
 // provider is an OpenAI-like chat-completions endpoint that knows a few
 // accounts by their bearer tokens and enforces each one's RPM. It says
 // each account's state in OpenAI's x-ratelimit-* headers on every answer.
 type provider struct {
-	rpm      float64
-	creds    map[string]*credential // by bearer token; fixed before serving
-	latency  [2]time.Duration       // a 200 takes between these
-	from, to atomic.Int64           // the measured window, unix ns
-	unknown  atomic.Int64           // requests with a token it does not know
+	rpm     float64
+	creds   map[string]*credential // by bearer token; fixed before serving
+	latency [2]time.Duration       // a 200 takes between these
+	// answerTime: x-ratelimit-remaining-requests is the level when the
+	// answer is written, as some providers report it; otherwise the level
+	// after the call was counted at its arrival, as most do.
+	answerTime bool
+	from, to   atomic.Int64 // the measured window, unix ns
+	unknown    atomic.Int64 // requests with a token it does not know
 }
 
-func newProvider(rpm int, accounts map[string]string) *provider {
-	p := &provider{rpm: float64(rpm), creds: map[string]*credential{},
-		latency: [2]time.Duration{20 * time.Millisecond, 40 * time.Millisecond}}
+// newProvider answers a 200 after latency plus 20–40 ms (a 429 at once).
+func newProvider(rpm int, accounts map[string]string, latency time.Duration, answerTime bool) *provider {
+	p := &provider{rpm: float64(rpm), creds: map[string]*credential{}, answerTime: answerTime,
+		latency: [2]time.Duration{latency + 20*time.Millisecond, latency + 40*time.Millisecond}}
 	for token, name := range accounts {
 		p.creds[token] = &credential{name: name}
 	}
@@ -101,9 +119,9 @@ func (p *provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ok, remaining, full, wait := c.take(now, p.rpm)
 	in := now.UnixNano() >= p.from.Load() && now.UnixNano() < p.to.Load()
 	h.Set("x-ratelimit-limit-requests", strconv.Itoa(int(p.rpm)))
-	h.Set("x-ratelimit-remaining-requests", strconv.Itoa(int(math.Floor(remaining))))
-	h.Set("x-ratelimit-reset-requests", full.Round(time.Millisecond).String())
 	if !ok {
+		h.Set("x-ratelimit-remaining-requests", strconv.Itoa(int(math.Floor(remaining))))
+		h.Set("x-ratelimit-reset-requests", full.Round(time.Millisecond).String())
 		c.limited.Add(1)
 		if in {
 			c.limitedIn.Add(1)
@@ -126,5 +144,11 @@ func (p *provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case <-r.Context().Done():
 		return
 	}
+	if p.answerTime {
+		remaining = c.levelAt(time.Now(), p.rpm)
+		full = time.Duration((p.rpm - remaining) / (p.rpm / 60) * float64(time.Second))
+	}
+	h.Set("x-ratelimit-remaining-requests", strconv.Itoa(int(math.Floor(remaining))))
+	h.Set("x-ratelimit-reset-requests", full.Round(time.Millisecond).String())
 	_, _ = io.WriteString(w, answer)
 }
