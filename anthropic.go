@@ -24,9 +24,14 @@ func (anthropicDialect) matchPath(path string) bool {
 	return strings.HasSuffix(strings.TrimSuffix(path, "/"), "/v1/messages")
 }
 
-// apiKey: Anthropic's clients send x-api-key, which the handler reads for
-// every format.
-func (anthropicDialect) apiKey(*http.Request) string { return "" }
+// anthropicCredentials: Anthropic's clients send x-api-key, or a bearer
+// token (OAuth); the bearer token is tried first.
+var anthropicCredentials = []credential{
+	{header: "X-Api-Key", rank: 10},
+	{header: "Authorization", bearer: true, rank: 0},
+}
+
+func (anthropicDialect) credentials() []credential { return anthropicCredentials }
 
 // anthropicImageTokens is what an image costs, by formula, never by the
 // size of its data.

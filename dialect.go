@@ -21,9 +21,12 @@ type dialect interface {
 	// matchPath tells whether a POST to this URL path speaks the format
 	// (`format auto`).
 	matchPath(path string) bool
-	// apiKey is the caller's key where the format's clients send it besides
-	// the bearer token and x-api-key (tried after those); "" for none.
-	apiKey(r *http.Request) string
+	// credentials are every place where the format's clients put their
+	// API key. Together, over every dialect, they are the one list that
+	// the default key lookup, the removal of a client's key before an
+	// account's own goes upstream, and the 401 message read
+	// (credentials.go).
+	credentials() []credential
 
 	// parse reads the request body's top-level object at s.pos into info
 	// and returns the text it counted. path is the URL path (some formats
@@ -77,6 +80,7 @@ var dialects []dialect
 func registerDialect(d dialect) {
 	dialects = append(dialects, d)
 	sort.Slice(dialects, func(i, j int) bool { return dialects[i].name() < dialects[j].name() })
+	addCredentials(d.name(), d.credentials())
 }
 
 // dialectNamed is the registered dialect of this name, or nil.
@@ -87,6 +91,22 @@ func dialectNamed(name string) dialect {
 		}
 	}
 	return nil
+}
+
+// credential is one place where a format's clients put their API key: a
+// request header, or a parameter of the URL's query.
+type credential struct {
+	// header is the header's canonical name; "" for a query parameter.
+	header string
+	// bearer: the header holds "Bearer <key>", the scheme matched
+	// case-insensitively; another scheme or an empty token is no key.
+	bearer bool
+	// query names the query parameter that holds the key; "" for a header.
+	query string
+	// rank orders the default key lookup over every dialect's places:
+	// lower is tried first. A place that several dialects name has the
+	// same rank in each.
+	rank int
 }
 
 // fallbackDialect shapes the handler's own answers to requests that no

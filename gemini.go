@@ -48,16 +48,15 @@ func (geminiDialect) matchPath(path string) bool {
 	return ok && (method == "generateContent" || method == "streamGenerateContent")
 }
 
-// apiKey: Google's clients send x-goog-api-key, or ?key= in the URL.
-func (geminiDialect) apiKey(r *http.Request) string {
-	if k := strings.TrimSpace(r.Header.Get("X-Goog-Api-Key")); k != "" {
-		return k
-	}
-	if r.URL != nil && strings.Contains(r.URL.RawQuery, "key=") {
-		return strings.TrimSpace(r.URL.Query().Get("key"))
-	}
-	return ""
+// geminiCredentials: Google's clients send x-goog-api-key, or ?key= in
+// the URL; Vertex AI's send a bearer token (tried first).
+var geminiCredentials = []credential{
+	{header: "X-Goog-Api-Key", rank: 20},
+	{query: "key", rank: 30},
+	{header: "Authorization", bearer: true, rank: 0},
 }
+
+func (geminiDialect) credentials() []credential { return geminiCredentials }
 
 // geminiFileTokens is what an inlineData or fileData part (an image, a
 // page, a clip) costs when no model block says.

@@ -28,8 +28,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	key := h.keyOf(r)
 	if key == "" {
 		drainBody(r)
-		return h.reply(w, d, &apiError{kind: errUnauthorized,
-			msg: "Missing API key: send it as 'Authorization: Bearer <key>', or in the header your SDK uses (x-api-key, x-goog-api-key)."}, outcomeUnauthorized)
+		return h.reply(w, d, &apiError{kind: errUnauthorized, msg: missingKeyMessage}, outcomeUnauthorized)
 	}
 	kh := hashKey(key)
 	tier, known := h.keys[kh]
@@ -53,7 +52,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// 5. Admission, over the accounts that serve the model.
 	accts := h.accountsFor(req.info.Model)
-	if h.pool && len(accts) == 0 {
+	if len(h.accounts) > 0 && len(accts) == 0 {
 		return h.reply(w, d, &apiError{kind: errModelNotFound,
 			msg: "The model `" + req.info.Model + "` does not exist or no provider account of this gateway serves it."}, outcomeInvalid)
 	}
@@ -218,7 +217,7 @@ func (h *Handler) decisionFields(kh keyHash, tier string, info *requestInfo, d d
 }
 
 // keyOf is the caller's key: the key template's value, or by default the
-// bearer token, else x-api-key.
+// first credential place that holds one (credentials.go).
 func (h *Handler) keyOf(r *http.Request) string {
 	if h.Key == "" {
 		return defaultKey(r)

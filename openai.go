@@ -29,8 +29,14 @@ func (openAIDialect) matchPath(path string) bool {
 		strings.HasSuffix(path, "/v1/embeddings")
 }
 
-// apiKey: OpenAI's clients send the key as a bearer token only.
-func (openAIDialect) apiKey(*http.Request) string { return "" }
+// openAICredentials: OpenAI's clients send a bearer token; Azure
+// OpenAI's send the key in api-key (tried after every other place).
+var openAICredentials = []credential{
+	{header: "Authorization", bearer: true, rank: 0},
+	{header: "Api-Key", rank: 40},
+}
+
+func (openAIDialect) credentials() []credential { return openAICredentials }
 
 // Image costs by formula, never by the size of their data.
 const (
