@@ -46,7 +46,7 @@ func (anthropicDialect) parse(s *jsonScanner, tc *textCounter, _ string, info *r
 }
 
 // prepare: Anthropic streams always carry their usage.
-func (anthropicDialect) prepare(_ string, body []byte, _ *requestInfo) ([]byte, bool) {
+func (anthropicDialect) prepare(_, _ string, body []byte, _ *requestInfo) ([]byte, bool) {
 	return body, false
 }
 

@@ -38,7 +38,9 @@ type dialect interface {
 	// prepare may rewrite the body before it is forwarded (to ask a stream
 	// for its usage); strip says that the usage-only event the rewrite
 	// adds must be taken out of the stream again (isAddedUsageEvent).
-	prepare(path string, body []byte, info *requestInfo) (out []byte, strip bool)
+	// query is the URL's raw query (some servers accept the rewrite only
+	// from an API version on).
+	prepare(path, query string, body []byte, info *requestInfo) (out []byte, strip bool)
 	// isAddedUsageEvent tells the stream event that prepare's rewrite
 	// added.
 	isAddedUsageEvent(event []byte) bool

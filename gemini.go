@@ -273,7 +273,7 @@ var (
 )
 
 // prepare: Gemini streams always carry their usage.
-func (geminiDialect) prepare(_ string, body []byte, _ *requestInfo) ([]byte, bool) {
+func (geminiDialect) prepare(_, _ string, body []byte, _ *requestInfo) ([]byte, bool) {
 	return body, false
 }
 

@@ -164,7 +164,7 @@ func (h *Handler) readAndEstimate(r *http.Request, d dialect, x *exchange) error
 			return &apiError{kind: errInvalid, msg: "Invalid request body: " + err.Error()}
 		}
 		req.parsed = d
-		req.body, req.strip = d.prepare(r.URL.Path, body, &req.info)
+		req.body, req.strip = d.prepare(r.URL.Path, r.URL.RawQuery, body, &req.info)
 		x.replay(r, req.body)
 		req.canRetry = true
 		// The usage in the response must be readable; an encode directive
