@@ -24,6 +24,12 @@ func (anthropicDialect) matchPath(path string) bool {
 	return strings.HasSuffix(strings.TrimSuffix(path, "/"), "/v1/messages")
 }
 
+// ownsPath: the Messages API's other endpoints (/v1/messages/count_tokens,
+// /v1/messages/batches…) and the legacy /v1/complete.
+func (anthropicDialect) ownsPath(path string) bool {
+	return strings.Contains(path, "/v1/messages/") || strings.HasSuffix(strings.TrimSuffix(path, "/"), "/v1/complete")
+}
+
 // anthropicCredentials: Anthropic's clients send x-api-key, or a bearer
 // token (OAuth); the bearer token is tried first.
 var anthropicCredentials = []credential{

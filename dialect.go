@@ -14,13 +14,18 @@ import (
 //
 // A request whose path no dialect claims (under `format auto`) has no
 // dialect: it costs 1 request and 0 tokens, and the handler's own answers
-// take the fallback dialect's shape.
+// take the shape of the dialect whose family of paths it belongs to
+// (ownsPath), else the fallback dialect's.
 type dialect interface {
 	// name is the format's name in the config: "openai".
 	name() string
 	// matchPath tells whether a POST to this URL path speaks the format
 	// (`format auto`).
 	matchPath(path string) bool
+	// ownsPath tells a path of the provider's API that the dialect does
+	// not parse (Gemini's :countTokens, Anthropic's count_tokens): the
+	// handler's own answers to it take the format's shape and headers.
+	ownsPath(path string) bool
 	// credentials are every place where the format's clients put their
 	// API key. Together, over every dialect, they are the one list that
 	// the default key lookup, the removal of a client's key before an
@@ -112,7 +117,7 @@ type credential struct {
 }
 
 // fallbackDialect shapes the handler's own answers to requests that no
-// dialect claims.
+// dialect parses or owns.
 const fallbackDialect = "openai"
 
 // dialectNames lists the formats `format` accepts besides auto.
@@ -133,6 +138,19 @@ func dialectForPath(path string) dialect {
 		}
 	}
 	return nil
+}
+
+// shapeForPath is the dialect whose error shape and rate-limit headers
+// the handler's own answers take on a path that no dialect parses (SPEC
+// "Azure OpenAI paths"): the dialect whose family the path belongs to,
+// else the fallback. (A zone with a format answers in its own.)
+func shapeForPath(path string) dialect {
+	for _, d := range dialects {
+		if d.ownsPath(path) {
+			return d
+		}
+	}
+	return dialectNamed(fallbackDialect)
 }
 
 // requestInfo is what the estimator learns from one request body. It holds

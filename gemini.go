@@ -48,6 +48,13 @@ func (geminiDialect) matchPath(path string) bool {
 	return ok && (method == "generateContent" || method == "streamGenerateContent")
 }
 
+// ownsPath: every other method on a model (:countTokens, :embedContent,
+// :batchGenerateContent…) and every path of the v1beta API.
+func (geminiDialect) ownsPath(path string) bool {
+	_, _, ok := geminiMethod(path)
+	return ok || strings.Contains(path, "/v1beta/") || strings.HasSuffix(path, "/v1beta")
+}
+
 // geminiCredentials: Google's clients send x-goog-api-key, or ?key= in
 // the URL; Vertex AI's send a bearer token (tried first).
 var geminiCredentials = []credential{

@@ -19,9 +19,14 @@ import (
 // ServeHTTP follows SPEC's request flow: key → body → estimate → context
 // check → admit → forward → settle → release.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	d := h.dialect
+	// parse reads the body; d shapes the handler's own answers and headers.
+	parse := h.dialect
+	if parse == nil {
+		parse = dialectForPath(r.URL.Path)
+	}
+	d := parse
 	if d == nil {
-		d = dialectForPath(r.URL.Path)
+		d = shapeForPath(r.URL.Path)
 	}
 
 	// 1. Key.
@@ -42,7 +47,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	x := new(exchange)
 	defer x.done()
 	req := &x.req
-	if err := h.readAndEstimate(r, d, x); err != nil {
+	if err := h.readAndEstimate(r, parse, x); err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) {
 			return h.reply(w, d, ae, outcomeInvalid)

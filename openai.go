@@ -76,6 +76,13 @@ func openAIRoute(path string) (ep int, deployment string, known bool) {
 	return openAINone, "", false
 }
 
+// ownsPath: Azure OpenAI's other paths (/openai/deployments/<d>/images/…,
+// /openai/models…). Any path that no dialect owns takes OpenAI's shape too
+// (fallbackDialect).
+func (openAIDialect) ownsPath(path string) bool {
+	return strings.HasPrefix(path, "/openai/") || strings.Contains(path, "/openai/deployments/")
+}
+
 // openAICredentials: OpenAI's clients send a bearer token; Azure
 // OpenAI's send the key in api-key (tried after every other place).
 var openAICredentials = []credential{
