@@ -171,6 +171,20 @@ func TestUnnamedUpstreamBlockSendsItsCredentialsAndLimits(t *testing.T) {
 	}
 }
 
+// The unnamed block's models are the only ones it serves: another is 404,
+// as for a pool.
+func TestUnnamedUpstreamBlockServesOnlyItsModels(t *testing.T) {
+	mustLoad(t, "zone unnamed_models\nupstream {\n\tmodels gpt-4o*\n\tpriority 3\n}")
+	setUpstream(t, providerAnswer)
+	if r := send(t, "/v1/chat/completions", "sk-models-1", chatBody); r.status != 200 {
+		t.Fatalf("gpt-4o: %d %s", r.status, r.body)
+	}
+	r := send(t, "/v1/messages", "sk-models-1", messagesBody)
+	if e := r.errorBody(t); r.status != 404 || e.Error.Type != "not_found_error" {
+		t.Fatalf("claude-sonnet-4-5: %d %s, want 404 not_found_error", r.status, r.body)
+	}
+}
+
 // The unnamed block's subdirectives land in the JSON config's upstream.
 func TestUnnamedUpstreamBlockAdaptsToJSON(t *testing.T) {
 	out, err := adaptCaddyfileForTest(`:8080 {

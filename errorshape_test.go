@@ -57,6 +57,7 @@ func TestUnparsedPathsAnswerInTheirFamilysShape(t *testing.T) {
 		{"", "/v1/complete", "anthropic"},
 		{"", "/openai/deployments/dall-e-3/images/generations?api-version=2024-10-21", "openai"},
 		{"", "/v1/models", "openai"},
+		{"", "/v1beta/openai/chat/completions", "openai"},
 		{"", "/health", "openai"},
 		{"anthropic", geminiModelPath + ":countTokens", "anthropic"},
 		{"gemini", "/v1/models", "google"},

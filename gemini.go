@@ -49,8 +49,13 @@ func (geminiDialect) matchPath(path string) bool {
 }
 
 // ownsPath: every other method on a model (:countTokens, :embedContent,
-// :batchGenerateContent…) and every path of the v1beta API.
+// :batchGenerateContent…) and every path of the v1beta API, except its
+// OpenAI-compatible endpoints (/v1beta/openai/…), whose clients are
+// OpenAI's SDKs.
 func (geminiDialect) ownsPath(path string) bool {
+	if strings.Contains(path, "/openai/") {
+		return false
+	}
 	_, _, ok := geminiMethod(path)
 	return ok || strings.Contains(path, "/v1beta/") || strings.HasSuffix(path, "/v1beta")
 }
