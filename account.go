@@ -3,6 +3,7 @@ package llmratelimit
 import (
 	"net/http"
 	"path"
+	"sort"
 	"strings"
 	"time"
 
@@ -16,24 +17,28 @@ import (
 // as the key's buckets (zone.admit); an account that answers 429 cools
 // down and the retry moves to another one at once (ticket.failover).
 
-// Account is one provider account of a pool (a named upstream block).
+// Account is one provider account: the unnamed upstream block (the single
+// account), or a named one of a pool.
 type Account struct {
-	// Name identifies the account: in {vars.llm_upstream}, the
+	// Name identifies an account of a pool: in {vars.llm_upstream}, the
 	// x-llm-ratelimit-upstream response header, the stats and the metrics.
-	Name string `json:"name"`
+	// The unnamed block has none (it is "default" there).
+	Name string `json:"name,omitempty"`
 	// The account's quota at the provider; a limit left out has no bucket.
 	Limits
 	// HeaderUp sets request headers on every attempt this account serves;
-	// placeholders work ({env.OPENAI_KEY_1}). When it sets Authorization,
-	// x-api-key or api-key (Azure), the client's own Authorization,
-	// x-api-key, x-goog-api-key and api-key headers and ?key= are removed
-	// first: a client's gateway key never reaches the provider.
+	// placeholders work ({env.OPENAI_KEY_1}). When it sets a credential
+	// header of any format (Authorization, x-api-key, x-goog-api-key,
+	// api-key), every client credential of every format is removed first,
+	// headers and the key query parameter: a client's gateway key never
+	// reaches the provider.
 	HeaderUp map[string]string `json:"header_up,omitempty"`
-	// Models are the models this account serves, as path.Match globs.
+	// Models are the models this account serves, as path.Match globs; a
+	// request for a model that no account serves is answered 404.
 	// Default: every model.
 	Models []string `json:"models,omitempty"`
-	// Priority orders the accounts that can take a request: lower goes
-	// first. Default 0.
+	// Priority orders the accounts of a pool that can take a request:
+	// lower goes first. Default 0; no effect on the unnamed block.
 	Priority int `json:"priority,omitempty"`
 }
 
@@ -49,7 +54,7 @@ type accountCfg struct {
 	priority int
 	idx      int  // config order, the last tie-breaker
 	pool     bool // a named account: chosen, cooled down, routed
-	creds    bool // header_up sets Authorization or x-api-key
+	creds    bool // header_up sets a credential header: the client's are removed
 	headers  []headerUp
 	calls    *callCounters // upstream_calls_total of this account
 	nameVar  any           // name, as {vars.llm_upstream} holds it (no conversion per request)
@@ -68,21 +73,16 @@ type headerUp struct {
 func (h *Handler) provisionAccounts() {
 	h.accounts = nil
 	h.defaultCalls = &callCounters{zone: h.Zone, account: defaultAccount}
-	if h.Upstream != nil {
-		h.accounts = append(h.accounts, &accountCfg{name: defaultAccount, lim: *h.Upstream, calls: h.defaultCalls})
-	}
 	global := caddy.NewReplacer() // {env.*} and other global placeholders
+	if h.Upstream != nil {
+		ac := &accountCfg{name: defaultAccount, lim: h.Upstream.Limits, models: h.Upstream.Models, calls: h.defaultCalls}
+		ac.setHeaders(h.Upstream.HeaderUp, global)
+		h.accounts = append(h.accounts, ac)
+	}
 	for i, a := range h.Upstreams {
 		ac := &accountCfg{name: a.Name, lim: a.Limits, models: a.Models, priority: a.Priority, idx: i, pool: true,
 			calls: &callCounters{zone: h.Zone, account: a.Name}}
-		for field, value := range a.HeaderUp {
-			field = http.CanonicalHeaderKey(field)
-			v := global.ReplaceKnown(value, "")
-			ac.headers = append(ac.headers, headerUp{field: field, value: v, dynamic: strings.Contains(v, "{")})
-			if field == "Authorization" || field == "X-Api-Key" || field == "Api-Key" {
-				ac.creds = true
-			}
-		}
+		ac.setHeaders(a.HeaderUp, global)
 		h.accounts = append(h.accounts, ac)
 	}
 	for _, ac := range h.accounts {
@@ -93,6 +93,20 @@ func (h *Handler) provisionAccounts() {
 	if h.pool {
 		h.acctFields = accountFields(h.accounts)
 	}
+}
+
+// setHeaders resolves an account's header_up as far as it can be before a
+// request (global placeholders such as {env.*}); an account that sets a
+// credential header of any dialect brings its own credentials.
+func (ac *accountCfg) setHeaders(fields map[string]string, global *caddy.Replacer) {
+	for field, value := range fields {
+		field = http.CanonicalHeaderKey(field)
+		v := global.ReplaceKnown(value, "")
+		ac.headers = append(ac.headers, headerUp{field: field, value: v, dynamic: strings.Contains(v, "{")})
+		ac.creds = ac.creds || isCredentialHeader(field)
+	}
+	// Map order is random: apply them in one order on every attempt.
+	sort.Slice(ac.headers, func(i, j int) bool { return ac.headers[i].field < ac.headers[j].field })
 }
 
 // serves tells whether the account serves a model; a request that names
@@ -113,9 +127,9 @@ func (ac *accountCfg) serves(model string) bool {
 }
 
 // accountsFor is the accounts that serve a model, in config order; nil
-// without any account, and empty (not nil) when a pool has none for it.
+// without any account, and empty (not nil) when none serves it.
 func (h *Handler) accountsFor(model string) []*accountCfg {
-	if len(h.accounts) == 0 || !h.pool {
+	if len(h.accounts) == 0 {
 		return h.accounts
 	}
 	n := 0
@@ -136,10 +150,6 @@ func (h *Handler) accountsFor(model string) []*accountCfg {
 	return out
 }
 
-// credentialHeaders are the client's own credentials, removed when an
-// account brings its own.
-var credentialHeaders = [...]string{"Authorization", "X-Api-Key", "X-Goog-Api-Key", "Api-Key"}
-
 // applyAccount prepares the request for an attempt served by ac: the
 // account's name in {vars.llm_upstream} (matchers run again on every
 // attempt), the client's credentials removed when the account brings its
@@ -147,16 +157,7 @@ var credentialHeaders = [...]string{"Authorization", "X-Api-Key", "X-Goog-Api-Ke
 func applyAccount(r *http.Request, x *exchange, ac *accountCfg) {
 	caddyhttp.SetVar(r.Context(), "llm_upstream", ac.nameVar)
 	if ac.creds {
-		for _, f := range credentialHeaders {
-			delete(r.Header, f)
-		}
-		if r.URL != nil && strings.Contains(r.URL.RawQuery, "key=") {
-			q := r.URL.Query()
-			if q.Has("key") {
-				q.Del("key")
-				r.URL.RawQuery = q.Encode()
-			}
-		}
+		removeClientCredentials(r)
 	}
 	var repl *caddy.Replacer
 	for _, hu := range ac.headers {
@@ -208,7 +209,7 @@ func (s *savedHeaders) restore(r *http.Request) {
 
 // accountFields is every request field that some account may change.
 func accountFields(accts []*accountCfg) []string {
-	fields := append([]string(nil), credentialHeaders[:]...)
+	fields := credentialHeaders()
 	for _, ac := range accts {
 		for _, hu := range ac.headers {
 			dup := false

@@ -24,9 +24,20 @@ func (anthropicDialect) matchPath(path string) bool {
 	return strings.HasSuffix(strings.TrimSuffix(path, "/"), "/v1/messages")
 }
 
-// apiKey: Anthropic's clients send x-api-key, which the handler reads for
-// every format.
-func (anthropicDialect) apiKey(*http.Request) string { return "" }
+// ownsPath: the Messages API's other endpoints (/v1/messages/count_tokens,
+// /v1/messages/batches…) and the legacy /v1/complete.
+func (anthropicDialect) ownsPath(path string) bool {
+	return strings.Contains(path, "/v1/messages/") || strings.HasSuffix(strings.TrimSuffix(path, "/"), "/v1/complete")
+}
+
+// anthropicCredentials: Anthropic's clients send x-api-key, or a bearer
+// token (OAuth); the bearer token is tried first.
+var anthropicCredentials = []credential{
+	{header: "X-Api-Key", rank: 10},
+	{header: "Authorization", bearer: true, rank: 0},
+}
+
+func (anthropicDialect) credentials() []credential { return anthropicCredentials }
 
 // anthropicImageTokens is what an image costs, by formula, never by the
 // size of its data.
@@ -41,7 +52,7 @@ func (anthropicDialect) parse(s *jsonScanner, tc *textCounter, _ string, info *r
 }
 
 // prepare: Anthropic streams always carry their usage.
-func (anthropicDialect) prepare(_ string, body []byte, _ *requestInfo) ([]byte, bool) {
+func (anthropicDialect) prepare(_, _ string, body []byte, _ *requestInfo) ([]byte, bool) {
 	return body, false
 }
 

@@ -48,10 +48,7 @@ import (
 //		calibrate on|off
 //		headers on|off
 //		dry_run
-//		upstream {
-//			rpm <n>  tpm <n>  itpm <n>  otpm <n>  concurrent <n>
-//		}
-//		upstream <name> {                 # repeated: a pool of accounts
+//		upstream [<name>] {               # unnamed: the single account; named, repeated: a pool
 //			rpm <n>  tpm <n>  itpm <n>  otpm <n>  concurrent <n>
 //			header_up <field> <value>     # repeated
 //			models    <name|glob>...

@@ -102,8 +102,8 @@ func (h *Handler) parseRetry(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// parseUpstream reads "upstream { <limits> }"; the cursor is on
-// "upstream".
+// parseUpstream reads "upstream [<name>] { <account> }"; the cursor is on
+// "upstream". Both forms take the same subdirectives.
 func (h *Handler) parseUpstream(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		// The unnamed block: the single account.
@@ -113,11 +113,11 @@ func (h *Handler) parseUpstream(d *caddyfile.Dispenser) error {
 		if len(h.Upstreams) > 0 {
 			return d.Err("upstream: an unnamed block cannot be mixed with named upstream blocks (a pool): name every account")
 		}
-		var l Limits
-		if err := parseBlock(d, "upstream", limitSetters(d, "upstream", &l, "rpm", "tpm", "itpm", "otpm", "concurrent")); err != nil {
+		acct := new(Account)
+		if err := parseAccount(d, "upstream", acct); err != nil {
 			return err
 		}
-		h.Upstream = &l
+		h.Upstream = acct
 		return nil
 	}
 	name := d.Val()
@@ -135,8 +135,17 @@ func (h *Handler) parseUpstream(d *caddyfile.Dispenser) error {
 			return d.Errf("upstream %s: defined twice", name)
 		}
 	}
-	where := "upstream " + name
 	acct := Account{Name: name}
+	if err := parseAccount(d, "upstream "+name, &acct); err != nil {
+		return err
+	}
+	h.Upstreams = append(h.Upstreams, acct)
+	return nil
+}
+
+// parseAccount reads the block of an upstream line into acct: limits,
+// header_up (repeated), models and priority.
+func parseAccount(d *caddyfile.Dispenser, where string, acct *Account) error {
 	subs := limitSetters(d, where, &acct.Limits, "rpm", "tpm", "itpm", "otpm", "concurrent")
 	subs["header_up"] = func() error {
 		args := d.RemainingArgs()
@@ -177,11 +186,7 @@ func (h *Handler) parseUpstream(d *caddyfile.Dispenser) error {
 		acct.Priority = n
 		return nil
 	}
-	if err := parseBlock(d, where, subs, "header_up"); err != nil {
-		return err
-	}
-	h.Upstreams = append(h.Upstreams, acct)
-	return nil
+	return parseBlock(d, where, subs, "header_up")
 }
 
 // parseTier reads "tier <name> { <limits> }"; the cursor is on "tier".

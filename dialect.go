@@ -14,16 +14,24 @@ import (
 //
 // A request whose path no dialect claims (under `format auto`) has no
 // dialect: it costs 1 request and 0 tokens, and the handler's own answers
-// take the fallback dialect's shape.
+// take the shape of the dialect whose family of paths it belongs to
+// (ownsPath), else the fallback dialect's.
 type dialect interface {
 	// name is the format's name in the config: "openai".
 	name() string
 	// matchPath tells whether a POST to this URL path speaks the format
 	// (`format auto`).
 	matchPath(path string) bool
-	// apiKey is the caller's key where the format's clients send it besides
-	// the bearer token and x-api-key (tried after those); "" for none.
-	apiKey(r *http.Request) string
+	// ownsPath tells a path of the provider's API that the dialect does
+	// not parse (Gemini's :countTokens, Anthropic's count_tokens): the
+	// handler's own answers to it take the format's shape and headers.
+	ownsPath(path string) bool
+	// credentials are every place where the format's clients put their
+	// API key. Together, over every dialect, they are the one list that
+	// the default key lookup, the removal of a client's key before an
+	// account's own goes upstream, and the 401 message read
+	// (credentials.go).
+	credentials() []credential
 
 	// parse reads the request body's top-level object at s.pos into info
 	// and returns the text it counted. path is the URL path (some formats
@@ -35,7 +43,9 @@ type dialect interface {
 	// prepare may rewrite the body before it is forwarded (to ask a stream
 	// for its usage); strip says that the usage-only event the rewrite
 	// adds must be taken out of the stream again (isAddedUsageEvent).
-	prepare(path string, body []byte, info *requestInfo) (out []byte, strip bool)
+	// query is the URL's raw query (some servers accept the rewrite only
+	// from an API version on).
+	prepare(path, query string, body []byte, info *requestInfo) (out []byte, strip bool)
 	// isAddedUsageEvent tells the stream event that prepare's rewrite
 	// added.
 	isAddedUsageEvent(event []byte) bool
@@ -77,6 +87,7 @@ var dialects []dialect
 func registerDialect(d dialect) {
 	dialects = append(dialects, d)
 	sort.Slice(dialects, func(i, j int) bool { return dialects[i].name() < dialects[j].name() })
+	addCredentials(d.name(), d.credentials())
 }
 
 // dialectNamed is the registered dialect of this name, or nil.
@@ -89,8 +100,24 @@ func dialectNamed(name string) dialect {
 	return nil
 }
 
+// credential is one place where a format's clients put their API key: a
+// request header, or a parameter of the URL's query.
+type credential struct {
+	// header is the header's canonical name; "" for a query parameter.
+	header string
+	// bearer: the header holds "Bearer <key>", the scheme matched
+	// case-insensitively; another scheme or an empty token is no key.
+	bearer bool
+	// query names the query parameter that holds the key; "" for a header.
+	query string
+	// rank orders the default key lookup over every dialect's places:
+	// lower is tried first. A place that several dialects name has the
+	// same rank in each.
+	rank int
+}
+
 // fallbackDialect shapes the handler's own answers to requests that no
-// dialect claims.
+// dialect parses or owns.
 const fallbackDialect = "openai"
 
 // dialectNames lists the formats `format` accepts besides auto.
@@ -111,6 +138,19 @@ func dialectForPath(path string) dialect {
 		}
 	}
 	return nil
+}
+
+// shapeForPath is the dialect whose error shape and rate-limit headers
+// the handler's own answers take on a path that no dialect parses (SPEC
+// "Azure OpenAI paths"): the dialect whose family the path belongs to,
+// else the fallback. (A zone with a format answers in its own.)
+func shapeForPath(path string) dialect {
+	for _, d := range dialects {
+		if d.ownsPath(path) {
+			return d
+		}
+	}
+	return dialectNamed(fallbackDialect)
 }
 
 // requestInfo is what the estimator learns from one request body. It holds

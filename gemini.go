@@ -48,16 +48,27 @@ func (geminiDialect) matchPath(path string) bool {
 	return ok && (method == "generateContent" || method == "streamGenerateContent")
 }
 
-// apiKey: Google's clients send x-goog-api-key, or ?key= in the URL.
-func (geminiDialect) apiKey(r *http.Request) string {
-	if k := strings.TrimSpace(r.Header.Get("X-Goog-Api-Key")); k != "" {
-		return k
+// ownsPath: every other method on a model (:countTokens, :embedContent,
+// :batchGenerateContent…) and every path of the v1beta API, except its
+// OpenAI-compatible endpoints (/v1beta/openai/…), whose clients are
+// OpenAI's SDKs.
+func (geminiDialect) ownsPath(path string) bool {
+	if strings.Contains(path, "/openai/") {
+		return false
 	}
-	if r.URL != nil && strings.Contains(r.URL.RawQuery, "key=") {
-		return strings.TrimSpace(r.URL.Query().Get("key"))
-	}
-	return ""
+	_, _, ok := geminiMethod(path)
+	return ok || strings.Contains(path, "/v1beta/") || strings.HasSuffix(path, "/v1beta")
 }
+
+// geminiCredentials: Google's clients send x-goog-api-key, or ?key= in
+// the URL; Vertex AI's send a bearer token (tried first).
+var geminiCredentials = []credential{
+	{header: "X-Goog-Api-Key", rank: 20},
+	{query: "key", rank: 30},
+	{header: "Authorization", bearer: true, rank: 0},
+}
+
+func (geminiDialect) credentials() []credential { return geminiCredentials }
 
 // geminiFileTokens is what an inlineData or fileData part (an image, a
 // page, a clip) costs when no model block says.
@@ -274,7 +285,7 @@ var (
 )
 
 // prepare: Gemini streams always carry their usage.
-func (geminiDialect) prepare(_ string, body []byte, _ *requestInfo) ([]byte, bool) {
+func (geminiDialect) prepare(_, _ string, body []byte, _ *requestInfo) ([]byte, bool) {
 	return body, false
 }
 

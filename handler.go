@@ -19,17 +19,21 @@ import (
 // ServeHTTP follows SPEC's request flow: key → body → estimate → context
 // check → admit → forward → settle → release.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	d := h.dialect
+	// parse reads the body; d shapes the handler's own answers and headers.
+	parse := h.dialect
+	if parse == nil {
+		parse = dialectForPath(r.URL.Path)
+	}
+	d := parse
 	if d == nil {
-		d = dialectForPath(r.URL.Path)
+		d = shapeForPath(r.URL.Path)
 	}
 
 	// 1. Key.
 	key := h.keyOf(r)
 	if key == "" {
 		drainBody(r)
-		return h.reply(w, d, &apiError{kind: errUnauthorized,
-			msg: "Missing API key: send it as 'Authorization: Bearer <key>', or in the header your SDK uses (x-api-key, x-goog-api-key)."}, outcomeUnauthorized)
+		return h.reply(w, d, &apiError{kind: errUnauthorized, msg: missingKeyMessage}, outcomeUnauthorized)
 	}
 	kh := hashKey(key)
 	tier, known := h.keys[kh]
@@ -43,7 +47,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	x := new(exchange)
 	defer x.done()
 	req := &x.req
-	if err := h.readAndEstimate(r, d, x); err != nil {
+	if err := h.readAndEstimate(r, parse, x); err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) {
 			return h.reply(w, d, ae, outcomeInvalid)
@@ -53,7 +57,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// 5. Admission, over the accounts that serve the model.
 	accts := h.accountsFor(req.info.Model)
-	if h.pool && len(accts) == 0 {
+	if len(h.accounts) > 0 && len(accts) == 0 {
 		return h.reply(w, d, &apiError{kind: errModelNotFound,
 			msg: "The model `" + req.info.Model + "` does not exist or no provider account of this gateway serves it."}, outcomeInvalid)
 	}
@@ -165,7 +169,7 @@ func (h *Handler) readAndEstimate(r *http.Request, d dialect, x *exchange) error
 			return &apiError{kind: errInvalid, msg: "Invalid request body: " + err.Error()}
 		}
 		req.parsed = d
-		req.body, req.strip = d.prepare(r.URL.Path, body, &req.info)
+		req.body, req.strip = d.prepare(r.URL.Path, r.URL.RawQuery, body, &req.info)
 		x.replay(r, req.body)
 		req.canRetry = true
 		// The usage in the response must be readable; an encode directive
@@ -218,7 +222,7 @@ func (h *Handler) decisionFields(kh keyHash, tier string, info *requestInfo, d d
 }
 
 // keyOf is the caller's key: the key template's value, or by default the
-// bearer token, else x-api-key.
+// first credential place that holds one (credentials.go).
 func (h *Handler) keyOf(r *http.Request) string {
 	if h.Key == "" {
 		return defaultKey(r)

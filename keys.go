@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net/http"
 	"os"
 	"strings"
 )
@@ -91,25 +90,4 @@ func parseKeys(name string, sc *bufio.Scanner) ([]keyEntry, error) {
 		out = append(out, keyEntry{hash: kh, tier: fields[1]})
 	}
 	return out, sc.Err()
-}
-
-// defaultKey is the bearer token of Authorization (scheme matched
-// case-insensitively), else the x-api-key header, else where a dialect's
-// clients send it (in the registry's order). Another scheme or an empty
-// token counts as no key.
-func defaultKey(r *http.Request) string {
-	if auth := r.Header.Get("Authorization"); len(auth) > 7 && strings.EqualFold(auth[:7], "bearer ") {
-		if tok := strings.TrimSpace(auth[7:]); tok != "" {
-			return tok
-		}
-	}
-	if k := strings.TrimSpace(r.Header.Get("X-Api-Key")); k != "" {
-		return k
-	}
-	for _, d := range dialects {
-		if k := d.apiKey(r); k != "" {
-			return k
-		}
-	}
-	return ""
 }

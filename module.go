@@ -189,11 +189,13 @@ type Handler struct {
 	// DryRun decides, logs and meters, but never rejects.
 	DryRun bool `json:"dry_run,omitempty"`
 
-	// Upstream is the provider account's quota that every key of the zone
-	// shares: one set of buckets per zone, debited in the same
-	// all-or-nothing admission as the key's own, and by every retry. It is
-	// the single-account form; Upstreams is the pool.
-	Upstream *Limits `json:"upstream,omitempty"`
+	// Upstream is the single provider account that every key of the zone
+	// shares (the unnamed upstream block): its quota, one set of buckets
+	// per zone, debited in the same all-or-nothing admission as the key's
+	// own, and by every retry; and, as for a named account, the headers
+	// (credentials) it sends and the models it serves. It has no name.
+	// Upstreams is the pool.
+	Upstream *Account `json:"upstream,omitempty"`
 
 	// Calibrate learns, from every answer that reports its usage, the
 	// ratio of the input the model really read to the raw estimate: a
@@ -398,7 +400,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.rs != nil {
 		var up Limits
 		if h.Upstream != nil {
-			up = *h.Upstream
+			up = h.Upstream.Limits
 		}
 		h.zone.shared.Store(&sharedZone{rs: h.rs, up: up})
 	}

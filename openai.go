@@ -9,9 +9,10 @@ import (
 )
 
 // This file knows OpenAI's wire format: the paths and request bodies of
-// chat completions, completions, Responses and embeddings, the usage
-// object of their responses and streams, the include_usage rewrite,
-// OpenAI's error body and its rate-limit headers.
+// chat completions, completions, Responses and embeddings (OpenAI's, and
+// Azure OpenAI's deployment and /openai/v1/ paths), the usage object of
+// their responses and streams, the include_usage rewrite, where clients
+// put their key, OpenAI's error body and its rate-limit headers.
 
 // openAIDialect is the dialect of OpenAI's API and of the many servers that copy
 // it (vLLM, Ollama, other gateways).
@@ -22,15 +23,74 @@ func init() { registerDialect(openAIDialect{}) }
 func (openAIDialect) name() string { return "openai" }
 
 func (openAIDialect) matchPath(path string) bool {
-	path = strings.TrimSuffix(path, "/")
-	return strings.HasSuffix(path, "/v1/chat/completions") ||
-		strings.HasSuffix(path, "/v1/completions") ||
-		strings.HasSuffix(path, "/v1/responses") ||
-		strings.HasSuffix(path, "/v1/embeddings")
+	_, _, known := openAIRoute(path)
+	return known
 }
 
-// apiKey: OpenAI's clients send the key as a bearer token only.
-func (openAIDialect) apiKey(*http.Request) string { return "" }
+// The endpoints whose bodies the dialect reads.
+const (
+	openAINone = iota
+	openAIChat
+	openAICompletions
+	openAIResponses
+	openAIEmbeddings
+)
+
+// openAIEndpoints names each endpoint as its path ends.
+var openAIEndpoints = [...]string{
+	openAIChat:        "chat/completions",
+	openAICompletions: "completions",
+	openAIResponses:   "responses",
+	openAIEmbeddings:  "embeddings",
+}
+
+// azureDeployments is where an Azure OpenAI deployment path starts:
+// /openai/deployments/<deployment>/chat/completions?api-version=….
+const azureDeployments = "/openai/deployments/"
+
+// openAIRoute is the endpoint a path calls, by its last segments, and on
+// an Azure deployment path the deployment's name (a part of path: nothing
+// is allocated). known tells a path that `format auto` reads as OpenAI's:
+// …/v1/<endpoint> (OpenAI, and Azure's /openai/v1/),
+// …/openai/deployments/<deployment>/<endpoint> and Azure's
+// …/openai/responses. Under `format openai` any path is read, its
+// endpoint told by how it ends.
+func openAIRoute(path string) (ep int, deployment string, known bool) {
+	path = strings.TrimSuffix(path, "/")
+	if i := strings.LastIndex(path, azureDeployments); i >= 0 {
+		rest := path[i+len(azureDeployments):]
+		if j := strings.IndexByte(rest, '/'); j > 0 {
+			for ep, name := range openAIEndpoints {
+				if name != "" && rest[j+1:] == name {
+					return ep, rest[:j], true
+				}
+			}
+		}
+	}
+	for ep, name := range openAIEndpoints {
+		if before, ok := strings.CutSuffix(path, name); ok && name != "" && strings.HasSuffix(before, "/") {
+			known = strings.HasSuffix(before, "/v1/") || ep == openAIResponses && strings.HasSuffix(before, "/openai/")
+			return ep, "", known
+		}
+	}
+	return openAINone, "", false
+}
+
+// ownsPath: Azure OpenAI's other paths (/openai/deployments/<d>/images/…,
+// /openai/models…). Any path that no dialect owns takes OpenAI's shape too
+// (fallbackDialect).
+func (openAIDialect) ownsPath(path string) bool {
+	return strings.HasPrefix(path, "/openai/") || strings.Contains(path, "/openai/deployments/")
+}
+
+// openAICredentials: OpenAI's clients send a bearer token; Azure
+// OpenAI's send the key in api-key (tried after every other place).
+var openAICredentials = []credential{
+	{header: "Authorization", bearer: true, rank: 0},
+	{header: "Api-Key", rank: 40},
+}
+
+func (openAIDialect) credentials() []credential { return openAICredentials }
 
 // Image costs by formula, never by the size of their data.
 const (
@@ -40,9 +100,16 @@ const (
 
 func (openAIDialect) imageTokens() (int64, int64) { return openAIImageTokens, openAIImageLowTokens }
 
+// parse reads the body; on an Azure deployment path the model is the
+// body's, else the deployment's name.
 func (openAIDialect) parse(s *jsonScanner, tc *textCounter, path string, info *requestInfo) (part, error) {
-	info.NoOutput = strings.HasSuffix(strings.TrimSuffix(path, "/"), "/embeddings")
-	return parseOpenAI(s, tc, info)
+	ep, deployment, _ := openAIRoute(path)
+	info.NoOutput = ep == openAIEmbeddings
+	p, err := parseOpenAI(s, tc, info)
+	if info.Model == "" {
+		info.Model = deployment
+	}
+	return p, err
 }
 
 // parseOpenAI reads the top-level object at s.pos of an OpenAI request. It
@@ -396,12 +463,18 @@ func (openAIDialect) streamUsage(a *usageAcc) (usage, bool) {
 // for its usage to send it (stream_options.include_usage); the extra chunk
 // is stripped again before the client sees it. Responses streams always
 // end with their usage.
-func (openAIDialect) prepare(path string, body []byte, info *requestInfo) ([]byte, bool) {
-	if !needsIncludeUsage(path, info) {
+func (openAIDialect) prepare(path, query string, body []byte, info *requestInfo) ([]byte, bool) {
+	if !needsIncludeUsage(path, query, info) {
 		return body, false
 	}
 	return injectIncludeUsage(body), true
 }
+
+// azureStreamOptions is the first Azure OpenAI api-version that accepts
+// stream_options (2024-09-01-preview; GA 2024-10-21). An older one answers
+// 400 to it, so its streams keep their reservation instead. Versions are
+// dates, compared as strings.
+const azureStreamOptions = "2024-09-01"
 
 func (openAIDialect) isAddedUsageEvent(event []byte) bool { return isUsageOnlyChunk(event) }
 
@@ -414,11 +487,10 @@ func (openAIDialect) setQuotaHeaders(hdr http.Header, qs quotaSet, _ time.Time) 
 // chat has max_completion_tokens (added when absent) or the older
 // max_tokens, whichever the body sets.
 func (openAIDialect) clampOutput(path string, body []byte, n int64) []byte {
-	path = strings.TrimSuffix(path, "/")
-	switch {
-	case strings.HasSuffix(path, "/responses"):
+	switch ep, _, _ := openAIRoute(path); ep {
+	case openAIResponses:
 		return setIntMember(body, []string{"max_output_tokens"}, "max_output_tokens", n)
-	case strings.HasSuffix(path, "/chat/completions"):
+	case openAIChat:
 		return setIntMember(body, []string{"max_completion_tokens", "max_tokens"}, "max_completion_tokens", n)
 	}
 	return setIntMember(body, []string{"max_tokens"}, "max_tokens", n)
@@ -427,13 +499,17 @@ func (openAIDialect) clampOutput(path string, body []byte, n int64) []byte {
 // needsIncludeUsage tells a streaming chat or completions request that did
 // not ask for its usage: the handler asks for it (injectIncludeUsage) and
 // strips the extra chunk again. Responses streams always end with their
-// usage in response.completed.
-func needsIncludeUsage(path string, info *requestInfo) bool {
+// usage in response.completed. An Azure deployment path is asked only
+// from the api-version that accepts stream_options on.
+func needsIncludeUsage(path, query string, info *requestInfo) bool {
 	if !info.Stream || info.HasStreamOptions {
 		return false
 	}
-	path = strings.TrimSuffix(path, "/")
-	return strings.HasSuffix(path, "/chat/completions") || strings.HasSuffix(path, "/v1/completions")
+	ep, deployment, _ := openAIRoute(path)
+	if ep != openAIChat && ep != openAICompletions {
+		return false
+	}
+	return deployment == "" || queryValue(query, "api-version") >= azureStreamOptions
 }
 
 // injectIncludeUsage asks an OpenAI streaming request for its usage: it

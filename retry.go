@@ -155,9 +155,13 @@ var recordBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // A client that goes away during a wait ends it at once (status 499).
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, d dialect, x *exchange, t *ticket) error {
 	req, saved := &x.req, &x.saved
-	if t.acfg != nil && h.pool {
+	switch {
+	case t.acfg != nil && h.pool:
 		saveHeaders(r, h.acctFields, saved)
 		h.attemptOn(w, r, x, t.acfg)
+	case !h.pool && len(h.accounts) == 1 && len(h.accounts[0].headers) > 0:
+		// The unnamed block serves every attempt: its headers once.
+		applyAccount(r, x, h.accounts[0])
 	}
 	p := h.retry
 	if p == nil || !req.canRetry {

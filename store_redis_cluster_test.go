@@ -143,7 +143,7 @@ func TestTwoInstancesShareOneLimitThroughARedisCluster(t *testing.T) {
 	mk := func() *Handler {
 		h := provisioned(t, &Handler{Zone: "cluster-" + t.Name(), Limits: Limits{RPM: 60},
 			Models:   []Model{{Name: "gpt-4o", Limits: Limits{RPM: 100000, TPM: 1 << 40}}},
-			Upstream: &Limits{RPM: 100000, TPM: 1 << 40},
+			Upstream: &Account{Limits: Limits{RPM: 100000, TPM: 1 << 40}},
 			Store: &StoreConfig{Redis: &RedisConfig{Address: addrs[0], Addresses: addrs[1:], Cluster: true,
 				Fail: "closed", Timeout: caddy.Duration(2 * time.Second), Prefix: "t:cluster:"}}})
 		h.logger = zap.NewNop()
@@ -341,7 +341,7 @@ func TestRedisRetriesChargeTheSharedUpstream(t *testing.T) {
 	t.Cleanup(func() { setClock(clk) })
 	srv := startRedis(t)
 	zero := 0.0
-	h := provisioned(t, &Handler{Zone: "redis-retry", Upstream: &Limits{RPM: 10},
+	h := provisioned(t, &Handler{Zone: "redis-retry", Upstream: &Account{Limits: Limits{RPM: 10}},
 		Retry: &RetryConfig{Base: caddy.Duration(time.Millisecond), Max: caddy.Duration(5 * time.Millisecond), Jitter: &zero},
 		Store: &StoreConfig{Redis: &RedisConfig{Address: srv.addr, Fail: "closed", Prefix: "t:retry:"}}})
 	h.logger = zap.NewNop()
@@ -367,7 +367,7 @@ func TestSharedZoneStatsReadRedis(t *testing.T) {
 	t.Cleanup(func() { setClock(clk) })
 	srv := startRedis(t)
 	mk := func() *Handler {
-		h := provisioned(t, &Handler{Zone: "redis-stats", Limits: Limits{RPM: 10}, Upstream: &Limits{RPM: 100},
+		h := provisioned(t, &Handler{Zone: "redis-stats", Limits: Limits{RPM: 10}, Upstream: &Account{Limits: Limits{RPM: 100}},
 			Store: &StoreConfig{Redis: &RedisConfig{Address: srv.addr, Fail: "closed", Prefix: "t:stats:"}}})
 		h.logger = zap.NewNop()
 		return h

@@ -35,6 +35,9 @@ func (h *Handler) Validate() error {
 		return err
 	}
 	if h.Upstream != nil {
+		if h.Upstream.Name != "" {
+			return fmt.Errorf("upstream: the unnamed block has no name (got %q); a named account goes in upstreams", h.Upstream.Name)
+		}
 		if err := h.Upstream.validate("upstream: "); err != nil {
 			return err
 		}
@@ -313,19 +316,27 @@ func (h *Handler) validateAccounts() error {
 			return fmt.Errorf("upstream %s: defined twice", a.Name)
 		}
 		seen[a.Name] = true
-		where := "upstream " + a.Name + ": "
-		if err := a.Limits.validate(where); err != nil {
+		if err := a.validate("upstream " + a.Name + ": "); err != nil {
 			return err
 		}
-		for field := range a.HeaderUp {
-			if field == "" {
-				return fmt.Errorf("%sheader_up: a header needs a field name", where)
-			}
+	}
+	return nil
+}
+
+// validate checks an account's limits, headers and model globs; where
+// prefixes the error.
+func (a *Account) validate(where string) error {
+	if err := a.Limits.validate(where); err != nil {
+		return err
+	}
+	for field := range a.HeaderUp {
+		if field == "" {
+			return fmt.Errorf("%sheader_up: a header needs a field name", where)
 		}
-		for _, m := range a.Models {
-			if err := checkModelName(m); err != nil {
-				return fmt.Errorf("%smodels: %w", where, err)
-			}
+	}
+	for _, m := range a.Models {
+		if err := checkModelName(m); err != nil {
+			return fmt.Errorf("%smodels: %w", where, err)
 		}
 	}
 	return nil
