@@ -175,9 +175,10 @@ func TestConfiguredAndLearnedTheSmallerWins(t *testing.T) {
 	}
 }
 
-// A provider 429 on a request that the learned bucket admitted cuts the
-// account's rate to 70 %, once per round trip; each quiet second adds 1 %
-// back.
+// A provider 429 on a request that the learned bucket admitted, within a
+// minute of another, cuts the account's rate to 70 %, once per round
+// trip; a lone 429 after a quiet spell does not; each quiet second adds
+// 1 % back.
 func TestProvider429CutsTheLearnedRateAndQuietSecondsRaiseIt(t *testing.T) {
 	z := newZone("learn-aimd")
 	defer z.Destruct()
@@ -194,6 +195,13 @@ func TestProvider429CutsTheLearnedRateAndQuietSecondsRaiseIt(t *testing.T) {
 		t.Fatal("not admitted")
 	}
 	hdr := http.Header{"X-Ratelimit-Limit-Requests": {"100"}}
+	// A lone 429 after a quiet spell is a timing slip: no cut.
+	t0, _ := z.admit(ask{kh: hashKey("k0"), accts: q.accts, learn: true}, nowNs, false, false)
+	t0.learn(nowNs+int64(500*time.Millisecond), 429, hdr)
+	if f := st.learned.factor; f != 1 {
+		t.Fatalf("factor after a lone 429: %v, want 1", f)
+	}
+	// One that follows another within a minute is congestion: it cuts.
 	t1.learn(nowNs+int64(time.Second), 429, hdr)
 	if f := st.learned.factor; f != learnDecrease {
 		t.Fatalf("factor after a 429: %v, want %v", f, learnDecrease)
@@ -219,6 +227,15 @@ func TestProvider429CutsTheLearnedRateAndQuietSecondsRaiseIt(t *testing.T) {
 	t3.learn(nowNs+int64(13*time.Second), 429, hdr)
 	if f := st.learned.factor; f != before*learnDecrease {
 		t.Fatalf("factor after the next round trip's 429: %v, want %v × 0.7", f, before)
+	}
+	// Two quiet minutes later, a lone 429 cuts nothing again.
+	later := nowNs + int64(13*time.Second) + int64(2*time.Minute)
+	t4, _ := z.admit(ask{kh: hashKey("k4"), accts: q.accts, learn: true}, later, false, false)
+	st.learned.rise(later)
+	before = st.learned.factor
+	t4.learn(later, 429, hdr)
+	if f := st.learned.factor; f != before {
+		t.Fatalf("factor after a 429 two quiet minutes on: %v, want %v", f, before)
 	}
 }
 
