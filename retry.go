@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -200,6 +201,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		rec.reset(w, buf, p, last)
 		if attempt > 1 {
 			w.Header().Set("x-llm-ratelimit-attempts", strconv.Itoa(attempt))
+			r = freshVars(r)
 			x.replay(r, req.body)
 			if !moved {
 				t.chargeRetry(now().UnixNano())
@@ -270,6 +272,18 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 			return clientGone(err)
 		}
 	}
+}
+
+// freshVars gives an attempt after the first its own copy of the request's
+// variables. reverse_proxy writes them on every attempt (the upstream it
+// picked), while the transport of an earlier attempt may still be dialing
+// in the background and reading them (the dial address): one map shared
+// by both is a data race.
+func freshVars(r *http.Request) *http.Request {
+	old, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	vars := make(map[string]any, len(old)+1)
+	maps.Copy(vars, old)
+	return r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, vars))
 }
 
 // handlerErrorStatus is the status of a caddyhttp.HandlerError, else 0.
