@@ -14,6 +14,8 @@ import (
 // a transport closing the body late) keeps it alive.
 type exchange struct {
 	req   llmRequest
+	q     ask      // what the request asks of the admitter
+	dec   decision // and what it decided
 	spend spendAsk
 	uw    usageWriter
 	rec   attemptWriter

@@ -61,21 +61,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.reply(w, d, &apiError{kind: errModelNotFound,
 			msg: "The model `" + req.info.Model + "` does not exist or no provider account of this gateway serves it."}, outcomeInvalid)
 	}
-	q := ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), accts: accts, d: req.demand,
+	// The ask and the decision live in the exchange: the admitter is an
+	// interface, and a pointer to a local would move it to the heap.
+	q := &x.q
+	*q = ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), accts: accts, d: req.demand,
 		learn: h.learn, learnKey: h.learn && len(accts) == 0, lane: h.lanes[tier], spend: h.spendAsk(tier, req, &x.spend)}
 	if req.parsed != nil { // only a body the gateway read can be rewritten
 		q.clampMin, q.choices = h.ClampMaxTokens, req.info.N
 	}
 	// The ticket goes straight where the usage writer keeps it.
 	t := &x.uw.t
-	var dec decision
-	var waited time.Duration
-	var err error
-	if h.rs != nil {
-		*t, dec, waited, err = h.admitShared(r.Context(), q)
-	} else {
-		waited, err = h.zone.admitOrWaitInto(r.Context(), &q, time.Duration(h.MaxWait), h.MaxQueue, h.DryRun, t, &dec)
-	}
+	dec := &x.dec
+	waited, err := h.admitter.admit(r.Context(), q, t, dec)
 	if errors.Is(err, errStoreDown) {
 		return h.reply(w, d, &apiError{kind: errUnavailable, wait: time.Second,
 			msg: "The rate limiter's shared store is unreachable; please try again shortly."}, "")
@@ -85,7 +82,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	m := h.zone.m
 	if !dec.ok && dec.overBudget && !h.DryRun {
-		return h.replyBudget(w, d, q.spend.b, dec, kh, tier, req)
+		return h.replyBudget(w, d, q.spend.b, *dec, kh, tier, req)
 	}
 	if dec.ok && dec.clamped > 0 {
 		req.body = req.parsed.clampOutput(r.URL.Path, req.body, dec.clamped)
@@ -94,7 +91,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		w.Header().Set("x-llm-ratelimit-max-tokens-clamped", strconv.FormatInt(dec.clamped, 10))
 	}
 	if !dec.ok {
-		msg := rejectMessage(dec, req.demand.model)
+		msg := rejectMessage(*dec, req.demand.model)
 		fields := h.decisionFields(kh, tier, &req.info, req.demand,
 			zap.Duration("wait", dec.wait), zap.Bool("never_fits", dec.never), zap.String("reason", msg))
 		if !h.DryRun {
@@ -122,7 +119,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			ce.Write(h.decisionFields(kh, tier, &req.info, req.demand, zap.String("outcome", outcome), zap.Duration("queued", waited))...)
 		}
 	}
-	return h.serveAdmitted(w, r, next, d, x, &dec)
+	return h.serveAdmitted(w, r, next, d, x, dec)
 }
 
 // llmRequest is what the handler read from a request before admission.

@@ -282,6 +282,7 @@ type Handler struct {
 	retry        *retryPolicy  // nil: retries off
 	released     *atomic.Bool  // Cleanup has given the zone back
 	rs           *redisStore   // the shared store, or nil
+	admitter     admitter      // decides on the zone, or on rs
 	accounts     []*accountCfg // the unnamed upstream block, or the pool
 	pool         bool          // named accounts: chosen per attempt
 	acctFields   []string      // the request fields accounts change
@@ -387,6 +388,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.zone = z.(*zone)
 	h.released = new(atomic.Bool)
+	h.admitter = localAdmitter{h}
+	if h.rs != nil {
+		h.admitter = sharedAdmitter{h}
+	}
 	for i := range h.Models {
 		m := &h.Models[i]
 		m.calib = h.zone.calibFor(m.Name, m.TokenRatio)

@@ -253,7 +253,7 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 			rt.limits = append(rt.limits, u.limit)
 			rt.dims = append(rt.dims, u.dim)
 		}
-		return ticket{rt: rt, a: q, debited: true}, dec, nil
+		return ticket{h: sharedHold{rt}, a: q, debited: true}, dec, nil
 	case blocking == -1:
 		dec.overBudget, dec.never = true, true
 		dec.spent, dec.resetsAt = int64(spent), resetsAt.Unix()

@@ -4,7 +4,7 @@ package llmratelimit
 // and on the upstream quota: what it reserved, and the concurrency slots it
 // must give back.
 type ticket struct {
-	rt      *redisTicket // the request's hold in the shared store, if any
+	h       hold // where the reservation lives; nil: nothing is held
 	z       *zone
 	s       *shard
 	ks      *keyState
@@ -45,15 +45,10 @@ func (t *ticket) finish(nowNs int64, u *usage, refund bool) {
 	if !refund {
 		t.a.d.calibrateModel(u)
 	}
-	if t.rt != nil {
-		t.rt.finish(t.a.d, t.a.spend, u, refund)
-		return
-	}
-	if t.s == nil {
+	if t.h == nil {
 		return // nothing was taken (a dry_run request past max_keys)
 	}
-	t.settle(nowNs, u, refund)
-	t.z.queue.wake()
+	t.h.settle(t, nowNs, u, refund)
 }
 
 func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
@@ -102,10 +97,13 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 // chargeRetry counts one more upstream call against the upstream's request
 // bucket: a retry is a new call. Its tokens are the ones already reserved.
 func (t *ticket) chargeRetry(nowNs int64) {
-	if t.rt != nil {
-		t.rt.chargeRetry()
-		return
+	if t.h != nil {
+		t.h.chargeRetry(t, nowNs)
 	}
+}
+
+// chargeRetryLocal is chargeRetry on the zone's own account buckets.
+func (t *ticket) chargeRetryLocal(nowNs int64) {
 	if t.acct == nil {
 		return
 	}

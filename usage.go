@@ -37,6 +37,7 @@ type usageWriter struct {
 	h       *Handler
 	d       dialect  // reads the usage; nil: nothing to read
 	t       ticket   // the request's hold, settled once the usage is known
+	u       usage    // the usage it settles to (here: a local would escape through the hold)
 	qs      quotaSet // the rate-limit headers as of the admission
 	hd      dialect  // the request's dialect, whose family the headers take
 	strip   bool     // the handler injected include_usage
@@ -123,12 +124,13 @@ func (uw *usageWriter) settle() {
 		uw.d.streamLine(uw.tail, &uw.acc) // a last line without its line end
 	}
 	nowNs := now().UnixNano()
-	switch u, ok := uw.usage(); {
+	var ok bool
+	switch uw.u, ok = uw.usage(); {
 	case uw.status < 200 || uw.status > 299:
 		uw.t.finish(nowNs, nil, true)
 	case ok:
-		uw.h.zone.m.settled(uw.t.a.d.in, u)
-		uw.t.finish(nowNs, &u, false)
+		uw.h.zone.m.settled(uw.t.a.d.in, uw.u)
+		uw.t.finish(nowNs, &uw.u, false)
 	default:
 		uw.t.finish(nowNs, nil, false)
 	}

@@ -285,7 +285,7 @@ func (z *zone) admitInto(q *ask, nowNs int64, dryRun, peek bool, t *ticket, dec 
 		z.nkeys.Add(1)
 	}
 	*t = ticket{}
-	t.z, t.s, t.ks, t.a = z, s, ks, *q
+	t.h, t.z, t.s, t.ks, t.a = localHold{}, z, s, ks, *q
 	qa := &t.a // the ask as this admission changes it
 	if qa.d.calib != nil {
 		// The key's own correction, relative to its model's.

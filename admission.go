@@ -1,0 +1,77 @@
+package llmratelimit
+
+import (
+	"context"
+	"time"
+)
+
+// Admission has two stores: the zone's own buckets in this process, or the
+// shared store (Redis) that several gateway instances decide on together.
+// The handler and the ticket never ask which: the handler admits through
+// its admitter, and an admitted ticket charges its retries and settles
+// through its hold.
+
+// admitter decides a request, waiting within max_wait where the store
+// queues: it fills t (the request's hold, the zero ticket when nothing is
+// held) and dec, and says how long the request actually waited (0 for one
+// decided on its first try). An error is the client gone while it waited,
+// or errStoreDown.
+type admitter interface {
+	admit(ctx context.Context, q *ask, t *ticket, dec *decision) (waited time.Duration, err error)
+}
+
+// hold is where an admitted request's reservation lives.
+type hold interface {
+	// chargeRetry counts one more upstream call on the account that
+	// serves the request: a retry is a new call, its tokens the ones
+	// already reserved.
+	chargeRetry(t *ticket, nowNs int64)
+	// settle gives back or takes the difference between the reservation
+	// and the usage (u; refund: all of it), and releases the request's
+	// concurrency slots.
+	settle(t *ticket, nowNs int64, u *usage, refund bool)
+}
+
+// localAdmitter admits on the zone's own buckets, queueing fairly within
+// max_wait.
+type localAdmitter struct{ h *Handler }
+
+func (a localAdmitter) admit(ctx context.Context, q *ask, t *ticket, dec *decision) (time.Duration, error) {
+	h := a.h
+	return h.zone.admitOrWaitInto(ctx, q, time.Duration(h.MaxWait), h.MaxQueue, h.DryRun, t, dec)
+}
+
+// sharedAdmitter admits on the shared store, with its failure policy.
+type sharedAdmitter struct{ h *Handler }
+
+func (a sharedAdmitter) admit(ctx context.Context, q *ask, t *ticket, dec *decision) (waited time.Duration, err error) {
+	*t, *dec, waited, err = a.h.admitShared(ctx, *q)
+	return waited, err
+}
+
+// localHold is a reservation on the zone's own buckets.
+type localHold struct{}
+
+func (localHold) chargeRetry(t *ticket, nowNs int64) { t.chargeRetryLocal(nowNs) }
+
+func (localHold) settle(t *ticket, nowNs int64, u *usage, refund bool) {
+	t.settle(nowNs, u, refund)
+	t.z.queue.wake()
+}
+
+// sharedHold is a reservation in the shared store.
+type sharedHold struct{ rt *redisTicket }
+
+func (s sharedHold) chargeRetry(*ticket, int64) { s.rt.chargeRetry() }
+
+func (s sharedHold) settle(t *ticket, _ int64, u *usage, refund bool) {
+	s.rt.finish(t.a.d, t.a.spend, u, refund)
+}
+
+// Interface guards.
+var (
+	_ admitter = localAdmitter{}
+	_ admitter = sharedAdmitter{}
+	_ hold     = localHold{}
+	_ hold     = sharedHold{}
+)
