@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
@@ -94,6 +95,31 @@ func TestSharedStatsAgreeAcrossInstances(t *testing.T) {
 			}
 		}
 	}
+
+	// A request in flight on one instance is in flight on every
+	// instance's stats (the key's lease set).
+	entered, release := make(chan struct{}), make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", strings.NewReader(chatBody))
+		r.Header.Set("Authorization", "Bearer sk-agree")
+		if err := hs[0].ServeHTTP(httptest.NewRecorder(), r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			close(entered)
+			<-release
+			return nextJSON{}.ServeHTTP(w, r)
+		})); err != nil {
+			t.Error(err)
+		}
+	}()
+	<-entered
+	for i, h := range hs {
+		if _, one := statsOf(t, h, want.KeyID); one.InFlight != 1 || one.RequestsTotal != n+1 {
+			t.Errorf("instance %d while one request is in flight on instance 0: in_flight %d, requests_total %d; want 1, %d", i, one.InFlight, one.RequestsTotal, n+1)
+		}
+	}
+	close(release)
+	<-done
 
 	// The counters are one hash in the zone's slot, named by key_id, that
 	// an idle key loses.
