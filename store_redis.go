@@ -172,9 +172,9 @@ func (rt *redisTicket) chargeRetry() {
 func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket, decision, error) {
 	base := rs.zoneBase(zoneName)
 	// Room for every bucket (3 scopes × 4 kinds), the 2 lease sets, the
-	// budget and the counters, so that the slices grow once.
+	// budget and the counters: the slices are allocated once.
 	uses := make([]use, 0, 12)
-	keys := make([]string, 0, 16)
+	keys := make([]string, 0, 12+2+2)
 	add := func(prefix string, lim Limits, sc scope) {
 		for _, b := range [...]struct {
 			name  string
@@ -196,7 +196,9 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	up := q.unnamedUpstream()
 	add(base+"upstream:", up, scopeUpstream)
 	nb := len(keys)
-	args := make([]any, 2, 40)
+	// Room for the buckets', the 2 lease sets', the budget's and the
+	// counters' arguments.
+	args := make([]any, 2, 2+2*nb+3*2+4+1)
 	args[0], args[1] = nb, 0
 	for _, u := range uses {
 		args = append(args, u.limit, strconv.FormatFloat(math.Ceil(u.need), 'f', -1, 64))
