@@ -42,12 +42,12 @@ local nb, nl = tonumber(ARGV[1]), tonumber(ARGV[2])
 // nothing changes. With a budget (its hash {s: spent, r: reserved} in
 // nano-dollars, one per key and period, after the buckets and leases), the
 // worst case must fit what is left of it first, and is reserved in the same
-// step. After the budget's arguments (0: none), a TTL in ms names the
-// key's counters (the last key; store_redis_counters.go): an admitted
-// request counts there. It returns {ok, never, wait_us, blocking bucket (-1: the budget),
-// full lease set, levels..., spent}; the caller turns the blocking bucket's
-// level into its wait with durationFromTokens, as for the in-process
-// buckets.
+// step. After the budget's arguments (0: none) comes a TTL in ms for the
+// key's counters (the last key; store_redis_counters.go), where an
+// admitted request counts. It returns {ok, never, wait_us, blocking bucket
+// (-1: the budget), full lease set, levels..., spent}; the caller turns
+// the blocking bucket's level into its wait with durationFromTokens, as
+// for the in-process buckets.
 var admitScript = redis.NewScript(luaBuckets + luaCounters + `
 local bi = 2 + 2*nb + 3*nl + 1
 local hasb, spent, bk = tonumber(ARGV[bi] or '0'), 0, nil
