@@ -9,8 +9,9 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// The stats of a shared zone: the levels stored in Redis for the keys
-// this instance has seen, and the shared upstream's buckets.
+// The stats of a shared zone: for the keys this instance has seen, the
+// levels and the counters (store_redis_counters.go) stored in Redis, and
+// the shared upstream's buckets.
 
 // seenKey is a key this instance decided on Redis: what its stats need.
 type seenKey struct {
