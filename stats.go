@@ -39,10 +39,19 @@ func (s *keyStats) admitted(nowNs int64, tier string, lim *Limits) {
 	s.curReq++
 }
 
-// finished counts a request's tokens: the actual usage when known, none
-// when refunded, else its reservation.
+// finished counts a request's tokens (countedTokens).
 func (s *keyStats) finished(nowNs int64, d demand, u *usage, refund bool) {
-	var in, out int64
+	in, out := countedTokens(d, u, refund)
+	s.roll(nowNs)
+	s.inTokens += in
+	s.outTokens += out
+	s.curTok += in + out
+}
+
+// countedTokens are the tokens a finished request counts in its key's
+// stats: the actual usage when known, none when refunded, else its
+// reservation.
+func countedTokens(d demand, u *usage, refund bool) (in, out int64) {
 	switch {
 	case refund:
 	case u != nil:
@@ -50,10 +59,7 @@ func (s *keyStats) finished(nowNs int64, d demand, u *usage, refund bool) {
 	default:
 		in, out = int64(d.in), int64(d.out)
 	}
-	s.roll(nowNs)
-	s.inTokens += in
-	s.outTokens += out
-	s.curTok += in + out
+	return in, out
 }
 
 // lastMinute estimates the count over the sliding last minute.
@@ -205,8 +211,18 @@ func (st *account) snapshot(nowNs int64) UpstreamStats {
 }
 
 // keyStats returns one key's stats; false when the zone holds no state
-// for it.
+// for it. A shared zone adds what Redis holds of a key this instance has
+// seen.
 func (z *zone) keyStats(keyID string, nowNs int64) (KeyStats, bool) {
+	st, ok := z.localKeyStats(keyID, nowNs)
+	if sh := z.shared.Load(); sh != nil && z.sharedKeyStats(sh.rs, keyID, &st, ok) {
+		ok = true
+	}
+	return st, ok
+}
+
+// localKeyStats is one key's stats as this process holds them.
+func (z *zone) localKeyStats(keyID string, nowNs int64) (KeyStats, bool) {
 	for i := range z.shards {
 		s := &z.shards[i]
 		s.mu.Lock()
@@ -227,13 +243,6 @@ func (z *zone) keyStats(keyID string, nowNs int64) (KeyStats, bool) {
 			}
 		}
 		s.mu.Unlock()
-	}
-	if z.shared.Load() != nil { // a key decided through Redis only
-		for _, k := range z.stats(nowNs).Keys {
-			if k.KeyID == keyID {
-				return k, true
-			}
-		}
 	}
 	return KeyStats{}, false
 }

@@ -42,13 +42,16 @@ local nb, nl = tonumber(ARGV[1]), tonumber(ARGV[2])
 // nothing changes. With a budget (its hash {s: spent, r: reserved} in
 // nano-dollars, one per key and period, after the buckets and leases), the
 // worst case must fit what is left of it first, and is reserved in the same
-// step. It returns {ok, never, wait_us, blocking bucket (-1: the budget),
-// full lease set, levels..., spent}; the caller turns the blocking bucket's
-// level into its wait with durationFromTokens, as for the in-process
-// buckets.
-var admitScript = redis.NewScript(luaBuckets + `
+// step. After the budget's arguments (0: none) comes a TTL in ms for the
+// key's counters (the last key; store_redis_counters.go), where an
+// admitted request counts. It returns {ok, never, wait_us, blocking bucket
+// (-1: the budget), full lease set, levels..., spent}; the caller turns
+// the blocking bucket's level into its wait with durationFromTokens, as
+// for the in-process buckets.
+var admitScript = redis.NewScript(luaBuckets + luaCounters + `
 local bi = 2 + 2*nb + 3*nl + 1
 local hasb, spent, bk = tonumber(ARGV[bi] or '0'), 0, nil
+local sttl = tonumber(ARGV[bi + (hasb == 1 and 4 or 1)] or '0')
 if hasb == 1 then
   bk = KEYS[nb + nl + 1]
   local h = redis.call('HMGET', bk, 's', 'r')
@@ -98,6 +101,7 @@ else
     redis.call('HINCRBY', bk, 'r', ARGV[bi + 2])
     redis.call('PEXPIREAT', bk, ARGV[bi + 3])
   end
+  if sttl > 0 then count_key(KEYS[#KEYS], now, 1, 0, 0, sttl) end
   out = {1, 0, '0', 0, 0}
 end
 for i = 1, nb do out[#out + 1] = tostring(levels[i]) end
@@ -107,8 +111,10 @@ return out
 
 // settleScript gives tokens back (or takes more, into debt), releases
 // the request's leases and, with a budget, replaces the worst case
-// reserved with the cost.
-var settleScript = redis.NewScript(luaBuckets + `
+// reserved with the cost. After the budget's arguments (0: none), a TTL
+// in ms and the request's input and output tokens count on the key's
+// counters (the last key).
+var settleScript = redis.NewScript(luaBuckets + luaCounters + `
 for i = 1, nb do
   local limit, delta = tonumber(ARGV[1 + 2*i]), tonumber(ARGV[2 + 2*i])
   if delta ~= 0 then
@@ -122,6 +128,10 @@ if tonumber(ARGV[bi] or '0') == 1 then
   redis.call('HINCRBY', bk, 'r', -tonumber(ARGV[bi + 1]))
   redis.call('HINCRBY', bk, 's', ARGV[bi + 2])
   redis.call('PEXPIREAT', bk, ARGV[bi + 3])
+end
+local si = bi + (tonumber(ARGV[bi] or '0') == 1 and 4 or 1)
+if tonumber(ARGV[si] or '0') > 0 then
+  count_key(KEYS[#KEYS], now, 0, tonumber(ARGV[si + 1]), tonumber(ARGV[si + 2]), tonumber(ARGV[si]))
 end
 return 1
 `)
@@ -161,8 +171,10 @@ func (rt *redisTicket) chargeRetry() {
 // redisAdmit decides a request on Redis. The error is a store failure.
 func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket, decision, error) {
 	base := rs.zoneBase(zoneName)
-	var uses []use
-	var keys []string
+	// Room for every bucket (3 scopes × 4 kinds), the 2 lease sets, the
+	// budget and the counters: the slices are allocated once.
+	uses := make([]use, 0, 12)
+	keys := make([]string, 0, 12+2+2)
 	add := func(prefix string, lim Limits, sc scope) {
 		for _, b := range [...]struct {
 			name  string
@@ -184,7 +196,10 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	up := q.unnamedUpstream()
 	add(base+"upstream:", up, scopeUpstream)
 	nb := len(keys)
-	args := []any{nb, 0}
+	// Room for the buckets', the 2 lease sets', the budget's and the
+	// counters' arguments.
+	args := make([]any, 2, 2+2*nb+3*2+4+1)
+	args[0], args[1] = nb, 0
 	for _, u := range uses {
 		args = append(args, u.limit, strconv.FormatFloat(math.Ceil(u.need), 'f', -1, 64))
 	}
@@ -217,7 +232,11 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		expireAt = resetsAt.Add(24 * time.Hour).UnixMilli()
 		keys = append(keys, base+"spend:"+q.kh.id()+":"+strconv.FormatInt(start.Unix(), 10))
 		args = append(args, 1, b.nano, worst, expireAt)
+	} else {
+		args = append(args, 0)
 	}
+	keys = append(keys, keyBase+"stats") // the key's counters, last
+	args = append(args, statsTTLArg)
 
 	cctx, cancel := context.WithTimeout(ctx, rs.timeout)
 	defer cancel()
@@ -249,9 +268,9 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		dec.ok = true
 		rt := &redisTicket{rs: rs, keys: keys, nb: nb, leaseIDs: leaseIDs, budget: hasBudget, worst: worst, expireAt: expireAt, zone: zoneName,
 			upRPMKey: base + "upstream:rpm", upRPM: up.RPM}
-		for _, u := range uses {
-			rt.limits = append(rt.limits, u.limit)
-			rt.dims = append(rt.dims, u.dim)
+		rt.limits, rt.dims = make([]int64, len(uses)), make([]dimension, len(uses))
+		for i, u := range uses {
+			rt.limits[i], rt.dims[i] = u.limit, u.dim
 		}
 		return ticket{h: sharedHold{rt}, a: q, debited: true}, dec, nil
 	case blocking == -1:
@@ -276,7 +295,8 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 	case u != nil:
 		dIn, dOut = d.in-float64(u.Input), d.out-float64(u.Output)
 	}
-	args := []any{rt.nb, len(rt.leaseIDs)}
+	args := make([]any, 2, 2+2*len(rt.limits)+len(rt.leaseIDs)+7)
+	args[0], args[1] = rt.nb, len(rt.leaseIDs)
 	for i, lim := range rt.limits {
 		var delta float64
 		switch rt.dims[i] {
@@ -292,6 +312,7 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 	for _, id := range rt.leaseIDs {
 		args = append(args, id)
 	}
+	budgetArgs := false
 	if sa != nil {
 		var cost int64
 		switch {
@@ -308,8 +329,14 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 		}
 		if rt.budget {
 			args = append(args, 1, rt.worst, cost, rt.expireAt)
+			budgetArgs = true
 		}
 	}
+	if !budgetArgs {
+		args = append(args, 0)
+	}
+	in, out := countedTokens(d, u, refund)
+	args = append(args, statsTTLArg, in, out)
 	ctx, cancel := context.WithTimeout(context.Background(), rt.rs.timeout)
 	defer cancel()
 	if err := settleScript.Run(ctx, rt.rs.client, rt.keys, args...).Err(); err != nil {
@@ -321,32 +348,37 @@ var errStoreDown = errors.New("the shared store cannot be reached")
 
 // admitShared decides a request on the shared store. A request that does
 // not fit waits for the wait Redis computed and asks again, within
-// max_wait: no polling in between. When Redis cannot be reached, fail open
-// decides on this instance's own buckets (and counts the error), fail
-// closed returns errStoreDown.
-func (h *Handler) admitShared(ctx context.Context, q ask) (ticket, decision, time.Duration, error) {
-	start := now()
-	maxWait := time.Duration(h.MaxWait)
+// max_wait: no polling in between. waited is the time spent in those
+// waits only, not in the calls to Redis: a request admitted on its first
+// try waited 0 (outcome allowed, no queue_wait observation). When Redis
+// cannot be reached, fail open decides on this instance's own buckets
+// (and counts the error), fail closed returns errStoreDown.
+func (h *Handler) admitShared(ctx context.Context, q ask) (t ticket, dec decision, waited time.Duration, err error) {
+	start, maxWait := now(), time.Duration(h.MaxWait)
 	for {
 		h.zone.sawShared(&q)
-		t, dec, err := h.rs.admit(ctx, h.Zone, q)
+		t, dec, err = h.rs.admit(ctx, h.Zone, q)
 		if err != nil {
 			if ctx.Err() != nil {
-				return ticket{}, decision{}, now().Sub(start), ctx.Err()
+				return ticket{}, decision{}, waited, ctx.Err()
 			}
 			h.zone.m.storeErrors.Inc()
 			h.rs.warn("redis store unreachable: deciding "+map[bool]string{true: "on this instance alone (fail open)", false: "503 (fail closed)"}[h.rs.failOpen], err)
 			if !h.rs.failOpen {
 				return ticket{}, decision{}, 0, errStoreDown
 			}
-			return h.zone.admitOrWait(ctx, q, maxWait, h.MaxQueue, h.DryRun)
+			t, dec, more, err := h.zone.admitOrWait(ctx, q, maxWait-now().Sub(start), h.MaxQueue, h.DryRun)
+			return t, dec, waited + more, err
 		}
-		waited := now().Sub(start)
-		if dec.ok || dec.never || h.DryRun || maxWait <= 0 || waited+dec.wait > maxWait {
+		// max_wait bounds the whole time spent deciding, round trips included.
+		if dec.ok || dec.never || h.DryRun || maxWait <= 0 || now().Sub(start)+dec.wait > maxWait {
 			return t, dec, waited, nil
 		}
-		if err := sleep(ctx, dec.wait); err != nil {
-			return ticket{}, decision{}, now().Sub(start), err
+		slept := now()
+		err = sleep(ctx, dec.wait)
+		waited += now().Sub(slept)
+		if err != nil {
+			return ticket{}, decision{}, waited, err
 		}
 	}
 }

@@ -174,6 +174,11 @@ func TestTwoInstancesShareOneLimitThroughARedisCluster(t *testing.T) {
 	if err != nil || len(slots) != 1 {
 		t.Fatalf("the zone's keys are in %d slots (%v), want 1", len(slots), err)
 	}
+	// The stats read the key's shared counters off the cluster (Redis's
+	// TIME and the key's hash in one pipeline).
+	if k, found := a.zone.keyStats(hashKey("sk-cluster").id(), now().UnixNano()); !found || k.RequestsTotal != ok || k.RequestsLastMinute != ok {
+		t.Errorf("the key's stats: %+v (found %v), want %d requests, all in the last minute", k, found, ok)
+	}
 	t.Logf("%d of 200 admitted across two instances on a 3-master cluster", ok)
 }
 
