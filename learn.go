@@ -223,8 +223,8 @@ func (ls *learnedState) snapshot(nowNs int64) sent {
 
 // observe takes one answer's report into the state and the buckets lb
 // (whose configured limits are cfg): the learned limits, the cap of each
-// bucket at what the provider said remains less what was sent since, and
-// the rate cut of a 429 that the learned limits had let through.
+// bucket at what the provider can have left (remainingNow), and the rate
+// cut of a 429 that the learned limits had let through.
 func (ls *learnedState) observe(r *rateReport, status int, s sent, lb *limitBuckets, cfg Limits, nowNs int64) {
 	ls.rise(nowNs)
 	for d := range numLearned {
