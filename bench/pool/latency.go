@@ -20,8 +20,8 @@ func configuredScenario(bin, dir string) []string {
 	pass := verdict(on.used >= 0.97, "learn_limits on: ≥ 97 %% of the quota used: %.1f %%", 100*on.used)
 	pass = verdict(on.used >= off.used-0.01, "learn_limits on no more than 1 point below off: %.1f %% vs %.1f %%", 100*on.used, 100*off.used) && pass
 	pass = verdict(on.leaked+off.leaked == 0, "no provider 429 reaches a client: %d (on), %d (off)", on.leaked, off.leaked) && pass
-	return []string{fmt.Sprintf("configured (1×%d RPM, 1 gateway, 3× load, latency %v, remaining at %s, %v measured): %s — learn_limits on %.1f %% of the quota, off %.1f %%; upstream 429s %.2f %% / %.2f %%",
-		*rpm, *latency, *remAt, *duration, passFail(pass), 100*on.used, 100*off.used, 100*on.r429, 100*off.r429)}
+	return []string{fmt.Sprintf("configured (1×%d RPM, %s, 3× load, latency %v, remaining at %s, %v measured): %s — learn_limits on %.1f %% of the quota, off %.1f %%; upstream 429s %.2f %% / %.2f %%",
+		*rpm, where(), *latency, *remAt, *duration, passFail(pass), 100*on.used, 100*off.used, 100*on.r429, 100*off.r429)}
 }
 
 // figures is what one run measured, for the table.
@@ -37,19 +37,23 @@ func figuresOf(o *result) figures {
 
 func configuredPair(bin, dir string, lat time.Duration, answerTime, quiet bool) (on, off figures) {
 	R := *rpm
+	name := "acct"
+	if *redisAt != "" {
+		name = "" // named accounts are not shared through Redis yet: the unnamed block
+	}
 	for _, mode := range []string{"on", "off"} {
-		block := limitsBlock("configured", account("acct", "sk-acct-a", fmt.Sprintf("\t\t\trpm %d\n", R))+"\n\t\tlearn_limits "+mode)
+		runName := fmt.Sprintf("configured-%s-%v-%s", mode, lat, arrivalOrAnswer(answerTime))
+		block := limitsBlock("configured", storeBlock(runName)+account(name, "sk-acct-a", fmt.Sprintf("\t\t\trpm %d\n", R))+"\n\t\tlearn_limits "+mode)
 		s := setup{
-			name:       fmt.Sprintf("configured-%s-%v-%s", mode, lat, arrivalOrAnswer(answerTime)),
+			name:       runName,
 			accounts:   map[string]string{"sk-acct-a": "acct"},
-			gateways:   []string{block},
-			perGateway: 3 * float64(R),
 			latency:    lat,
 			answerTime: answerTime,
 			quiet:      quiet,
 		}
-		s.title = fmt.Sprintf("configured, learn_limits %s: one account configured at its quota of %d RPM, 1 gateway offered %.0f/min from %d keys, latency %v, remaining at %s",
-			mode, R, s.perGateway, *keys, lat, arrivalOrAnswer(answerTime))
+		s.gateways, s.perGateway = instances(block, 3*float64(R))
+		s.title = fmt.Sprintf("configured, learn_limits %s: one account configured at its quota of %d RPM, %s offered %.0f/min in all from %d keys each, latency %v, remaining at %s",
+			mode, R, where(), 3*float64(R), *keys, lat, arrivalOrAnswer(answerTime))
 		o, skipped := run(bin, dir, s)
 		if skipped != "" {
 			check(fmt.Errorf("%s: %s", s.name, skipped))
