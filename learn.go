@@ -41,8 +41,8 @@ const maxLearnedLimit = 1_000_000_000_000
 // then on at a tenth of it. Gateways that share an account then spend
 // longer just under their joint quota and overshoot it less often: in a
 // simulation of two gateways on one 120 RPM account, the upstream 429s
-// fall from 5 % to 3 % of the calls (600 RPM: 1.1 % to 0.6 %), with the
-// quota still fully used.
+// fall from 4–5 % to 2.3–3.4 % of the calls (600 RPM: 0.9–1.1 % to
+// 0.5–0.7 %), with the quota still fully used.
 const (
 	learnDecrease  = 0.7
 	learnIncrease  = 0.01 // of the learned limit per second
