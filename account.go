@@ -436,10 +436,10 @@ func (c *choice) headroom(i int) *[2]float64 {
 	return &c.room[i]
 }
 
-// coolDown puts the ticket's pool account in cooldown for cool after it
-// answered 429 or 529, without moving the request (its answer goes to the
-// client as it is).
-func (t *ticket) coolDown(nowNs int64, cool time.Duration) {
+// coolDownLocal puts the ticket's pool account in cooldown for cool after
+// it answered 429 or 529, without moving the request (its answer goes to
+// the client as it is).
+func (t *ticket) coolDownLocal(nowNs int64, cool time.Duration) {
 	if t.acct == nil || !t.acfg.pool {
 		return
 	}
@@ -459,13 +459,13 @@ func (t *ticket) coolLocked(nowNs int64, cool time.Duration) {
 	}
 }
 
-// failover cools the ticket's account down for cool (a later hint may
+// failoverLocal cools the ticket's account down for cool (a later hint may
 // lengthen a cooldown, never shorten it) and moves the request to another
 // account that can take it now: the failed attempt's tokens go back to the
 // first account, whose request still counts, and the new account is
 // charged a request and the reservation. false: no other account can take
 // it now, and the request stays where it is.
-func (t *ticket) failover(nowNs int64, cool time.Duration) bool {
+func (t *ticket) failoverLocal(nowNs int64, cool time.Duration) bool {
 	if t.acct == nil || !t.acfg.pool {
 		return false
 	}

@@ -2,6 +2,7 @@ package llmratelimit
 
 import (
 	"context"
+	"net/http"
 	"time"
 )
 
@@ -30,6 +31,15 @@ type hold interface {
 	// and the usage (u; refund: all of it), and releases the request's
 	// concurrency slots.
 	settle(t *ticket, nowNs int64, u *usage, refund bool)
+	// learn takes an attempt's answer (its status and rate-limit
+	// headers) into what is learned of the account that served it.
+	learn(t *ticket, nowNs int64, status int, h http.Header)
+	// coolDown cools the serving pool account down for cool after it
+	// answered 429 or 529 (never shortening a cooldown).
+	coolDown(t *ticket, nowNs int64, cool time.Duration)
+	// failover cools the serving pool account down and moves the request
+	// to another that can take it now, charging it there; false: none can.
+	failover(t *ticket, nowNs int64, cool time.Duration) bool
 }
 
 // localAdmitter admits on the zone's own buckets, queueing fairly within
@@ -59,10 +69,30 @@ func (localHold) settle(t *ticket, nowNs int64, u *usage, refund bool) {
 	t.z.queue.wake()
 }
 
+func (localHold) learn(t *ticket, nowNs int64, status int, h http.Header) {
+	t.learnLocal(nowNs, status, h)
+}
+
+func (localHold) coolDown(t *ticket, nowNs int64, cool time.Duration) { t.coolDownLocal(nowNs, cool) }
+
+func (localHold) failover(t *ticket, nowNs int64, cool time.Duration) bool {
+	return t.failoverLocal(nowNs, cool)
+}
+
 // sharedHold is a reservation in the shared store.
 type sharedHold struct{ rt *redisTicket }
 
 func (s sharedHold) chargeRetry(*ticket, int64) { s.rt.chargeRetry() }
+
+func (s sharedHold) coolDown(t *ticket, _ int64, cool time.Duration) {
+	if s.rt.acct != nil {
+		s.rt.move(t, cool, false)
+	}
+}
+
+func (s sharedHold) failover(t *ticket, _ int64, cool time.Duration) bool {
+	return s.rt.acct != nil && s.rt.move(t, cool, true)
+}
 
 func (s sharedHold) settle(t *ticket, _ int64, u *usage, refund bool) {
 	s.rt.finish(t.a.d, t.a.spend, u, refund)

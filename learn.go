@@ -312,9 +312,9 @@ func (ls *learnedState) stats(nowNs int64) *LearnedStats {
 	return out
 }
 
-// learn takes what an attempt's answer said about its quota: into its
-// account's state, or, for a key that went upstream itself, the key's.
-func (t *ticket) learn(nowNs int64, status int, h http.Header) {
+// learnLocal takes what an attempt's answer said about its quota: into
+// its account's state, or, for a key that went upstream itself, the key's.
+func (t *ticket) learnLocal(nowNs int64, status int, h http.Header) {
 	if !t.a.learn || (t.acct == nil && !t.a.learnKey) || t.s == nil {
 		return
 	}

@@ -32,9 +32,14 @@ local function store_level(key, limit, level, now)
   local ttl = math.ceil((limit - level) * 60000 / limit) + 1000
   redis.call('PEXPIRE', key, math.min(ttl, 100000000000000))
 end
+` + luaNow + `
+local nb, nl = tonumber(ARGV[1]), tonumber(ARGV[2])
+`
+
+// luaNow is Redis's own clock in µs, the one clock of every script.
+const luaNow = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local nb, nl = tonumber(ARGV[1]), tonumber(ARGV[2])
 `
 
 // admitScript makes the whole admission decision on Redis's own clock:
@@ -48,10 +53,12 @@ local nb, nl = tonumber(ARGV[1]), tonumber(ARGV[2])
 // (-1: the budget), full lease set, levels..., spent}; the caller turns
 // the blocking bucket's level into its wait with durationFromTokens, as
 // for the in-process buckets.
-var admitScript = redis.NewScript(luaBuckets + luaCounters + `
+var admitScript = redis.NewScript(luaBuckets + luaCounters + luaPool + `
 local bi = 2 + 2*nb + 3*nl + 1
 local hasb, spent, bk = tonumber(ARGV[bi] or '0'), 0, nil
-local sttl = tonumber(ARGV[bi + (hasb == 1 and 4 or 1)] or '0')
+local sidx = bi + (hasb == 1 and 4 or 1)
+local sttl = tonumber(ARGV[sidx] or '0')
+local sk = nb + nl + hasb + 1
 if hasb == 1 then
   bk = KEYS[nb + nl + 1]
   local h = redis.call('HMGET', bk, 's', 'r')
@@ -83,8 +90,9 @@ if never == 0 and wait == 0 then
     if redis.call('ZCARD', k) >= tonumber(ARGV[base + 3*j - 2]) then full = j break end
   end
 end
+` + poolSection + `
 local out
-if never == 1 or wait > 0 or full > 0 then
+if never == 1 or wait > 0 or full > 0 or (na > 0 and not chosen) then
   out = {0, never, tostring(math.ceil(wait)), blocking, full}
 else
   for i = 1, nb do
@@ -101,11 +109,13 @@ else
     redis.call('HINCRBY', bk, 'r', ARGV[bi + 2])
     redis.call('PEXPIREAT', bk, ARGV[bi + 3])
   end
-  if sttl > 0 then count_key(KEYS[#KEYS], now, 1, 0, 0, sttl) end
+  if sttl > 0 then count_key(KEYS[sk], now, 1, 0, 0, sttl) end
+` + poolTake + `
   out = {1, 0, '0', 0, 0}
 end
 for i = 1, nb do out[#out + 1] = tostring(levels[i]) end
 out[#out + 1] = tostring(spent)
+` + poolReply + `
 return out
 `)
 
@@ -114,7 +124,7 @@ return out
 // reserved with the cost. After the budget's arguments (0: none), a TTL
 // in ms and the request's input and output tokens count on the key's
 // counters (the last key).
-var settleScript = redis.NewScript(luaBuckets + luaCounters + `
+var settleScript = redis.NewScript(luaBuckets + luaCounters + luaPool + `
 for i = 1, nb do
   local limit, delta = tonumber(ARGV[1 + 2*i]), tonumber(ARGV[2 + 2*i])
   if delta ~= 0 then
@@ -129,9 +139,21 @@ if tonumber(ARGV[bi] or '0') == 1 then
   redis.call('HINCRBY', bk, 's', ARGV[bi + 2])
   redis.call('PEXPIREAT', bk, ARGV[bi + 3])
 end
-local si = bi + (tonumber(ARGV[bi] or '0') == 1 and 4 or 1)
+local hasb = tonumber(ARGV[bi] or '0') == 1 and 1 or 0
+local si = bi + (hasb == 1 and 4 or 1)
+local sk = nb + nl + hasb + 1
 if tonumber(ARGV[si] or '0') > 0 then
-  count_key(KEYS[#KEYS], now, 0, tonumber(ARGV[si + 1]), tonumber(ARGV[si + 2]), tonumber(ARGV[si]))
+  count_key(KEYS[sk], now, 0, tonumber(ARGV[si + 1]), tonumber(ARGV[si + 2]), tonumber(ARGV[si]))
+end
+if tonumber(ARGV[si + 3] or '0') == 1 then
+  -- The pool's account: its tokens settled, its lease freed.
+  local p = si + 4
+  local a = {key = KEYS[sk + 1], lkey = KEYS[sk + 2],
+    cfg = {tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5]), tonumber(ARGV[p + 6])}}
+  local din, dout = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
+  acct_give(a, {0, din + dout, din, dout}, now)
+  acct_flush(a.key, a.s)
+  redis.call('ZREM', a.lkey, ARGV[p])
 end
 return 1
 `)
@@ -152,12 +174,20 @@ type redisTicket struct {
 	// The shared upstream's request bucket, which every retry charges.
 	upRPMKey string
 	upRPM    int64
+	// The zone's and the key's key prefixes, and the pool account that
+	// serves the request (nil: no pool).
+	base, keyBase string
+	acct          *redisAcct
 }
 
 // chargeRetry counts a retry as one more call on the shared upstream's
 // request bucket in Redis (debt allowed), as in process: its tokens are
 // the ones already reserved.
 func (rt *redisTicket) chargeRetry() {
+	if rt.acct != nil {
+		rt.poolChargeRetry()
+		return
+	}
 	if rt.upRPM <= 0 {
 		return
 	}
@@ -235,8 +265,16 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	} else {
 		args = append(args, 0)
 	}
-	keys = append(keys, keyBase+"stats") // the key's counters, last
+	keys = append(keys, keyBase+"stats") // the key's counters
 	args = append(args, statsTTLArg)
+	ownKeys, ownArgs := len(keys), len(args)
+	pool := isPool(q.accts)
+	if pool {
+		keys = poolKeys(keys, base, keyBase, q.accts)
+		args = append(args, len(q.accts), strconv.FormatFloat(math.Ceil(q.d.in), 'f', -1, 64), strconv.FormatFloat(math.Ceil(q.d.out), 'f', -1, 64),
+			b2i(q.learn), rs.instance+":"+strconv.FormatUint(rs.leaseSeq.Add(1), 10), leaseTTL.Microseconds())
+		args = poolArgs(args, q.accts)
+	}
 
 	cctx, cancel := context.WithTimeout(ctx, rs.timeout)
 	defer cancel()
@@ -244,8 +282,13 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	if err != nil {
 		return ticket{}, decision{}, err
 	}
-	if len(res) != 6+nb {
+	hasPool := pool && len(res) == 6+nb+poolReplyLen // the budget's refusal has no pool part
+	if len(res) != 6+nb && !hasPool {
 		return ticket{}, decision{}, fmt.Errorf("store redis: unexpected reply of %d values", len(res))
+	}
+	var chosen int64
+	if hasPool {
+		chosen, _ = res[6+nb].(int64)
 	}
 	spent, _ := strconv.ParseFloat(fmt.Sprint(res[5+nb]), 64)
 	ok, _ := res[0].(int64)
@@ -266,18 +309,32 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	switch {
 	case ok == 1:
 		dec.ok = true
-		rt := &redisTicket{rs: rs, keys: keys, nb: nb, leaseIDs: leaseIDs, budget: hasBudget, worst: worst, expireAt: expireAt, zone: zoneName,
-			upRPMKey: base + "upstream:rpm", upRPM: up.RPM}
+		rt := &redisTicket{rs: rs, keys: keys[:ownKeys:ownKeys], nb: nb, leaseIDs: leaseIDs, budget: hasBudget, worst: worst, expireAt: expireAt, zone: zoneName,
+			upRPMKey: base + "upstream:rpm", upRPM: up.RPM, base: base, keyBase: keyBase}
 		rt.limits, rt.dims = make([]int64, len(uses)), make([]dimension, len(uses))
 		for i, u := range uses {
 			rt.limits[i], rt.dims[i] = u.limit, u.dim
 		}
-		return ticket{h: sharedHold{rt}, a: q, debited: true}, dec, nil
+		t := ticket{h: sharedHold{rt}, a: q, debited: true}
+		if pool {
+			if chosen < 1 || int(chosen) > len(q.accts) {
+				return ticket{}, decision{}, fmt.Errorf("store redis: admitted without an account (%v)", res[6+nb])
+			}
+			rt.acct = &redisAcct{accts: q.accts, idx: int(chosen) - 1, lease: args[ownArgs+4].(string)}
+			rt.setSent(res[7+nb : 13+nb])
+			t.acfg = rt.acctCfg()
+		}
+		return t, dec, nil
 	case blocking == -1:
 		dec.overBudget, dec.never = true, true
 		dec.spent, dec.resetsAt = int64(spent), resetsAt.Unix()
 	case full > 0:
 		dec.verdict = verdict{wait: time.Second, blocking: use{limit: leaseLimits[full-1], need: 1, dim: dimConcurrency, scope: leaseScopes[full-1]}}
+	case hasPool && never == 0 && blocking == 0:
+		// The key's own quota let it through; no account of the pool can.
+		if dec.verdict, err = poolVerdict(res[13+nb:], q.d); err != nil {
+			return ticket{}, decision{}, err
+		}
 	case blocking > 0:
 		u := uses[blocking-1]
 		dec.verdict = verdict{never: never == 1, wait: durationFromTokens(u.limit, u.need-levels[blocking-1]), blocking: u, available: floorNonNeg(levels[blocking-1])}
@@ -337,9 +394,13 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 	}
 	in, out := countedTokens(d, u, refund)
 	args = append(args, statsTTLArg, in, out)
+	keys := rt.keys
+	if rt.acct != nil {
+		keys, args = rt.poolSettle(keys, args, dIn, dOut)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), rt.rs.timeout)
 	defer cancel()
-	if err := settleScript.Run(ctx, rt.rs.client, rt.keys, args...).Err(); err != nil {
+	if err := settleScript.Run(ctx, rt.rs.client, keys, args...).Err(); err != nil {
 		rt.rs.warn("settling in redis failed; leases expire on their own", err)
 	}
 }
@@ -369,6 +430,10 @@ func (h *Handler) admitShared(ctx context.Context, q ask) (t ticket, dec decisio
 			}
 			t, dec, more, err := h.zone.admitOrWait(ctx, q, maxWait-now().Sub(start), h.MaxQueue, h.DryRun)
 			return t, dec, waited + more, err
+		}
+		t.z = h.zone // its metrics
+		if !dec.ok && h.DryRun && isPool(q.accts) {
+			t.acfg = q.accts[0] // dry_run forwards what did not fit: to the first account
 		}
 		// max_wait bounds the whole time spent deciding, round trips included.
 		if dec.ok || dec.never || h.DryRun || maxWait <= 0 || now().Sub(start)+dec.wait > maxWait {

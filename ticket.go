@@ -1,5 +1,10 @@
 package llmratelimit
 
+import (
+	"net/http"
+	"time"
+)
+
 // ticket is an admitted (or dry-run-forwarded) request's hold on its key
 // and on the upstream quota: what it reserved, and the concurrency slots it
 // must give back.
@@ -100,6 +105,30 @@ func (t *ticket) chargeRetry(nowNs int64) {
 	if t.h != nil {
 		t.h.chargeRetry(t, nowNs)
 	}
+}
+
+// learn takes what an attempt's answer said about its quota (its
+// rate-limit headers, a 429) into the store that holds the request.
+func (t *ticket) learn(nowNs int64, status int, h http.Header) {
+	if t.h != nil && t.a.learn {
+		t.h.learn(t, nowNs, status, h)
+	}
+}
+
+// coolDown puts the ticket's pool account in cooldown for cool after it
+// answered 429 or 529, without moving the request (its answer goes to the
+// client as it is).
+func (t *ticket) coolDown(nowNs int64, cool time.Duration) {
+	if t.h != nil {
+		t.h.coolDown(t, nowNs, cool)
+	}
+}
+
+// failover cools the ticket's pool account down for cool and moves the
+// request to another account that can take it now; false when none can
+// (the request stays where it is) or the request has no pool account.
+func (t *ticket) failover(nowNs int64, cool time.Duration) bool {
+	return t.h != nil && t.h.failover(t, nowNs, cool)
 }
 
 // chargeRetryLocal is chargeRetry on the zone's own account buckets.

@@ -304,9 +304,6 @@ func (h *Handler) validateAccounts() error {
 	if h.Upstream != nil {
 		return fmt.Errorf("upstream: the unnamed block cannot be mixed with named upstream blocks (a pool): name every account")
 	}
-	if h.Store != nil && h.Store.Redis != nil {
-		return fmt.Errorf("upstream: named accounts are kept in this process; sharing a pool through store redis is not supported yet")
-	}
 	seen := make(map[string]bool, len(h.Upstreams))
 	for _, a := range h.Upstreams {
 		if err := checkAccountName(a.Name); err != nil {
