@@ -250,3 +250,14 @@ func TestRedisPoolConcurrencyIsShared(t *testing.T) {
 		t.Fatalf("after both finished: %d, want 200 (the slots came back)", w.Code)
 	}
 }
+
+// BenchmarkRedisPoolAdmission is BenchmarkRedisAdmission with a pool of 8
+// named accounts: the account is chosen in the admission's own script
+// (one round trip), then settled.
+func BenchmarkRedisPoolAdmission(b *testing.B) {
+	var accts []Account
+	for i := range 8 {
+		accts = append(accts, Account{Name: "acct" + strconv.Itoa(i), Limits: Limits{RPM: 1 << 40, TPM: 1 << 50, Concurrent: 1 << 20}})
+	}
+	benchRedisTargets(b, &Handler{Limits: Limits{RPM: 1 << 40, TPM: 1 << 50, Concurrent: 1 << 20}, Upstreams: accts})
+}

@@ -259,7 +259,12 @@ func TestRedisOutageFailsOpenOrClosedAndRecovers(t *testing.T) {
 // Cluster, from 1 and from 64 concurrent clients (each its own key), with
 // the latency's p50 and p99 and the admissions per second.
 func BenchmarkRedisAdmission(b *testing.B) {
-	lim := Limits{RPM: 1 << 40, TPM: 1 << 50, Concurrent: 1 << 20}
+	benchRedisTargets(b, &Handler{Limits: Limits{RPM: 1 << 40, TPM: 1 << 50, Concurrent: 1 << 20}})
+}
+
+// benchRedisTargets runs benchRedisAdmission for a handler like proto
+// against one redis-server and a 3-master Cluster, from 1 and 64 clients.
+func benchRedisTargets(b *testing.B, proto *Handler) {
 	for _, target := range []string{"single", "cluster"} {
 		var rc *RedisConfig
 		if target == "single" {
@@ -269,7 +274,9 @@ func BenchmarkRedisAdmission(b *testing.B) {
 			rc = &RedisConfig{Address: addrs[0], Addresses: addrs[1:], Cluster: true}
 		}
 		rc.Fail, rc.Prefix, rc.Timeout = "closed", "bench:", caddy.Duration(time.Second)
-		h := provisioned(b, &Handler{Zone: "bench-redis-" + target, Limits: lim, Store: &StoreConfig{Redis: rc}})
+		hc := *proto
+		hc.Zone, hc.Store = "bench-redis-"+target, &StoreConfig{Redis: rc}
+		h := provisioned(b, &hc)
 		for _, clients := range []int{1, 64} {
 			b.Run(fmt.Sprintf("%s/clients=%d", target, clients), func(b *testing.B) {
 				benchRedisAdmission(b, h, clients)
@@ -289,7 +296,7 @@ func benchRedisAdmission(b *testing.B, h *Handler, clients int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			q := ask{kh: hashKey(fmt.Sprintf("sk-bench-%d", c)), lim: h.Limits, d: demand{in: 300, out: 512}}
+			q := ask{kh: hashKey(fmt.Sprintf("sk-bench-%d", c)), lim: h.Limits, d: demand{in: 300, out: 512}, accts: h.accountsFor("")}
 			for next.Add(1) <= int64(b.N) {
 				t0 := time.Now()
 				tk, dec, err := h.rs.admit(ctx, h.Zone, q)

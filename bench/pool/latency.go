@@ -38,9 +38,6 @@ func figuresOf(o *result) figures {
 func configuredPair(bin, dir string, lat time.Duration, answerTime, quiet bool) (on, off figures) {
 	R := *rpm
 	name := "acct"
-	if *redisAt != "" {
-		name = "" // named accounts are not shared through Redis yet: the unnamed block
-	}
 	for _, mode := range []string{"on", "off"} {
 		runName := fmt.Sprintf("configured-%s-%v-%s", mode, lat, arrivalOrAnswer(answerTime))
 		block := limitsBlock("configured", storeBlock(runName)+account(name, "sk-acct-a", fmt.Sprintf("\t\t\trpm %d\n", R))+"\n\t\tlearn_limits "+mode)

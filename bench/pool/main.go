@@ -18,10 +18,11 @@
 //
 // Scenarios:
 //
-//	pool        two accounts of -rpm each as `upstream a { rpm R header_up ... }`
-//	            and b, offered 6R a minute from -keys client keys through one
-//	            gateway. Checks: ≥ 95 % of 2R×duration served upstream, each
-//	            account ≥ 40 % of the successes, upstream 429s ≤ 1 % of the
+//	pool        -accounts N accounts (default 2) of -rpm each as
+//	            `upstream a { rpm R header_up ... }`, b, …, offered 3NR a minute
+//	            from -keys client keys per gateway. Checks: ≥ 95 % of
+//	            NR×duration served upstream, each account ≥ 0.8/N of the
+//	            successes, upstream 429s ≤ 1 % of the
 //	            upstream calls, no provider 429 reaching a client.
 //	configured  one account configured at its true quota (`rpm R`), one
 //	            gateway offered 3R, learn_limits on and then off. Checks: on
@@ -45,10 +46,8 @@
 //
 // With -instances N the pool and configured scenarios spread their load
 // over N gateway processes, and with -redis ADDR[,ADDR...] (and -cluster
-// for a Redis Cluster's seeds) those share their state in Redis. Named
-// accounts are not shared through Redis yet, so there the configured
-// scenario uses the unnamed block, and the pool scenario says it is
-// skipped.
+// for a Redis Cluster's seeds) those share their state in Redis: the
+// pool's accounts, their cooldowns and learned limits, the keys' buckets.
 //
 //	go run ./bench/pool [-scenario pool|configured|learned|all] [-duration 60s] [-rpm 600] [-conns 64] [-latency 0s] [-remaining arrival|answer] [-instances 1] [-redis ADDR [-cluster]]
 //	go run ./bench/pool -table [-latencies 0s,10s,30s,60s,120s] [-parallel 0] [-rpm 600] [-duration 60s]
@@ -85,6 +84,7 @@ var (
 	insts    = flag.Int("instances", 1, "gateway instances that share the pool and configured scenarios' load (each a Caddy process); with -redis they share their state there")
 	redisAt  = flag.String("redis", "", "Redis address(es), comma-separated: the pool and configured scenarios' gateways get `store redis` (a fresh prefix per run)")
 	cluster  = flag.Bool("cluster", false, "-redis names a Redis Cluster's seed nodes")
+	nAccts   = flag.Int("accounts", 2, "the pool scenario's accounts")
 )
 
 const retryBlock = `		retry {
@@ -126,6 +126,8 @@ func main() {
 		check(fmt.Errorf("-scenario: want pool, learned, configured or all, got %q", *scenario))
 	case *rpm < 6 || *duration <= 0 || *conns < 1 || *keys < 1 || *maxWait <= 0 || *warmup < 0 || *latency < 0 || *parallel < 0:
 		check(fmt.Errorf("want -rpm ≥ 6, -duration > 0, -conns ≥ 1, -keys ≥ 1, -max-wait > 0, -warmup ≥ 0, -latency ≥ 0, -parallel ≥ 0"))
+	case *nAccts < 1 || *nAccts > 26:
+		check(fmt.Errorf("-accounts: want 1 to 26, got %d", *nAccts))
 	case *insts < 1 || *insts > 16:
 		check(fmt.Errorf("-instances: want 1 to 16, got %d", *insts))
 	case *cluster && *redisAt == "":
@@ -222,16 +224,23 @@ func where() string {
 }
 
 func poolScenario(bin, dir string) string {
-	R := *rpm
+	R, N := *rpm, *nAccts
 	lim := fmt.Sprintf("\t\t\trpm %d\n", R)
 	s := setup{
 		name:       "pool",
-		accounts:   map[string]string{"sk-acct-a": "a", "sk-acct-b": "b"},
+		accounts:   map[string]string{},
 		latency:    *latency,
 		answerTime: *remAt == "answer",
 	}
-	s.gateways, s.perGateway = instances(limitsBlock("pool", storeBlock("pool")+account("a", "sk-acct-a", lim)+"\n"+account("b", "sk-acct-b", lim)), float64(6*R))
-	s.title = fmt.Sprintf("pool: accounts a and b of %d RPM each, %s offered %d/min in all (3× the pool) from %d keys each", R, where(), 6*R, *keys)
+	var blocks []string
+	for i := range N {
+		name := string(rune('a' + i))
+		token := "sk-acct-" + name
+		s.accounts[token] = name
+		blocks = append(blocks, account(name, token, lim))
+	}
+	s.gateways, s.perGateway = instances(limitsBlock("pool", storeBlock("pool")+strings.Join(blocks, "\n")), float64(3*N*R))
+	s.title = fmt.Sprintf("pool: %d accounts of %d RPM each, %s offered %d/min in all (3× the pool) from %d keys each", N, R, where(), 3*N*R, *keys)
 	o, skipped := run(bin, dir, s)
 	if skipped != "" {
 		fmt.Printf("\n== %s\nskipped: %s\n", s.title, skipped)
@@ -248,12 +257,12 @@ func poolScenario(bin, dir string) string {
 	}
 	r429 := o.upstream429() / math.Max(1, total+o.upstream429())
 	fmt.Println("checks:")
-	pass := verdict(used >= 0.95, "upstream successes ≥ 95 %% of 2R×duration: %.1f %% (%.0f of %.0f)", 100*used, total, o.quota)
-	pass = verdict(minShare >= 0.40, "each account ≥ 40 %% of the successes: %s", strings.Join(shares, ", ")) && pass
+	pass := verdict(used >= 0.95, "upstream successes ≥ 95 %% of %dR×duration: %.1f %% (%.0f of %.0f)", N, 100*used, total, o.quota)
+	pass = verdict(minShare >= 0.8/float64(N), "each account ≥ %.0f %% of the successes: %s", 80/float64(N), strings.Join(shares, ", ")) && pass
 	pass = verdict(r429 <= 0.01, "upstream 429s ≤ 1 %% of the upstream calls: %.2f %%", 100*r429) && pass
 	pass = verdict(o.t.leakedAll == 0, "no provider 429 reaches a client (whole run): %d", o.t.leakedAll) && pass
-	return fmt.Sprintf("pool (2×%d RPM, 3× load, %v measured): %s — %.1f %% of the pool's quota served (%s), upstream 429s %.2f %%, provider 429s reaching clients %d, gateway 429s %d of %d sent",
-		R, *duration, passFail(pass), 100*used, strings.Join(shares, " / "), 100*r429, o.t.leakedAll, o.t.shed, o.t.sent)
+	return fmt.Sprintf("pool (%d×%d RPM, %s, 3× load, %v measured): %s — %.1f %% of the pool's quota served (%s), upstream 429s %.2f %%, provider 429s reaching clients %d, gateway 429s %d of %d sent",
+		N, R, where(), *duration, passFail(pass), 100*used, strings.Join(shares, " / "), 100*r429, o.t.leakedAll, o.t.shed, o.t.sent)
 }
 
 func learnedScenario(bin, dir string) []string {
