@@ -407,7 +407,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if h.Upstream != nil {
 			up = h.Upstream.Limits
 		}
-		h.zone.shared.Store(&sharedZone{rs: h.rs, up: up})
+		sz := &sharedZone{rs: h.rs, up: up}
+		if h.pool {
+			sz.pool = h.accounts
+		}
+		h.zone.shared.Store(sz)
 	}
 	if len(h.spend.budgets) > 0 && h.rs == nil {
 		h.zone.budgets.Store(&h.spend.budgets)

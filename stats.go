@@ -193,6 +193,9 @@ func (z *zone) stats(nowNs int64) ZoneStats {
 	z.upMu.Unlock()
 	if sh := z.shared.Load(); sh != nil {
 		z.sharedStats(sh.rs, sh.up, &out)
+		if len(sh.pool) > 0 {
+			z.sharedPoolStats(sh.rs, sh.pool, &out)
+		}
 	}
 	return out
 }

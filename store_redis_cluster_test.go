@@ -252,13 +252,14 @@ func freePortTB(t testing.TB) int {
 // Kill the primary behind a Sentinel: with fail closed the gateways answer
 // 503 while there is no primary and serve again through the promoted
 // replica within 15 s of the promotion, still sharing the limit; with fail
-// open no client sees an error at all.
+// open no client sees an error at all. The zones are pools of two named
+// accounts, chosen in Redis (and in process while it is down, fail open).
 func TestSentinelFailoverIsFollowed(t *testing.T) {
 	setClock(nil)
 	t.Cleanup(func() { setClock(clk) })
 	s := startSentinel(t)
 	mk := func(fail, zone string) *Handler {
-		h := provisioned(t, &Handler{Zone: zone, Limits: Limits{RPM: 20},
+		h := provisioned(t, &Handler{Zone: zone, Limits: Limits{RPM: 20}, Upstreams: poolAccounts(Limits{RPM: 1000, Concurrent: 50}, "a", "b"),
 			Store: &StoreConfig{Redis: &RedisConfig{Address: s.sentinel, Sentinel: "mymaster", Fail: fail,
 				Timeout: caddy.Duration(2 * time.Second), Prefix: "t:sentinel:"}}})
 		h.logger = zap.NewNop()

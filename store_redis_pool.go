@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // redisAcct is the pool account that serves a request admitted on Redis.
@@ -170,6 +172,67 @@ func (s sharedHold) learn(t *ticket, nowNs int64, status int, h http.Header) {
 		return
 	}
 	s.rt.poolLearn(status, &r, ok)
+}
+
+// sharedPoolStats puts what Redis holds of the pool's accounts into the
+// zone's stats, on Redis's clock: every instance shows the same buckets,
+// leases in flight, cooldowns, learned limits and counts. On a Redis
+// error it leaves this instance's own figures.
+func (z *zone) sharedPoolStats(rs *redisStore, accts []*accountCfg, out *ZoneStats) {
+	base := rs.zoneBase(z.name)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	pipe := rs.client.Pipeline()
+	tm := pipe.Time(ctx)
+	hashes := make([]*redis.MapStringStringCmd, len(accts))
+	leases := make([]*redis.IntCmd, len(accts))
+	for i, ac := range accts {
+		hashes[i] = pipe.HGetAll(ctx, base+"a:"+ac.name)
+		leases[i] = pipe.ZCard(ctx, base+"a:"+ac.name+":leases")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		rs.warn("reading the pool's stats from redis failed", err)
+		return
+	}
+	nowNs := tm.Val().UnixNano()
+	if out.Upstreams == nil {
+		out.Upstreams = map[string]AccountStats{}
+	}
+	for i, ac := range accts {
+		m := hashes[i].Val()
+		num := func(k string) (float64, bool) {
+			v, err := strconv.ParseFloat(m[k], 64)
+			return v, err == nil
+		}
+		st := account{cfg: ac.lim, inflight: leases[i].Val()}
+		for d, b := range [...]*bucket{&st.rpm, &st.tpm, &st.itpm, &st.otpm} {
+			l, ok1 := num("b" + strconv.Itoa(d+1))
+			at, ok2 := num("u" + strconv.Itoa(d+1))
+			if ok1 && ok2 {
+				*b = bucket{level: l, at: max(int64(at)*1000, 1)}
+			}
+		}
+		if f, ok := num("f"); ok {
+			ls := &learnedState{factor: f}
+			rise, _ := num("rise")
+			pk, _ := num("pk")
+			ls.lastRise, ls.peak = int64(rise)*1000, pk
+			for d := range numLearned {
+				l, _ := num("L" + strconv.Itoa(d+1))
+				seen, _ := num("S" + strconv.Itoa(d+1))
+				ls.limit[d], ls.seenAt[d] = int64(l), int64(seen)*1000
+			}
+			st.learned = ls
+		}
+		calls, _ := num("calls")
+		rl, _ := num("rl")
+		as := AccountStats{UpstreamStats: st.snapshot(nowNs), Learned: st.learned.stats(nowNs), CallsTotal: int64(calls), RateLimitedTotal: int64(rl)}
+		if cool, ok := num("cool"); ok && int64(cool)*1000 > nowNs {
+			t := time.Unix(0, int64(cool)*1000).UTC().Format(time.RFC3339Nano)
+			as.CooldownUntil = &t
+		}
+		out.Upstreams[ac.name] = as
+	}
 }
 
 func b2i(b bool) int {

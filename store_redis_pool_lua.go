@@ -19,7 +19,7 @@ import (
 //
 //	bd, ud   the bucket's level and when it was written (µs); absent: full
 //	cool     cooling down until (µs)
-//	Ld       the learned limit per minute
+//	Ld, Sd   the learned limit per minute, and when it was last said (µs)
 //	f, rise  the learned rate factor and when it last rose (absent: nothing learned)
 //	cut, q   the last decrease and the last 429 seen (µs)
 //	pk       the factor at the last decrease
@@ -351,7 +351,10 @@ if not s.f then
 end
 for d = 1, 4 do
   local l = tonumber(ARGV[2 + d])
-  if l > 0 then put(s, 'L' .. d, l) end
+  if l > 0 then
+    put(s, 'L' .. d, l)
+    put(s, 'S' .. d, now)
+  end
 end
 local sentAt, sentLearned = tonumber(ARGV[11]), tonumber(ARGV[16])
 if status == 429 then

@@ -116,6 +116,14 @@ func TestRedisPoolA429KeepsEveryInstanceOffTheAccount(t *testing.T) {
 	if left := time.Duration(cool-float64(tm.UnixMicro())) * time.Microsecond; err != nil || left < 20*time.Second || left > 31*time.Second {
 		t.Fatalf("account a cools down for %v more (%v), want about 30 s", left, err)
 	}
+	// Every instance's stats show the pool as Redis holds it.
+	for i, h := range hs {
+		st := h.zone.stats(now().UnixNano()).Upstreams
+		a := st["a"]
+		if a.CooldownUntil == nil || a.CallsTotal != 1 || a.RateLimitedTotal != 1 || st["b"].CallsTotal+st["c"].CallsTotal != 13 {
+			t.Errorf("instance %d's stats: a %+v, b %+v, c %+v; want a cooling down after its 1 call answered 429, b and c 13 calls", i+1, a, st["b"], st["c"])
+		}
+	}
 	// Instance 1 counted the cooldown in its metrics.
 	if v := testutil.ToFloat64(metricUpstreamCooldown.WithLabelValues(hs[0].Zone, "a")); v < 29 {
 		t.Fatalf("cooldown seconds of a on instance 1: %v, want 30", v)

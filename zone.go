@@ -180,8 +180,9 @@ func (z *zone) inFlight() int64 {
 
 // sharedZone is what the stats of a shared zone need.
 type sharedZone struct {
-	rs *redisStore
-	up Limits
+	rs   *redisStore
+	up   Limits
+	pool []*accountCfg // the named accounts shared in Redis, for the stats
 }
 
 // demand is what one request asks of the buckets, after estimation.
