@@ -18,23 +18,39 @@ var leaseTTL = 10 * time.Minute
 // luaBuckets is the bucket arithmetic that both scripts share, written
 // once: a bucket is a hash {l: level, t: time in µs} refilled at limit per
 // minute; an absent one is full. level_at reads a bucket's level at now;
-// store_level writes it back with a TTL of the time it takes to be full
-// again (capped, so that a bucket deep in debt still gets a valid TTL),
-// after which the key is dropped: a full bucket and no key are the same.
-const luaBuckets = `
+// store_level writes it back. The hash must live at least until the
+// bucket is full again (capped, so that a bucket deep in debt still gets a
+// valid TTL), after which it may be dropped: a full bucket and no hash are
+// the same. A PEXPIRE costs more than the arithmetic of a bucket, so the
+// hash remembers (x, µs) when it was set to expire, and store_level sets
+// it again only when that comes too soon, then with luaSlackMs to spare:
+// about once a minute per busy bucket instead of on every write.
+var luaBuckets = `
+local X = {}
 local function level_at(key, limit, now)
-  local h = redis.call('HMGET', key, 'l', 't')
+  local h = redis.call('HMGET', key, 'l', 't', 'x')
+  X[key] = tonumber(h[3])
   if not h[1] then return limit end
   return math.min(limit, tonumber(h[1]) + (now - tonumber(h[2])) * limit / 60000000)
 end
 local function store_level(key, limit, level, now)
-  redis.call('HSET', key, 'l', tostring(level), 't', tostring(now))
-  local ttl = math.ceil((limit - level) * 60000 / limit) + 1000
-  redis.call('PEXPIRE', key, math.min(ttl, 100000000000000))
+  local ttl = math.min(math.ceil((limit - level) * 60000 / limit) + 1000, 100000000000000)
+  if (X[key] or 0) < now + ttl * 1000 then
+    ttl = ttl + ` + strconv.FormatInt(luaSlackMs, 10) + `
+    X[key] = now + ttl * 1000
+    redis.call('HSET', key, 'l', tostring(level), 't', tostring(now), 'x', tostring(X[key]))
+    redis.call('PEXPIRE', key, ttl)
+  else
+    redis.call('HSET', key, 'l', tostring(level), 't', tostring(now))
+  end
 end
 ` + luaNow + `
 local nb, nl = tonumber(ARGV[1]), tonumber(ARGV[2])
 `
+
+// luaSlackMs is how much longer than needed a script makes a hash live
+// when it sets its TTL, so that it need not set it again for as long.
+const luaSlackMs = 60_000
 
 // luaNow is Redis's own clock in µs, the one clock of every script.
 const luaNow = `
@@ -53,7 +69,9 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 // (-1: the budget), full lease set, levels..., spent}; the caller turns
 // the blocking bucket's level into its wait with durationFromTokens, as
 // for the in-process buckets.
-var admitScript = redis.NewScript(luaBuckets + luaCounters + luaPool + `
+var admitScript = redis.NewScript(admitSrc)
+
+var admitSrc = luaBuckets + luaCounters + luaPool + `
 local bi = 2 + 2*nb + 3*nl + 1
 local hasb, spent, bk = tonumber(ARGV[bi] or '0'), 0, nil
 local sidx = bi + (hasb == 1 and 4 or 1)
@@ -85,9 +103,12 @@ end
 local base, full = 2 + 2*nb, 0
 if never == 0 and wait == 0 then
   for j = 1, nl do
-    local k = KEYS[nb + j]
-    redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
-    if redis.call('ZCARD', k) >= tonumber(ARGV[base + 3*j - 2]) then full = j break end
+    local k, lim = KEYS[nb + j], tonumber(ARGV[base + 3*j - 2])
+    if redis.call('ZCARD', k) >= lim then
+      -- Full: drop the leases of instances that died, then count again.
+      redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+      if redis.call('ZCARD', k) >= lim then full = j break end
+    end
   end
 end
 ` + poolSection + `
@@ -117,14 +138,16 @@ for i = 1, nb do out[#out + 1] = tostring(levels[i]) end
 out[#out + 1] = tostring(spent)
 ` + poolReply + `
 return out
-`)
+`
 
 // settleScript gives tokens back (or takes more, into debt), releases
 // the request's leases and, with a budget, replaces the worst case
 // reserved with the cost. After the budget's arguments (0: none), a TTL
 // in ms and the request's input and output tokens count on the key's
 // counters (the last key).
-var settleScript = redis.NewScript(luaBuckets + luaCounters + luaPool + `
+var settleScript = redis.NewScript(settleSrc)
+
+var settleSrc = luaBuckets + luaCounters + luaPool + `
 for i = 1, nb do
   local limit, delta = tonumber(ARGV[1 + 2*i]), tonumber(ARGV[2 + 2*i])
   if delta ~= 0 then
@@ -151,12 +174,14 @@ if tonumber(ARGV[si + 3] or '0') == 1 then
   local a = {key = KEYS[sk + 1], lkey = KEYS[sk + 2],
     cfg = {tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5]), tonumber(ARGV[p + 6])}}
   local din, dout = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
-  acct_give(a, {0, din + dout, din, dout}, now)
-  acct_flush(a.key, a.s)
-  redis.call('ZREM', a.lkey, ARGV[p])
+  if din ~= 0 or dout ~= 0 then
+    acct_give(a, {0, din + dout, din, dout}, now)
+    acct_flush(a.key, a.s)
+  end
+  if tonumber(ARGV[p + 7]) > 0 then redis.call('ZREM', a.lkey, ARGV[p]) end
 end
 return 1
-`)
+`
 
 // redisTicket is an admitted request's hold on the shared store.
 type redisTicket struct {

@@ -38,24 +38,45 @@ var statsTTLArg any = statsTTL.Milliseconds()
 // luaCounters is the counting that both scripts share, after luaBuckets:
 // count_key adds req requests and tin + tout tokens to a key's counters
 // at now (µs), resetting a ring slot that still holds an older slot's
-// counts, and keeps the hash for ttl ms more.
+// counts, and makes the hash live at least ttl ms more (setting its TTL
+// only when it would expire sooner, as store_level does, its expiry in
+// field x).
 var luaCounters = `
+local CB, CR, CT = {` + luaNames("b") + `}, {` + luaNames("r") + `}, {` + luaNames("t") + `}
 local function count_key(key, now, req, tin, tout, ttl)
   local slot = math.floor(now / ` + strconv.Itoa(statsSlotUs) + `)
-  local k = tostring(slot % ` + strconv.Itoa(statsSlots) + `)
+  local k = slot % ` + strconv.Itoa(statsSlots) + ` + 1
   local tok = tin + tout
-  if redis.call('HGET', key, 'b' .. k) == tostring(slot) then
-    if req ~= 0 then redis.call('HINCRBY', key, 'r' .. k, req) end
-    if tok ~= 0 then redis.call('HINCRBY', key, 't' .. k, tok) end
+  local h = redis.call('HMGET', key, CB[k], 'x')
+  if tonumber(h[1]) == slot then
+    if req ~= 0 then redis.call('HINCRBY', key, CR[k], req) end
+    if tok ~= 0 then redis.call('HINCRBY', key, CT[k], tok) end
   elseif req ~= 0 or tok ~= 0 then
-    redis.call('HSET', key, 'b' .. k, tostring(slot), 'r' .. k, req, 't' .. k, tok)
+    redis.call('HSET', key, CB[k], tostring(slot), CR[k], req, CT[k], tok)
   end
   if req ~= 0 then redis.call('HINCRBY', key, 'n', req) end
   if tin ~= 0 then redis.call('HINCRBY', key, 'i', tin) end
   if tout ~= 0 then redis.call('HINCRBY', key, 'o', tout) end
-  redis.call('PEXPIRE', key, ttl)
+  if (tonumber(h[2]) or 0) < now + ttl * 1000 then
+    ttl = ttl + ` + strconv.FormatInt(luaSlackMs, 10) + `
+    redis.call('HSET', key, 'x', tostring(now + ttl * 1000))
+    redis.call('PEXPIRE', key, ttl)
+  end
 end
 `
+
+// luaNames is the ring's field names with prefix p, slot 0 first, as a
+// Lua table's items.
+func luaNames(p string) string {
+	var b []byte
+	for k := range statsSlots {
+		if k > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, "'"+p+strconv.Itoa(k)+"'"...)
+	}
+	return string(b)
+}
 
 // counterFields are the hash's fields in the order sharedCounters reads
 // them: n, i, o, then every slot's b, r and t.

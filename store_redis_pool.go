@@ -157,7 +157,7 @@ func (rt *redisTicket) poolSettle(keys []string, args []any, dIn, dOut float64) 
 	key := rt.acctKey()
 	keys = append(keys, key, key+":leases")
 	args = append(args, 1, rt.acct.lease, strconv.FormatFloat(dIn, 'f', -1, 64), strconv.FormatFloat(dOut, 'f', -1, 64),
-		ac.lim.RPM, ac.lim.TPM, ac.lim.ITPM, ac.lim.OTPM)
+		ac.lim.RPM, ac.lim.TPM, ac.lim.ITPM, ac.lim.OTPM, ac.lim.Concurrent)
 	return keys, args
 }
 

@@ -26,10 +26,8 @@ import (
 //	Ad       what was admitted through the state (to read remaining against)
 //	calls, rl attempts sent, attempts answered 429 or 529
 //
-// It lives a day after its last write.
-
-// luaAccountTTL is how long an account's hash outlives its last write, ms.
-const luaAccountTTL = 24 * time.Hour
+// An account's hash and lease set have no TTL (see acct_flush); a key's
+// affinity lives affinityTTL after it last changed.
 
 // luaPool is the account arithmetic that the pool scripts share, after
 // luaNow. It mirrors learn.go and account.go: the same rise, the same
@@ -38,6 +36,9 @@ var luaPool = `
 local L_DEC, L_INC, L_KNEE, L_PROBE, L_MIN, L_QUIET = ` +
 	ftoa(learnDecrease) + `, ` + ftoa(learnIncrease) + `, ` + ftoa(learnKnee) + `, ` + ftoa(learnProbe) + `, ` +
 	ftoa(learnMinFactor) + `, ` + strconv.FormatInt(learnQuiet.Microseconds(), 10) + `
+-- Field names by dimension, made once: a string built per use costs more
+-- than the arithmetic around it.
+local FB, FU, FL, FS, FA = {'b1', 'b2', 'b3', 'b4'}, {'u1', 'u2', 'u3', 'u4'}, {'L1', 'L2', 'L3', 'L4'}, {'S1', 'S2', 'S3', 'S4'}, {'A1', 'A2', 'A3', 'A4'}
 local function put(s, k, v)
   s[k] = v
   s.__w = s.__w or {}
@@ -60,21 +61,24 @@ local function acct_load(key, now)
   end
   return s
 end
+-- acct_flush writes what changed. An account's hash has no TTL: a zone
+-- has few accounts, and their state (a cooldown, learned limits) is worth
+-- keeping. Numbers are written as tostring does (14 digits: times to
+-- 100 µs), as the key's buckets are.
 local function acct_flush(key, s)
   if not s.__w then return end
   local args = {}
   for k in pairs(s.__w) do
     args[#args + 1] = k
-    args[#args + 1] = string.format('%.17g', s[k])
+    args[#args + 1] = s[k]
   end
   redis.call('HSET', key, unpack(args))
-  redis.call('PEXPIRE', key, ` + strconv.FormatInt(luaAccountTTL.Milliseconds(), 10) + `)
   s.__w = nil
 end
 local function acct_limits(s, cfg)
   local out = {}
   for d = 1, 4 do
-    local c, l = cfg[d], s['L' .. d]
+    local c, l = cfg[d], s[FL[d]]
     if s.f and l and l > 0 then
       local e = math.max(math.floor(l * s.f), 1)
       if c == 0 or e < c then c = e end
@@ -84,36 +88,45 @@ local function acct_limits(s, cfg)
   return out
 end
 local function acct_level(s, d, limit, now)
-  local l = s['b' .. d]
+  local l = s[FB[d]]
   if not l then return limit end
-  return math.min(limit, l + (now - (s['u' .. d] or now)) * limit / 60000000)
+  return math.min(limit, l + (now - (s[FU[d]] or now)) * limit / 60000000)
 end
 local function acct_set_level(s, d, level, now)
-  put(s, 'b' .. d, level)
-  put(s, 'u' .. d, now)
+  put(s, FB[d], level)
+  put(s, FU[d], now)
 end
 local function acct_learned(s)
   for d = 1, 4 do
-    if (s['L' .. d] or 0) > 0 then return 1 end
+    if (s[FL[d]] or 0) > 0 then return 1 end
   end
   return 0
 end
+-- acct_snapshot is an attempt's sent snapshot: whole numbers (the
+-- demand's tokens are), returned as integers.
 local function acct_snapshot(s, now)
-  return {string.format('%.17g', now), tostring(s.A1 or 0), tostring(s.A2 or 0), tostring(s.A3 or 0), tostring(s.A4 or 0), acct_learned(s)}
+  return {now, s.A1 or 0, s.A2 or 0, s.A3 or 0, s.A4 or 0, acct_learned(s)}
 end
 -- The pool's accounts: 7 arguments each from ARGV[ai] (name, priority,
 -- rpm, tpm, itpm, otpm, concurrent), 2 keys each from KEYS[ki] (the hash,
--- the leases).
+-- the leases). An account's table is made when first used (most
+-- admissions touch only the key's affinity); find is an index by name.
 local function pool_accounts(ai, na, ki)
-  local A, byname = {}, {}
-  for i = 1, na do
+  local A = setmetatable({n = na}, {__index = function(A, i)
+    if type(i) ~= 'number' or i < 1 or i > na then return nil end
     local o, k = ai + 7 * (i - 1), ki + 2 * (i - 1)
-    A[i] = {name = ARGV[o], prio = tonumber(ARGV[o + 1]),
+    local a = {name = ARGV[o], prio = tonumber(ARGV[o + 1]),
       cfg = {tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])},
       conc = tonumber(ARGV[o + 6]), key = KEYS[k], lkey = KEYS[k + 1]}
-    byname[A[i].name] = i
+    rawset(A, i, a)
+    return a
+  end})
+  local function find(name)
+    for i = 1, na do
+      if ARGV[ai + 7 * (i - 1)] == name then return i end
+    end
   end
-  return A, byname
+  return A, find
 end
 local function acct_state(a, now)
   if not a.s then
@@ -127,7 +140,8 @@ end
 local function acct_try(a, need, now)
   local s = acct_state(a, now)
   if s.cool and s.cool > now then return false, {1, s.cool - now, 0, 0, 0, 0} end
-  if a.conc > 0 then
+  if a.conc > 0 and redis.call('ZCARD', a.lkey) >= a.conc then
+    -- Full: drop the leases of instances that died, then count again.
     redis.call('ZREMRANGEBYSCORE', a.lkey, '-inf', now)
     if redis.call('ZCARD', a.lkey) >= a.conc then return false, {2, 1000000, a.conc, 0, 0, 0} end
   end
@@ -175,7 +189,7 @@ local function pool_choose(A, need, aff, excl, now)
     failed(v)
   end
   local order = {}
-  for i = 1, #A do
+  for i = 1, A.n do
     if i ~= excl and i ~= aff then
       order[#order + 1] = i
       A[i].room = acct_room(A[i], now)
@@ -196,8 +210,10 @@ local function pool_choose(A, need, aff, excl, now)
   return nil, best
 end
 -- pool_take debits need (take: the tokens too) from account a, holds a
--- lease, counts the call and makes a the key's affinity.
-local function pool_take(a, need, now, take, learn, lease, lttl, affkey)
+-- lease, counts the call and makes a the key's affinity (cur: the
+-- affinity as it is). The account's lease set is not given a TTL: the
+-- accounts are few, and full sets drop their dead leases.
+local function pool_take(a, need, now, take, learn, lease, lttl, affkey, cur)
   local s = acct_state(a, now)
   if learn == 1 and not s.f then
     put(s, 'f', 1)
@@ -209,16 +225,17 @@ local function pool_take(a, need, now, take, learn, lease, lttl, affkey)
       if lim > 0 then acct_set_level(s, d, acct_level(s, d, lim, now) - need[d], now) end
     end
     if s.f then
-      for d = 1, 4 do put(s, 'A' .. d, (s['A' .. d] or 0) + need[d]) end
+      for d = 1, 4 do put(s, FA[d], (s[FA[d]] or 0) + need[d]) end
     end
   end
   put(s, 'calls', (s.calls or 0) + 1)
   acct_flush(a.key, s)
-  if a.conc > 0 then
-    redis.call('ZADD', a.lkey, now + lttl, lease)
-    redis.call('PEXPIRE', a.lkey, math.ceil(lttl / 1000) + 1000)
+  if a.conc > 0 then redis.call('ZADD', a.lkey, now + lttl, lease) end
+  if cur ~= a.name then
+    -- Set when it changes only: an affinity that expires while the key
+    -- keeps its account is chosen again by the order, and set again.
+    redis.call('SET', affkey, a.name, 'PX', ` + strconv.FormatInt(affinityTTL.Milliseconds(), 10) + `)
   end
-  redis.call('SET', affkey, a.name, 'PX', ` + strconv.FormatInt(affinityTTL.Milliseconds(), 10) + `)
   return acct_snapshot(s, now)
 end
 -- acct_give gives an account need's tokens back (not its request).
@@ -245,15 +262,15 @@ func ftoa(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 const poolSection = `
 local pi = sidx + 1
 local na = tonumber(ARGV[pi] or '0')
-local A, need, chosen, pv, snap
+local A, need, chosen, pv, snap, affname
 if na > 0 then
   local din, dout = tonumber(ARGV[pi + 1]), tonumber(ARGV[pi + 2])
   need = {1, din + dout, din, dout}
-  local byname
-  A, byname = pool_accounts(pi + 6, na, sk + 2)
+  local find
+  A, find = pool_accounts(pi + 6, na, sk + 2)
   if never == 0 and wait == 0 and full == 0 then
-    local an = redis.call('GET', KEYS[sk + 1])
-    chosen, pv = pool_choose(A, need, an and byname[an], nil, now)
+    affname = redis.call('GET', KEYS[sk + 1])
+    chosen, pv = pool_choose(A, need, affname and find(affname), nil, now)
   end
 end
 `
@@ -261,18 +278,22 @@ end
 // poolTake is the admission script's pool part once the request is
 // admitted.
 const poolTake = `
-  if chosen then snap = pool_take(A[chosen], need, now, 1, tonumber(ARGV[pi + 3]), ARGV[pi + 4], tonumber(ARGV[pi + 5]), KEYS[sk + 1]) end
+  if chosen then snap = pool_take(A[chosen], need, now, 1, tonumber(ARGV[pi + 3]), ARGV[pi + 4], tonumber(ARGV[pi + 5]), KEYS[sk + 1], affname) end
 `
 
 // poolReply appends the pool's part of the admission's reply: {chosen
 // (0: none), sent_at, admitted ×4, learned, verdict ×6}.
 const poolReply = `
 if na > 0 then
-  out[#out + 1] = chosen or 0
-  snap = snap or {'0', '0', '0', '0', '0', 0}
-  for _, x in ipairs(snap) do out[#out + 1] = x end
-  pv = pv or {0, 0, 0, 0, 0, 0}
-  for _, x in ipairs(pv) do out[#out + 1] = tostring(x) end
+  local n = #out
+  out[n + 1] = chosen or 0
+  snap = snap or {0, 0, 0, 0, 0, 0}
+  for i = 1, 6 do out[n + 1 + i] = snap[i] end
+  if pv then
+    for i = 1, 6 do out[n + 7 + i] = tostring(pv[i]) end
+  else
+    for i = 1, 6 do out[n + 7 + i] = 0 end
+  end
 end
 `
 
@@ -352,8 +373,8 @@ end
 for d = 1, 4 do
   local l = tonumber(ARGV[2 + d])
   if l > 0 then
-    put(s, 'L' .. d, l)
-    put(s, 'S' .. d, now)
+    put(s, FL[d], l)
+    put(s, FS[d], now)
   end
 end
 local sentAt, sentLearned = tonumber(ARGV[11]), tonumber(ARGV[16])
@@ -372,8 +393,8 @@ for d = 1, 4 do
   if rem >= 0 and lim[d] > 0 then
     local level = acct_level(s, d, lim[d], now)
     local rate = lim[d]
-    if (s['L' .. d] or 0) > 0 then rate = s['L' .. d] end
-    local arrival = rem + rate * (now - sentAt) / 60000000 - ((s['A' .. d] or 0) - tonumber(ARGV[11 + d]))
+    if (s[FL[d]] or 0) > 0 then rate = s[FL[d]] end
+    local arrival = rem + rate * (now - sentAt) / 60000000 - ((s[FA[d]] or 0) - tonumber(ARGV[11 + d]))
     local cap = math.max(rem, arrival)
     if level > cap then acct_set_level(s, d, cap, now) end
   end
