@@ -301,11 +301,13 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		args = poolArgs(args, q.accts)
 	}
 
-	cctx, cancel := context.WithTimeout(ctx, rs.timeout)
-	defer cancel()
-	res, err := admitScript.Run(cctx, rs.client, keys, args...).Slice()
+	reply, err := rs.batch.run(admitScript, keys, args)
 	if err != nil {
 		return ticket{}, decision{}, err
+	}
+	res, isSlice := reply.([]any)
+	if !isSlice {
+		return ticket{}, decision{}, fmt.Errorf("store redis: unexpected reply %T", reply)
 	}
 	hasPool := pool && len(res) == 6+nb+poolReplyLen // the budget's refusal has no pool part
 	if len(res) != 6+nb && !hasPool {
@@ -423,9 +425,7 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 	if rt.acct != nil {
 		keys, args = rt.poolSettle(keys, args, dIn, dOut)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), rt.rs.timeout)
-	defer cancel()
-	if err := settleScript.Run(ctx, rt.rs.client, keys, args...).Err(); err != nil {
+	if _, err := rt.rs.batch.run(settleScript, keys, args); err != nil {
 		rt.rs.warn("settling in redis failed; leases expire on their own", err)
 	}
 }

@@ -68,6 +68,7 @@ type redisStore struct {
 	leaseSeq atomic.Uint64
 	instance string
 	poolKey  string
+	batch    *batcher // the hot scripts' calls, pipelined together
 }
 
 func newRedisStore(c *RedisConfig, logger *zap.Logger) (*redisStore, error) {
@@ -109,8 +110,9 @@ func newRedisStore(c *RedisConfig, logger *zap.Logger) (*redisStore, error) {
 	}
 	var id [6]byte // names this instance's leases
 	_, _ = crand.Read(id[:])
-	return &redisStore{client: redis.NewUniversalClient(uo), prefix: prefix, failOpen: c.Fail != "closed",
-		timeout: timeout, logger: logger, instance: hex.EncodeToString(id[:])}, nil
+	client := redis.NewUniversalClient(uo)
+	return &redisStore{client: client, prefix: prefix, failOpen: c.Fail != "closed",
+		timeout: timeout, logger: logger, instance: hex.EncodeToString(id[:]), batch: newBatcher(client, timeout)}, nil
 }
 
 // addrs is Address and Addresses.
@@ -160,4 +162,9 @@ func loadRedisStore(c *RedisConfig, logger *zap.Logger) (*redisStore, error) {
 }
 
 // Destruct closes the client when no config uses it any more.
-func (rs *redisStore) Destruct() error { return rs.client.Close() }
+func (rs *redisStore) Destruct() error {
+	if rs.batch != nil {
+		rs.batch.close()
+	}
+	return rs.client.Close()
+}

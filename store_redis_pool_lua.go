@@ -48,7 +48,9 @@ local function acct_load(key, now)
   local h = redis.call('HGETALL', key)
   local s = {}
   for i = 1, #h, 2 do s[h[i]] = tonumber(h[i + 1]) end
-  if s.f and s.rise and now > s.rise then
+  -- The rate climbs back (as learnedState.rise); at 1 it is where it
+  -- stays, and nothing is written.
+  if s.f and s.f < 1 and s.rise and now > s.rise then
     local dt = (now - s.rise) / 1000000
     local f, knee = s.f, (s.pk or 0) * L_KNEE
     if f < knee then
