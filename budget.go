@@ -2,7 +2,9 @@ package llmratelimit
 
 import (
 	"fmt"
+	"math"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -33,6 +35,7 @@ func (z *zone) fitBudget(s *shard, q *ask, dec *decision, nowNs int64) (sp *keyS
 		z.ledgerDirty.Store(true)
 	}
 	worst = sa.p.worst(q.d.in, q.d.out)
+	full := worst // before clamp_max_tokens tries a smaller reservation
 	left := sa.b.nano - sp.spent - sp.reserved
 	if worst <= left {
 		return sp, worst, true
@@ -49,7 +52,7 @@ func (z *zone) fitBudget(s *shard, q *ask, dec *decision, nowNs int64) (sp *keyS
 		}
 	}
 	dec.overBudget, dec.never = true, true
-	dec.spent, dec.resetsAt = sp.spent, sp.resetsAt(sa.b.period).Unix()
+	dec.spent, dec.reserved, dec.worst, dec.resetsAt = sp.spent, sp.reserved, full, sp.resetsAt(sa.b.period).Unix()
 	return nil, 0, false
 }
 
@@ -147,8 +150,7 @@ func (h *Handler) spendAsk(tier string, req *llmRequest, into *spendAsk) *spendA
 // insufficient_quota (OpenAI), not to be retried before the period resets.
 func (h *Handler) replyBudget(w http.ResponseWriter, d dialect, b *budget, dec decision, kh keyHash, tier string, req *llmRequest) error {
 	reset := time.Unix(dec.resetsAt, 0).UTC().Format(time.RFC3339)
-	msg := fmt.Sprintf("You exceeded your current quota: this key's %s budget of $%.2f is spent ($%.4f spent, and this request could cost more than what is left). The budget resets at %s.",
-		b.cfg.Period, b.cfg.USD, usd(dec.spent), reset)
+	msg := budgetMessage(b, dec, reset)
 	h.logger.Info("rejected", h.decisionFields(kh, tier, &req.info, req.demand,
 		zap.String("outcome", outcomeBudget), zap.String("reason", msg))...)
 	w.Header().Set("x-llm-ratelimit-budget-reset", reset)
@@ -228,4 +230,29 @@ func (z *zone) resetSpend(keyID string) bool {
 		}
 	}
 	return found
+}
+
+// budgetMessage is the budget 429's message: the budget, what was spent
+// and is held by requests in flight, what is left, this request's worst
+// case and when the period resets, each amount with the digits it needs.
+func budgetMessage(b *budget, dec decision, reset string) string {
+	left := max(b.nano-dec.spent-dec.reserved, 0)
+	held := ""
+	if dec.reserved > 0 {
+		held = ", " + fmtUSD(dec.reserved) + " held by requests in flight"
+	}
+	return fmt.Sprintf("You exceeded your current quota: this key's %s budget of %s has %s left (%s spent%s), and this request could cost up to %s. The budget resets at %s.",
+		b.cfg.Period, fmtUSD(b.nano), fmtUSD(left), fmtUSD(dec.spent), held, fmtUSD(dec.worst), reset)
+}
+
+// fmtUSD writes nano-dollars as dollars with the digits the amount needs:
+// cents from a dollar up ($10.00), at least two significant digits below
+// ($0.0030, $0.00012), down to the nano-dollar.
+func fmtUSD(nano int64) string {
+	v := usd(nano)
+	decimals := 2
+	if v > 0 && v < 1 {
+		decimals = min(max(4, 1-int(math.Floor(math.Log10(v)))), 9)
+	}
+	return "$" + strconv.FormatFloat(v, 'f', decimals, 64)
 }

@@ -477,3 +477,42 @@ func TestSweepDropsStaleSpendOnly(t *testing.T) {
 		}
 	}
 }
+
+// The budget's 429 tells the truth with the digits it needs: for a $0.003
+// budget, the budget, what is left, what was spent, this request's worst
+// case and the reset, none of them rounded to $0.00.
+func TestBudgetMessageSaysEveryAmount(t *testing.T) {
+	const body = `{"model":"gpt-4o","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`
+	// $10 per million input and output tokens: 10,000 nano-dollars a token.
+	p := price{in: 10000, out: 10000, cached: 10000, write: 10000}
+	worst := worstOf(t, dOpenAI, body, p)
+	mustLoad(t, "zone budgetmsg\ncalibrate off\nmodel gpt-4o {\nprice input 10 output 10\n}\nbudget 0.003 daily")
+	setUpstream(t, func(w http.ResponseWriter, r *http.Request) { chatCompletion(w, r, 150, 50) }) // $0.0020
+	const key = "sk-budget-msg"
+	if r := send(t, "/v1/chat/completions", key, body); r.status != 200 {
+		t.Fatalf("first: %d %s", r.status, r.body)
+	}
+	r := send(t, "/v1/chat/completions", key, body)
+	if r.status != 429 {
+		t.Fatalf("second (worst case %d nano-dollars, $0.0010 left): %d %s, want 429", worst, r.status, r.body)
+	}
+	midnight := periodDaily.next(periodDaily.start(clk.Now())).Format(time.RFC3339)
+	msg := r.errorBody(t).Error.Message
+	for _, want := range []string{"daily budget of $0.0030", "has $0.0010 left", "$0.0020 spent", "could cost up to " + fmtUSD(worst), "resets at " + midnight} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message %q does not say %q", msg, want)
+		}
+	}
+	if strings.Contains(msg, "$0.00 ") || strings.Contains(msg, "$0.00)") {
+		t.Errorf("message %q rounds an amount to $0.00", msg)
+	}
+}
+
+// Amounts keep the digits they need.
+func TestFmtUSD(t *testing.T) {
+	for nano, want := range map[int64]string{0: "$0.00", 10e9: "$10.00", 3e6: "$0.0030", 6e6: "$0.0060", 123_000: "$0.00012", 1: "$0.000000001", 1_234_567_890: "$1.23", 999_999_999: "$1.0000"} {
+		if got := fmtUSD(nano); got != want {
+			t.Errorf("fmtUSD(%d) = %s, want %s", nano, got, want)
+		}
+	}
+}

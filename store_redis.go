@@ -85,6 +85,7 @@ if hasb == 1 then
     local out = {0, 1, '0', -1, 0}
     for i = 1, nb do out[#out + 1] = tostring(level_at(KEYS[i], tonumber(ARGV[1 + 2*i]), now)) end
     out[#out + 1] = tostring(spent)
+    out[#out + 1] = h[2] or '0' -- reserved by requests in flight
     return out
   end
 end
@@ -310,7 +311,8 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		return ticket{}, decision{}, fmt.Errorf("store redis: unexpected reply %T", reply)
 	}
 	hasPool := pool && len(res) == 6+nb+poolReplyLen // the budget's refusal has no pool part
-	if len(res) != 6+nb && !hasPool {
+	overBudget := len(res) == 7+nb                    // it has what is reserved instead
+	if len(res) != 6+nb && !hasPool && !overBudget {
 		return ticket{}, decision{}, fmt.Errorf("store redis: unexpected reply of %d values", len(res))
 	}
 	var chosen int64
@@ -354,7 +356,11 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		return t, dec, nil
 	case blocking == -1:
 		dec.overBudget, dec.never = true, true
-		dec.spent, dec.resetsAt = int64(spent), resetsAt.Unix()
+		dec.spent, dec.worst, dec.resetsAt = int64(spent), worst, resetsAt.Unix()
+		if overBudget {
+			r, _ := strconv.ParseFloat(fmt.Sprint(res[6+nb]), 64)
+			dec.reserved = int64(r)
+		}
 	case full > 0:
 		dec.verdict = verdict{wait: time.Second, blocking: use{limit: leaseLimits[full-1], need: 1, dim: dimConcurrency, scope: leaseScopes[full-1]}}
 	case hasPool && never == 0 && blocking == 0:

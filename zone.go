@@ -237,9 +237,12 @@ type decision struct {
 	qs        quotaSet // for the rate-limit headers, every kind
 	queueFull bool     // turned away because max_queue requests already wait
 	// overBudget: turned away because the worst case does not fit what is
-	// left of the key's budget (spent and resetsAt say the rest).
+	// left of the key's budget (spent, reserved, worst and resetsAt say
+	// the rest, in nano-dollars).
 	overBudget bool
 	spent      int64
+	reserved   int64 // worst cases of the key's requests in flight
+	worst      int64 // this request's worst case
 	resetsAt   int64 // unix seconds
 	// clamped > 0: the output reservation was cut to this many tokens
 	// per choice to fit the budget (clamp_max_tokens).
