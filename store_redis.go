@@ -311,7 +311,7 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		return ticket{}, decision{}, fmt.Errorf("store redis: unexpected reply %T", reply)
 	}
 	hasPool := pool && len(res) == 6+nb+poolReplyLen // the budget's refusal has no pool part
-	overBudget := len(res) == 7+nb                    // it has what is reserved instead
+	overBudget := len(res) == 7+nb                   // it has what is reserved instead
 	if len(res) != 6+nb && !hasPool && !overBudget {
 		return ticket{}, decision{}, fmt.Errorf("store redis: unexpected reply of %d values", len(res))
 	}
