@@ -36,7 +36,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.reply(w, d, &apiError{kind: errUnauthorized, msg: missingKeyMessage}, outcomeUnauthorized)
 	}
 	kh := hashKey(key)
-	tier, known := h.keys[kh]
+	tier, known := (*h.keys.Load())[kh]
 	if !known && h.RequireKnownKeys {
 		h.logger.Info("unknown api key", zap.String("key_id", kh.id()))
 		drainBody(r)

@@ -1,6 +1,7 @@
 package llmratelimit
 
 import (
+	"bytes"
 	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
@@ -66,6 +67,11 @@ func readKeysFile(path string) ([]keyEntry, error) {
 	}
 	defer f.Close()
 	return parseKeys(f.Name(), bufio.NewScanner(f))
+}
+
+// parseKeysBytes is parseKeys of a keys file's content.
+func parseKeysBytes(name string, content []byte) ([]keyEntry, error) {
+	return parseKeys(name, bufio.NewScanner(bytes.NewReader(content)))
 }
 
 func parseKeys(name string, sc *bufio.Scanner) ([]keyEntry, error) {

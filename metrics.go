@@ -55,6 +55,10 @@ var (
 		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "ledger_errors_total",
 		Help: "Spend ledgers that could not be read (moved aside; the zone started with no spend) or saved.",
 	}, []string{"zone"})
+	metricFileReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "file_reloads_total",
+		Help: "prices_file and keys_file changes read on their own: ok (in force), error (the table in force kept).",
+	}, []string{"zone", "file", "result"})
 	metricRejections = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "rejections_total",
 		Help: "Requests the handler answered 429 itself, by the limit that decided: requests, tokens, input_tokens, output_tokens, concurrency, keys, cooldown, queue_full or budget.",
@@ -107,7 +111,7 @@ func (zoneCollector) Collect(ch chan<- prometheus.Metric) {
 
 var collectors = []prometheus.Collector{
 	metricRequests, metricTokens, metricRetries, metricQueueWait, metricEstimateRatio, metricStoreErrors,
-	metricUpstreamCalls, metricUpstreamCooldown, metricCost, metricLedgerErrors, metricRejections, zoneCollector{},
+	metricUpstreamCalls, metricUpstreamCooldown, metricCost, metricLedgerErrors, metricRejections, metricFileReloads, zoneCollector{},
 }
 
 // registerMetrics puts the package's collectors into a config's registry.

@@ -7,6 +7,7 @@
 package llmratelimit
 
 import (
+	"os"
 	"fmt"
 	"path"
 	"sort"
@@ -274,7 +275,7 @@ type Handler struct {
 	logger       *zap.Logger
 	zone         *zone
 	dialect      dialect            // the configured format; nil for auto
-	keys         map[keyHash]string // key → tier name
+	keys         *atomic.Pointer[keyTable] // key → tier name; keys_file reloads swap it
 	tiers        map[string]Limits  // resolved: inherited from the defaults
 	models       map[string]*Model  // exact names
 	globs        []*Model           // glob patterns, longest first
@@ -332,22 +333,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.lanes[name] = laneOf(t.Lane)
 		h.tiers[name] = t.inherit(h.Limits)
 	}
-	h.keys = make(map[keyHash]string, len(h.APIKeys))
-	for i, k := range h.APIKeys {
-		kh, err := parseKeySpec(k.Key)
-		if err != nil {
-			return fmt.Errorf("api_keys[%d]: %v", i, err)
-		}
-		h.keys[kh] = k.Tier
-	}
+	var keysContent []byte
 	if h.KeysFile != "" {
-		entries, err := readKeysFile(h.KeysFile)
+		b, err := os.ReadFile(h.KeysFile)
 		if err != nil {
 			return fmt.Errorf("keys_file: %v", err)
 		}
-		for _, e := range entries {
-			h.keys[e.hash] = e.tier
-		}
+		keysContent = b
 	}
 
 	if h.Format != "" && h.Format != "auto" {
@@ -364,11 +356,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	for _, t := range h.keys {
-		if _, ok := h.tiers[t]; !ok {
-			return fmt.Errorf("keys_file: unknown tier %q", t)
-		}
+	keys, err := h.buildKeys(keysContent)
+	if err != nil {
+		return err
 	}
+	h.keys = new(atomic.Pointer[keyTable])
+	h.keys.Store(&keys)
 
 	if h.Store != nil && h.Store.Redis != nil {
 		rs, err := loadRedisStore(h.Store.Redis, h.logger)
@@ -416,6 +409,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if len(h.spend.budgets) > 0 && h.rs == nil {
 		h.zone.budgets.Store(&h.spend.budgets)
 		h.zone.attachLedger(storageOf(ctx), h.logger)
+	}
+	if files := h.watchedFiles(); len(files) > 0 {
+		go h.watchFiles(ctx, files)
 	}
 	return nil
 }
