@@ -51,8 +51,12 @@ func TestKeysFileReloadsItself(t *testing.T) {
 	if r := send(t, "/v1/chat/completions", "sk-reload-b", chatBody); r.status != 401 {
 		t.Fatalf("a key not in the file yet: %d, want 401", r.status)
 	}
-	ok := func() float64 { return testutil.ToFloat64(metricFileReloads.WithLabelValues("keysreload", "keys_file", "ok")) }
-	bad := func() float64 { return testutil.ToFloat64(metricFileReloads.WithLabelValues("keysreload", "keys_file", "error")) }
+	ok := func() float64 {
+		return testutil.ToFloat64(metricFileReloads.WithLabelValues("keysreload", "keys_file", "ok"))
+	}
+	bad := func() float64 {
+		return testutil.ToFloat64(metricFileReloads.WithLabelValues("keysreload", "keys_file", "error"))
+	}
 	okBefore, badBefore := ok(), bad()
 
 	writeFile(t, keys, "sk-reload-a team\nsk-reload-b team  # added while serving\n")

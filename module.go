@@ -7,8 +7,8 @@
 package llmratelimit
 
 import (
-	"os"
 	"fmt"
+	"os"
 	"path"
 	"sort"
 	"strings"
@@ -274,11 +274,11 @@ type Handler struct {
 
 	logger       *zap.Logger
 	zone         *zone
-	dialect      dialect            // the configured format; nil for auto
+	dialect      dialect                   // the configured format; nil for auto
 	keys         *atomic.Pointer[keyTable] // key → tier name; keys_file reloads swap it
-	tiers        map[string]Limits  // resolved: inherited from the defaults
-	models       map[string]*Model  // exact names
-	globs        []*Model           // glob patterns, longest first
+	tiers        map[string]Limits         // resolved: inherited from the defaults
+	models       map[string]*Model         // exact names
+	globs        []*Model                  // glob patterns, longest first
 	headersOn    bool
 	retry        *retryPolicy  // nil: retries off
 	released     *atomic.Bool  // Cleanup has given the zone back
