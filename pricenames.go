@@ -1,0 +1,239 @@
+package llmratelimit
+
+import (
+	"hash/maphash"
+	"sort"
+	"strings"
+	"sync/atomic"
+)
+
+// The names clients send for a model are rarely the file's keys: a
+// provider prefix (openai/gpt-4.1, models/gemini-2.5-flash), another case
+// (GPT-4.1), dots for dashes in a version (claude-sonnet-4.5), a date
+// (claude-sonnet-4-5-20250929), or no prefix where LiteLLM keys the model
+// under its provider's (gemini/…, deepseek/…). A priceTable finds a
+// request's model by the first of these that matches (SPEC "Prices as
+// published"):
+//
+//  1. the exact name;
+//  2. the name without case: its loose form, lowercase, with a '.' between
+//     two digits read as '-' (4.5 and 4-5 are the same version; every key
+//     of the file is indexed by its loose form at load);
+//  3. the name without a provider prefix (everything up to the last '/'),
+//     exact, then loose;
+//  4. that name with the request's provider prefix added: the dialect's
+//     own provider (gemini/ for Google's API), then the provider the name
+//     starts with (deepseek-chat → deepseek/deepseek-chat, for the many
+//     providers that speak OpenAI's format);
+//  5. steps 1 to 4 again for the name without a trailing date or -latest
+//     (-20250929, -2024-08-06, @20240620).
+//
+// The indexes are built once at load. A lookup reads the exact index,
+// then a small cache of resolved names (direct-mapped: a name always goes
+// to the same slot, so that any number of distinct names holds it to its
+// size); only a name that is not there is resolved, without allocating.
+
+// priceTable is a prices file ready for lookups. It is never changed once
+// built: a new file makes a new table.
+type priceTable struct {
+	path  string
+	exact map[string]*filePrice // by the file's key
+	loose map[string]*filePrice // by looseName of the key
+	seed  maphash.Seed
+	cache [resolvedSlots]atomic.Pointer[resolvedName]
+}
+
+// resolvedSlots is the size of a table's cache of resolved names.
+const resolvedSlots = 1024
+
+// resolvedName is a name resolved: the entry it found, or nil.
+type resolvedName struct {
+	name, provider string
+	fp             *filePrice
+}
+
+// maxResolvedName is the longest name resolved past its exact form; no
+// model name is longer.
+const maxResolvedName = 200
+
+func newPriceTable(path string, entries map[string]*filePrice) *priceTable {
+	t := &priceTable{path: path, exact: entries, loose: make(map[string]*filePrice, len(entries)), seed: maphash.MakeSeed()}
+	keys := make([]string, 0, len(entries))
+	for k := range entries {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var buf [maxResolvedName]byte
+	for _, k := range keys {
+		l, ok := appendLoose(buf[:0], "", k)
+		if !ok {
+			continue
+		}
+		// Two keys of one loose form: the one already in that form wins,
+		// else the first in order.
+		if prev, dup := t.loose[string(l)]; dup && (prev.name == string(l) || k != string(l)) {
+			continue
+		}
+		t.loose[string(l)] = entries[k]
+	}
+	return t
+}
+
+// len is the number of models the table prices.
+func (t *priceTable) len() int { return len(t.exact) }
+
+// lookup finds the entry of a request's model (the body's or the path's
+// name) sent in the format of provider ("gemini"; "" for none).
+func (t *priceTable) lookup(model, provider string) (*filePrice, bool) {
+	if t == nil {
+		return nil, false
+	}
+	if fp, ok := t.exact[model]; ok {
+		return fp, true
+	}
+	if model == "" || len(model) > maxResolvedName {
+		return nil, false
+	}
+	slot := &t.cache[(maphash.String(t.seed, model)+maphash.String(t.seed, provider))%resolvedSlots]
+	if r := slot.Load(); r != nil && r.name == model && r.provider == provider {
+		return r.fp, r.fp != nil
+	}
+	fp := t.resolve(model, provider)
+	slot.Store(&resolvedName{name: strings.Clone(model), provider: provider, fp: fp})
+	return fp, fp != nil
+}
+
+// resolve applies steps 1 to 5 to a name that is not a key.
+func (t *priceTable) resolve(model, provider string) *filePrice {
+	if fp := t.find(model, provider); fp != nil {
+		return fp
+	}
+	if u := undated(model); u != model {
+		if fp := t.exact[u]; fp != nil {
+			return fp
+		}
+		return t.find(u, provider)
+	}
+	return nil
+}
+
+// find is steps 2 to 4 for name.
+func (t *priceTable) find(name, provider string) *filePrice {
+	var buf [maxResolvedName + 64]byte
+	if fp := t.looseLookup(buf[:0], "", name); fp != nil {
+		return fp
+	}
+	bare := name[strings.LastIndexByte(name, '/')+1:]
+	if bare != name {
+		if fp := t.exact[bare]; fp != nil {
+			return fp
+		}
+		if fp := t.looseLookup(buf[:0], "", bare); fp != nil {
+			return fp
+		}
+	}
+	if provider != "" {
+		if fp := t.looseLookup(buf[:0], provider, bare); fp != nil {
+			return fp
+		}
+	}
+	if family := nameFamily(bare); family != "" && !strings.EqualFold(family, provider) {
+		return t.looseLookup(buf[:0], family, bare)
+	}
+	return nil
+}
+
+// looseLookup finds prefix/name (name alone for no prefix) by its loose
+// form, built in buf.
+func (t *priceTable) looseLookup(buf []byte, prefix, name string) *filePrice {
+	l, ok := appendLoose(buf, prefix, name)
+	if !ok {
+		return nil
+	}
+	return t.loose[string(l)] // no allocation: the compiler reads the bytes in place
+}
+
+// appendLoose appends the loose form of prefix/name (name alone for no
+// prefix) to dst: ASCII lowercase, and a '.' between two digits as '-'.
+// ok is false when it would not fit in dst's capacity.
+func appendLoose(dst []byte, prefix, name string) (out []byte, ok bool) {
+	n := len(name)
+	if prefix != "" {
+		n += len(prefix) + 1
+	}
+	if len(dst)+n > cap(dst) {
+		return dst, false
+	}
+	if prefix != "" {
+		dst = appendLower(dst, prefix)
+		dst = append(dst, '/')
+	}
+	start := len(dst)
+	dst = appendLower(dst, name)
+	for i := start + 1; i < len(dst)-1; i++ {
+		if dst[i] == '.' && isDigit(dst[i-1]) && isDigit(dst[i+1]) {
+			dst[i] = '-'
+		}
+	}
+	return dst, true
+}
+
+func appendLower(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// nameFamily is the run of letters a model's name starts with, which for
+// most providers that serve their own models is the provider's name
+// (deepseek-chat, mistral-large-latest, gemini-2.5-flash); "" when it is
+// shorter than 3 letters.
+func nameFamily(name string) string {
+	i := 0
+	for i < len(name) && ('a' <= name[i] && name[i] <= 'z' || 'A' <= name[i] && name[i] <= 'Z') {
+		i++
+	}
+	if i < 3 {
+		return ""
+	}
+	return name[:i]
+}
+
+// undated is name without a trailing date or "latest" tag: -20250929,
+// @20250929, -2024-08-06, -latest, @latest. Anything else is name itself.
+func undated(name string) string {
+	n := len(name)
+	for _, tag := range [...]string{"-latest", "@latest"} {
+		if n > len(tag) && strings.EqualFold(name[n-len(tag):], tag) {
+			return name[:n-len(tag)]
+		}
+	}
+	if n > 9 && (name[n-9] == '-' || name[n-9] == '@') && isDate(name[n-8:n-4], name[n-4:n-2], name[n-2:]) {
+		return name[:n-9]
+	}
+	if n > 11 && name[n-11] == '-' && name[n-6] == '-' && name[n-3] == '-' && isDate(name[n-10:n-6], name[n-5:n-3], name[n-2:]) {
+		return name[:n-11]
+	}
+	return name
+}
+
+// isDate tells digits that read as a date of this century.
+func isDate(year, month, day string) bool {
+	for _, part := range [...]string{year, month, day} {
+		for i := 0; i < len(part); i++ {
+			if !isDigit(part[i]) {
+				return false
+			}
+		}
+	}
+	m := int(month[0]-'0')*10 + int(month[1]-'0')
+	d := int(day[0]-'0')*10 + int(day[1]-'0')
+	return year[:2] == "20" && m >= 1 && m <= 12 && d >= 1 && d <= 31
+}
