@@ -32,6 +32,14 @@ func loadSample(t *testing.T, path string) (*priceTable, []string) {
 	return tab, skipped
 }
 
+// spendUSD is a key's spend_usd, NaN when the stats hold none.
+func spendUSD(st KeyStats) float64 {
+	if st.SpendUSD == nil {
+		return math.NaN()
+	}
+	return *st.SpendUSD
+}
+
 // onlyRows writes a prices file of some rows of the sample.
 func onlyRows(t *testing.T, names ...string) string {
 	t.Helper()
@@ -170,7 +178,7 @@ func TestModelNamesResolveToTheirPricesFileEntry(t *testing.T) {
 			t.Fatalf("%s: %d %s", c.name, r.status, r.body)
 		}
 		if st := spendStatsOf(t, "pricenames", key); st.SpendUSD == nil || math.Abs(*st.SpendUSD-usd(c.nano)) > 1e-12 {
-			t.Errorf("%s through Caddy: spend %v, want %v", c.name, st.SpendUSD, usd(c.nano))
+			t.Errorf("%s through Caddy: spend %v, want %v", c.name, spendUSD(st), usd(c.nano))
 		}
 	}
 }
@@ -282,5 +290,75 @@ func TestResolvedNamesCacheStaysBounded(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(100, func() { tab.resolve("Vertex_AI/Claude-Sonnet-4.5-20250929", "anthropic") }); allocs != 0 {
 		t.Errorf("resolving allocates %v times", allocs)
+	}
+}
+
+// Long-context prices apply to the whole request when its input is above
+// the tier's size, as providers bill it: settled at the input the
+// upstream reports (Anthropic's cache reads and writes count), reserved at
+// admission at the input estimate.
+func TestLongContextTierPricesTheWholeRequest(t *testing.T) {
+	mustLoad(t, "zone tiers\ncalibrate off\nprices_file "+litellmSample+"\nbudget 100 daily")
+	for i, c := range []struct {
+		name, path, body, answer string
+		nano                     int64
+	}{
+		{"gemini-2.5-pro, 250k input (50k cached)", "/v1beta/models/gemini-2.5-pro:generateContent", `{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"maxOutputTokens":1000}}`,
+			`{"candidates":[],"usageMetadata":{"promptTokenCount":250000,"cachedContentTokenCount":50000,"candidatesTokenCount":1000}}`,
+			200000*2500 + 50000*250 + 1000*15000}, // the tier's; below it 266,250,000
+		{"gemini-2.5-pro, 200k input: not above", "/v1beta/models/gemini-2.5-pro:generateContent", `{"contents":[{"parts":[{"text":"hi"}]}],"generationConfig":{"maxOutputTokens":1000}}`,
+			`{"candidates":[],"usageMetadata":{"promptTokenCount":200000,"candidatesTokenCount":1000}}`,
+			200000*1250 + 1000*10000},
+		{"claude-sonnet-4-5, 150k input + 60k cache reads", "/v1/messages", `{"model":"claude-sonnet-4-5","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`,
+			`{"type":"message","content":[],"usage":{"input_tokens":150000,"cache_read_input_tokens":60000,"output_tokens":100}}`,
+			150000*6000 + 60000*600 + 100*22500},
+		{"azure/gpt-5.4, 300k input: the 272k tier", "/v1/chat/completions", `{"model":"azure/gpt-5.4","max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}`,
+			`{"choices":[],"usage":{"prompt_tokens":300000,"completion_tokens":1000}}`,
+			300000*5000 + 1000*22500},
+	} {
+		setUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprint(w, c.answer)
+		})
+		key := fmt.Sprintf("sk-tier-%d", i)
+		if r := send(t, c.path, key, c.body); r.status != 200 {
+			t.Fatalf("%s: %d %s", c.name, r.status, r.body)
+		}
+		if st := spendStatsOf(t, "tiers", key); st.SpendUSD == nil || math.Abs(*st.SpendUSD-usd(c.nano)) > 1e-12 {
+			t.Errorf("%s: spend %v, want %v", c.name, spendUSD(st), usd(c.nano))
+		}
+	}
+
+	// Admission: a request whose input estimate is above 200k tokens
+	// reserves its worst case at the tier's prices. A budget between the
+	// worst case below the tier and at it refuses it.
+	body := `{"contents":[{"parts":[{"text":"` + strings.Repeat("A long context of words. ", 60000) + `"}]}],"generationConfig":{"maxOutputTokens":1000}}`
+	const path = "/v1beta/models/gemini-2.5-pro:generateContent"
+	var info requestInfo
+	if err := parseRequest(dGemini, path, []byte(body), &info); err != nil {
+		t.Fatal(err)
+	}
+	in := float64(inputEstimate(dGemini, info))
+	tab, _ := loadSample(t, litellmSample)
+	fp := tab.exact["gemini-2.5-pro"]
+	below, above := fp.p.worst(in, 1000), priceAt(fp.p, fp.tiers, in).worst(in, 1000)
+	if in <= 200000 || above <= below {
+		t.Fatalf("input estimate %v: worst %d below the tier, %d at it", in, below, above)
+	}
+	setUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, `{"candidates":[],"usageMetadata":{"promptTokenCount":%d,"candidatesTokenCount":1000}}`, int64(in))
+	})
+	mustLoad(t, fmt.Sprintf("zone tiers_admit\ncalibrate off\nprices_file %s\nbudget %.9f daily", litellmSample, usd((below+above)/2)))
+	if r := send(t, path, "sk-tier-admit", body); r.status != 429 || !strings.Contains(r.body, "RESOURCE_EXHAUSTED") {
+		t.Fatalf("a budget that covers the worst case below the tier only: %d %.300s, want the budget's 429", r.status, r.body)
+	}
+	mustLoad(t, fmt.Sprintf("zone tiers_admit2\ncalibrate off\nprices_file %s\nbudget %.9f daily", litellmSample, usd(above)))
+	if r := send(t, path, "sk-tier-admit", body); r.status != 200 {
+		t.Fatalf("a budget of the worst case at the tier: %d %.300s", r.status, r.body)
+	}
+	if st := spendStatsOf(t, "tiers_admit2", "sk-tier-admit"); st.SpendUSD == nil || math.Abs(*st.SpendUSD-usd(int64(in)*2500+1000*15000)) > 1e-12 {
+		t.Errorf("spend %v, want %v (the tier's prices)", spendUSD(st), usd(int64(in)*2500+1000*15000))
 	}
 }
