@@ -89,14 +89,22 @@ const (
 // USD per token; nil where the row gives none.
 type rowPrices [len(priceFields)]*float64
 
-// loadPricesFile reads a LiteLLM prices file into a table. skipped names
-// each row left out because the reader cannot use it, with the field and
-// why ("example/model: input_cost_per_token is a string"), sorted. Rows
+// skippedRow is a row of a prices file that the reader cannot use, and
+// why: each field it cannot use ("input_cost_per_token is a string").
+type skippedRow struct {
+	model string
+	why   []string
+}
+
+func (r skippedRow) String() string { return r.model + ": " + strings.Join(r.why, "; ") }
+
+// loadPricesFile reads a LiteLLM prices file into a table. skipped are the
+// rows left out because the reader cannot use them, by model name. Rows
 // that are not priced per token (images, seconds, characters, a null
 // price) are left out quietly, and so is "sample_spec", the file's
 // documentation of its own fields. Only a file that cannot be read or is
 // not a JSON object is an error.
-func loadPricesFile(path string) (t *priceTable, skipped []string, err error) {
+func loadPricesFile(path string) (t *priceTable, skipped []skippedRow, err error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, nil, err // *PathError names the file
@@ -121,14 +129,12 @@ func loadPricesFile(path string) (t *priceTable, skipped []string, err error) {
 		fp, why := readPriceRow(name, row)
 		switch {
 		case len(why) > 0:
-			for _, w := range why {
-				skipped = append(skipped, name+": "+w)
-			}
+			skipped = append(skipped, skippedRow{model: name, why: why})
 		case fp != nil:
 			entries[name] = fp
 		}
 	}
-	sort.Strings(skipped)
+	sort.Slice(skipped, func(i, j int) bool { return skipped[i].model < skipped[j].model })
 	return newPriceTable(path, entries), skipped, nil
 }
 

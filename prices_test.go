@@ -23,7 +23,7 @@ import (
 // number, a row that is not an object.
 const litellmSample = "testdata/prices/litellm_sample.json"
 
-func loadSample(t *testing.T, path string) (*priceTable, []string) {
+func loadSample(t *testing.T, path string) (*priceTable, []skippedRow) {
 	t.Helper()
 	tab, skipped, err := loadPricesFile(path)
 	if err != nil {

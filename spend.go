@@ -223,8 +223,16 @@ func (h *Handler) provisionSpend() error {
 			return fmt.Errorf("prices_file: %v", err)
 		}
 		if len(skipped) > 0 {
+			rows := make([]string, 0, min(len(skipped), 101))
+			for i, r := range skipped {
+				if i == 100 {
+					rows = append(rows, fmt.Sprintf("… and %d more", len(skipped)-i))
+					break
+				}
+				rows = append(rows, r.String())
+			}
 			h.logger.Warn("prices_file: rows skipped, their models are not priced by the file",
-				zap.String("file", h.PricesFile), zap.Int("skipped", len(skipped)), zap.Strings("rows", clipList(skipped, 100)))
+				zap.String("file", h.PricesFile), zap.Int("skipped", len(skipped)), zap.Strings("rows", rows))
 		}
 		sc.prices = t
 		sc.priced = true
@@ -329,12 +337,4 @@ func providerOf(d dialect) string {
 		return p.pricesProvider()
 	}
 	return ""
-}
-
-// clipList is at most n items of list, and how many more there were.
-func clipList(list []string, n int) []string {
-	if len(list) <= n {
-		return list
-	}
-	return append(list[:n:n], fmt.Sprintf("… and %d more", len(list)-n))
 }
