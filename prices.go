@@ -156,13 +156,25 @@ func startsWith(doc []byte) string {
 // token; why lists each field the reader cannot use (the row is then
 // skipped whole: a model priced without its tier would be undercharged).
 func readPriceRow(name string, row json.RawMessage) (fp *filePrice, why []string) {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(row, &fields); err != nil {
+	var r liteLLMRow
+	if err := json.Unmarshal(row, &r); err != nil {
 		return nil, []string{"is not an object"}
+	}
+	fields := map[string]json.RawMessage{fieldIn: r.In, fieldOut: r.Out, fieldRead: r.Read, fieldWrite: r.Write}
+	if bytes.Contains(row, []byte("_above_")) {
+		// Long-context tiers have names of their own: read every field
+		// (a few rows in a hundred).
+		fields = nil
+		if err := json.Unmarshal(row, &fields); err != nil {
+			return nil, []string{"is not an object"}
+		}
 	}
 	var base rowPrices
 	tiers := map[int64]*rowPrices{}
 	for key, v := range fields {
+		if v == nil {
+			continue // absent
+		}
 		f, above, ok := priceField(key)
 		if !ok {
 			continue
@@ -220,8 +232,20 @@ func readPriceRow(name string, row json.RawMessage) (fp *filePrice, why []string
 		fp.tiers = append(fp.tiers, priceTier{above: above, p: tp})
 		below = tp
 	}
-	fp.maxInput, fp.maxOutput = jsonCount(fields["max_input_tokens"]), jsonCount(fields["max_output_tokens"])
+	fp.maxInput, fp.maxOutput = jsonCount(r.MaxInput), jsonCount(r.MaxOutput)
 	return fp, nil
+}
+
+// liteLLMRow is what a row of the file is read into first; the decoder
+// skips every other field. Each is raw so that a value of the wrong type
+// is reported, not fatal.
+type liteLLMRow struct {
+	In        json.RawMessage `json:"input_cost_per_token"`
+	Out       json.RawMessage `json:"output_cost_per_token"`
+	Read      json.RawMessage `json:"cache_read_input_token_cost"`
+	Write     json.RawMessage `json:"cache_creation_input_token_cost"`
+	MaxInput  json.RawMessage `json:"max_input_tokens"`
+	MaxOutput json.RawMessage `json:"max_output_tokens"`
 }
 
 // over is the price with the prices of r where it gives them, and those
