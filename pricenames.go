@@ -79,9 +79,6 @@ func newPriceTable(path string, entries map[string]*filePrice) *priceTable {
 	return t
 }
 
-// len is the number of models the table prices.
-func (t *priceTable) len() int { return len(t.exact) }
-
 // lookup finds the entry of a request's model (the body's or the path's
 // name) sent in the format of provider ("gemini"; "" for none).
 func (t *priceTable) lookup(model, provider string) (*filePrice, bool) {
