@@ -16,9 +16,9 @@ import (
 // published"):
 //
 //  1. the exact name;
-//  2. the name without case: its loose form, lowercase, with a '.' between
-//     two digits read as '-' (4.5 and 4-5 are the same version; every key
-//     of the file is indexed by its loose form at load);
+//  2. the name without case (ASCII), then also with a '.' between two
+//     digits read as '-': 4.5 and 4-5 are the same version (every key of
+//     the file is indexed by both forms at load);
 //  3. the name without a provider prefix (everything up to the last '/'),
 //     exact, then loose;
 //  4. that name with the request's provider prefix added: the dialect's
@@ -38,7 +38,8 @@ import (
 type priceTable struct {
 	path  string
 	exact map[string]*filePrice // by the file's key
-	loose map[string]*filePrice // by looseName of the key
+	lower map[string]*filePrice // by the key in lowercase
+	loose map[string]*filePrice // by the key in lowercase, with dots in versions as dashes
 	seed  maphash.Seed
 	cache [resolvedSlots]atomic.Pointer[resolvedName]
 }
@@ -57,7 +58,8 @@ type resolvedName struct {
 const maxResolvedName = 200
 
 func newPriceTable(path string, entries map[string]*filePrice) *priceTable {
-	t := &priceTable{path: path, exact: entries, loose: make(map[string]*filePrice, len(entries)), seed: maphash.MakeSeed()}
+	t := &priceTable{path: path, exact: entries, seed: maphash.MakeSeed(),
+		lower: make(map[string]*filePrice, len(entries)), loose: make(map[string]*filePrice, len(entries))}
 	keys := make([]string, 0, len(entries))
 	for k := range entries {
 		keys = append(keys, k)
@@ -65,18 +67,25 @@ func newPriceTable(path string, entries map[string]*filePrice) *priceTable {
 	sort.Strings(keys)
 	var buf [maxResolvedName]byte
 	for _, k := range keys {
-		l, ok := appendLoose(buf[:0], "", k)
+		l, ok := appendLower(buf[:0], "", k)
 		if !ok {
 			continue
 		}
-		// Two keys of one loose form: the one already in that form wins,
-		// else the first in order.
-		if prev, dup := t.loose[string(l)]; dup && (prev.name == string(l) || k != string(l)) {
-			continue
-		}
-		t.loose[string(l)] = entries[k]
+		index(t.lower, string(l), entries[k])
+		foldDots(l)
+		index(t.loose, string(l), entries[k])
 	}
 	return t
+}
+
+// index puts fp under key, unless an entry is there already: of two keys
+// of one form, the key already in that form wins, else the first in
+// order.
+func index(m map[string]*filePrice, key string, fp *filePrice) {
+	if prev, dup := m[key]; dup && (prev.name == key || fp.name != key) {
+		return
+	}
+	m[key] = fp
 }
 
 // lookup finds the entry of a request's model (the body's or the path's
@@ -140,20 +149,25 @@ func (t *priceTable) find(name, provider string) *filePrice {
 	return nil
 }
 
-// looseLookup finds prefix/name (name alone for no prefix) by its loose
-// form, built in buf.
+// looseLookup finds prefix/name (name alone for no prefix) without case,
+// then with dots in versions as dashes, built in buf.
 func (t *priceTable) looseLookup(buf []byte, prefix, name string) *filePrice {
-	l, ok := appendLoose(buf, prefix, name)
+	l, ok := appendLower(buf, prefix, name)
 	if !ok {
 		return nil
 	}
-	return t.loose[string(l)] // no allocation: the compiler reads the bytes in place
+	if fp := t.lower[string(l)]; fp != nil { // no allocation: the compiler reads the bytes in place
+		return fp
+	}
+	if foldDots(l) {
+		return t.loose[string(l)]
+	}
+	return nil
 }
 
-// appendLoose appends the loose form of prefix/name (name alone for no
-// prefix) to dst: ASCII lowercase, and a '.' between two digits as '-'.
-// ok is false when it would not fit in dst's capacity.
-func appendLoose(dst []byte, prefix, name string) (out []byte, ok bool) {
+// appendLower appends prefix/name (name alone for no prefix) to dst in
+// ASCII lowercase. ok is false when it would not fit in dst's capacity.
+func appendLower(dst []byte, prefix, name string) (out []byte, ok bool) {
 	n := len(name)
 	if prefix != "" {
 		n += len(prefix) + 1
@@ -162,20 +176,13 @@ func appendLoose(dst []byte, prefix, name string) (out []byte, ok bool) {
 		return dst, false
 	}
 	if prefix != "" {
-		dst = appendLower(dst, prefix)
+		dst = appendLowerASCII(dst, prefix)
 		dst = append(dst, '/')
 	}
-	start := len(dst)
-	dst = appendLower(dst, name)
-	for i := start + 1; i < len(dst)-1; i++ {
-		if dst[i] == '.' && isDigit(dst[i-1]) && isDigit(dst[i+1]) {
-			dst[i] = '-'
-		}
-	}
-	return dst, true
+	return appendLowerASCII(dst, name), true
 }
 
-func appendLower(dst []byte, s string) []byte {
+func appendLowerASCII(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if 'A' <= c && c <= 'Z' {
@@ -184,6 +191,18 @@ func appendLower(dst []byte, s string) []byte {
 		dst = append(dst, c)
 	}
 	return dst
+}
+
+// foldDots turns each '.' between two digits of b into '-' (claude-4.5 →
+// claude-4-5), and tells whether there was one.
+func foldDots(b []byte) (changed bool) {
+	for i := 1; i < len(b)-1; i++ {
+		if b[i] == '.' && isDigit(b[i-1]) && isDigit(b[i+1]) {
+			b[i] = '-'
+			changed = true
+		}
+	}
+	return changed
 }
 
 func isDigit(c byte) bool { return '0' <= c && c <= '9' }

@@ -250,12 +250,21 @@ func TestNamePartsOfTheLookup(t *testing.T) {
 		"model.name-4.":      "model.name-4.",
 		"models/Gemini-2.5X": "models/gemini-2-5x",
 	} {
-		if got, ok := appendLoose(buf[:0], "", in); !ok || string(got) != want {
+		got, ok := appendLower(buf[:0], "", in)
+		if foldDots(got); !ok || string(got) != want {
 			t.Errorf("loose(%q) = %q, want %q", in, got, want)
 		}
 	}
-	if _, ok := appendLoose(buf[:0], "gemini", strings.Repeat("x", 60)); ok {
+	if _, ok := appendLower(buf[:0], "gemini", strings.Repeat("x", 60)); ok {
 		t.Error("a name longer than the buffer was folded")
+	}
+	// Without case comes before dots as dashes: two keys that differ only
+	// in a dot each keep their own name.
+	two := newPriceTable("two", map[string]*filePrice{"gpt-4.1": {name: "gpt-4.1"}, "gpt-4-1": {name: "gpt-4-1"}, "Model-X.2": {name: "Model-X.2"}})
+	for in, want := range map[string]string{"GPT-4.1": "gpt-4.1", "GPT-4-1": "gpt-4-1", "model-x.2": "Model-X.2", "openai/Gpt-4.1": "gpt-4.1"} {
+		if fp, ok := two.lookup(in, "openai"); !ok || fp.name != want {
+			t.Errorf("%s resolved to %v, want %s", in, fp, want)
+		}
 	}
 	for in, want := range map[string]string{"deepseek-chat": "deepseek", "gpt-4.1": "gpt", "o3": "", "Mistral-large": "Mistral"} {
 		if got := nameFamily(in); got != want {
