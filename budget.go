@@ -141,7 +141,10 @@ func (h *Handler) spendAsk(tier string, req *llmRequest, into *spendAsk) *spendA
 		label = m.Name
 	}
 	p, tiers, ok := sc.priceFor(m, req.info.Model, providerOf(req.parsed), req.info.NoOutput)
-	*into = spendAsk{p: p, tiers: tiers, b: b, label: label, unpriced: !ok}
+	// A request whose body was not read (1 request, 0 tokens) or that
+	// names no model costs nothing whatever the price.
+	unpriced := !ok && req.parsed != nil && req.info.Model != ""
+	*into = spendAsk{p: p, tiers: tiers, b: b, label: label, unpriced: unpriced}
 	return into
 }
 

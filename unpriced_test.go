@@ -82,6 +82,17 @@ func TestUnpricedModelIsRefusedUnderABudgetAndFreeWithout(t *testing.T) {
 	if n := upstreamCalls.Load(); n != 0 {
 		t.Fatalf("the upstream saw %d refused requests", n)
 	}
+	// A request that names no model and reads no body costs nothing: it
+	// is not refused.
+	get, err := http.NewRequest(http.MethodGet, "http://"+gateway+"/v1/models", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get.Header.Set("Authorization", "Bearer sk-unpriced-capped")
+	if r := sendReq(t, get); r.status != 200 {
+		t.Fatalf("GET /v1/models for a key with a budget: %d %s", r.status, r.body)
+	}
+	upstreamCalls.Store(0)
 
 	before := metricValue(t, scrape(t), "caddy_llm_ratelimit_unpriced_requests_total", `zone="unpriced"`)
 	for _, c := range unpricedRequests {
