@@ -20,7 +20,7 @@ import (
 //     digits read as '-': 4.5 and 4-5 are the same version (every key of
 //     the file is indexed by both forms at load);
 //  3. the name without a provider prefix (everything up to the last '/'),
-//     exact, then loose;
+//     exact, then as in step 2;
 //  4. that name with the request's provider prefix added: the dialect's
 //     own provider (gemini/ for Google's API), then the provider the name
 //     starts with (deepseek-chat → deepseek/deepseek-chat, for the many
@@ -33,8 +33,9 @@ import (
 // to the same slot, so that any number of distinct names holds it to its
 // size); only a name that is not there is resolved, without allocating.
 
-// priceTable is a prices file ready for lookups. It is never changed once
-// built: a new file makes a new table.
+// priceTable is a prices file ready for lookups. Its entries never change
+// once built (only its cache of resolved names fills): a new file makes a
+// new table, which can replace the old one whole.
 type priceTable struct {
 	path  string
 	exact map[string]*filePrice // by the file's key
