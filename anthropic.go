@@ -20,6 +20,10 @@ func init() { registerDialect(anthropicDialect{}) }
 
 func (anthropicDialect) name() string { return "anthropic" }
 
+// pricesProvider: LiteLLM keys Anthropic's models bare, and some under
+// anthropic/.
+func (anthropicDialect) pricesProvider() string { return "anthropic" }
+
 func (anthropicDialect) matchPath(path string) bool {
 	return strings.HasSuffix(strings.TrimSuffix(path, "/"), "/v1/messages")
 }
@@ -321,15 +325,16 @@ func anthropicUsage(a *usageAcc) (usage, bool) {
 // anthropicErrorTypes is the error type of each of the handler's own
 // answers.
 var anthropicErrorTypes = [...]string{
-	errUnauthorized:  "authentication_error",
-	errInvalid:       "invalid_request_error",
-	errTooLarge:      "request_too_large",
-	errContextLength: "invalid_request_error",
-	errRateLimited:   "rate_limit_error",
-	errCooldown:      "rate_limit_error",
-	errUnavailable:   "api_error",
-	errModelNotFound: "not_found_error",
-	errBudget:        "rate_limit_error",
+	errUnauthorized:   "authentication_error",
+	errInvalid:        "invalid_request_error",
+	errTooLarge:       "request_too_large",
+	errContextLength:  "invalid_request_error",
+	errRateLimited:    "rate_limit_error",
+	errCooldown:       "rate_limit_error",
+	errUnavailable:    "api_error",
+	errModelNotFound:  "not_found_error",
+	errBudget:         "rate_limit_error",
+	errModelNotPriced: "invalid_request_error",
 }
 
 func (anthropicDialect) appendError(dst []byte, e *apiError) []byte {

@@ -97,9 +97,25 @@ func BenchmarkHandlerOverhead(b *testing.B) {
 				{Name: "b", Limits: Limits{RPM: 1 << 40}, HeaderUp: map[string]string{"Authorization": "Bearer sk-provider-b"}, Priority: 1},
 			}})
 	})
+	// Priced by a prices_file under a budget: the model's price and
+	// limits found by its exact name, and by a name as clients send it
+	// (a provider prefix, another case), which the table resolves.
+	for _, c := range []struct{ name, model string }{
+		{"prices_file-exact", "acme-chat-large"},
+		{"prices_file-resolved", "openai/Acme-Chat-Large"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			body := bytes.Replace(chatBody13k, []byte(`"model":"gpt-4o"`), []byte(`"model":"`+c.model+`"`), 1)
+			benchHandlerBody(b, &Handler{Zone: "bench-overhead-" + c.name, Limits: lim,
+				PricesFile: "testdata/prices/model_prices_sample.json", Budget: &Budget{USD: 1e9, Period: "monthly"}}, body)
+		})
+	}
 }
 
-func benchHandler(b *testing.B, cfg *Handler) {
+func benchHandler(b *testing.B, cfg *Handler) { benchHandlerBody(b, cfg, chatBody13k) }
+
+// benchHandlerBody is benchHandler with a body of its own.
+func benchHandlerBody(b *testing.B, cfg *Handler, chatBody13k []byte) {
 	setClock(nil)
 	b.Cleanup(func() { setClock(clk) })
 	h := provisioned(b, cfg)

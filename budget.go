@@ -34,18 +34,19 @@ func (z *zone) fitBudget(s *shard, q *ask, dec *decision, nowNs int64) (sp *keyS
 	} else if sp.roll(sa.b.period, nowNs) {
 		z.ledgerDirty.Store(true)
 	}
-	worst = sa.p.worst(q.d.in, q.d.out)
+	p := sa.at(q.d.in) // the input decides the tier; clamping changes only the output
+	worst = p.worst(q.d.in, q.d.out)
 	full := worst // before clamp_max_tokens tries a smaller reservation
 	left := sa.b.nano - sp.spent - sp.reserved
 	if worst <= left {
 		return sp, worst, true
 	}
-	if q.clampMin > 0 && sa.p.out > 0 {
+	if q.clampMin > 0 && p.out > 0 {
 		n := max(q.choices, 1)
-		room := float64(left - nanoDollars(q.d.in*sa.p.worstIn()))
-		if perChoice := int64(room / sa.p.out / float64(n)); perChoice >= q.clampMin && float64(perChoice*n) < q.d.out {
+		room := float64(left - nanoDollars(q.d.in*p.worstIn()))
+		if perChoice := int64(room / p.out / float64(n)); perChoice >= q.clampMin && float64(perChoice*n) < q.d.out {
 			q.d.out = float64(perChoice * n)
-			if worst = sa.p.worst(q.d.in, q.d.out); worst <= left {
+			if worst = p.worst(q.d.in, q.d.out); worst <= left {
 				dec.clamped = perChoice
 				return sp, worst, true
 			}
@@ -88,11 +89,11 @@ func (z *zone) settleCost(t *ticket, nowNs int64, u *usage, refund bool) {
 	switch {
 	case refund:
 	case u != nil:
-		c = sa.p.cost(*u)
+		c = sa.cost(*u)
 	case t.sp != nil:
 		c = t.worst
 	default:
-		c = sa.p.worst(t.a.d.in, t.a.d.out)
+		c = sa.worst(t.a.d.in, t.a.d.out)
 	}
 	if t.sp != nil {
 		t.sp.reserved -= t.worst
@@ -142,8 +143,23 @@ func (h *Handler) spendAsk(tier string, req *llmRequest, into *spendAsk) *spendA
 	if m != nil {
 		label = m.Name
 	}
-	*into = spendAsk{p: sc.priceFor(m, req.info.Model), b: b, label: label}
+	p, tiers, ok := sc.priceFor(m, req.info.Model, providerOf(req.parsed), req.info.NoOutput)
+	// A request whose body was not read (1 request, 0 tokens) or that
+	// names no model costs nothing whatever the price.
+	unpriced := !ok && req.parsed != nil && req.info.Model != ""
+	*into = spendAsk{p: p, tiers: tiers, b: b, label: label, unpriced: unpriced}
 	return into
+}
+
+// replyUnpriced refuses a request whose model nothing prices, for a key
+// with a budget: 400, model_not_priced (OpenAI). Its cost cannot be
+// known, and a budget must not be dodged by naming an unpriced model.
+func (h *Handler) replyUnpriced(w http.ResponseWriter, d dialect, kh keyHash, tier string, req *llmRequest) error {
+	msg := "The model `" + req.info.Model + "` has no price at this gateway, and this key has a budget: a request it cannot cost is refused. " +
+		"A model block's price, default_price or prices_file can price it."
+	h.logger.Info("rejected", h.decisionFields(kh, tier, &req.info, req.demand,
+		zap.String("outcome", outcomeInvalid), zap.String("reason", msg))...)
+	return h.reply(w, d, &apiError{kind: errModelNotPriced, msg: msg}, outcomeInvalid)
 }
 
 // replyBudget answers a request that its key's budget cannot cover: 429,

@@ -269,8 +269,8 @@ func TestCutStreamKeepsTheWorstCaseAndFailuresCostNothing(t *testing.T) {
 }
 
 // prices_file prices a model that no block prices; a block's own price
-// wins; a model priced nowhere, under a budget, costs the highest price
-// configured (so a budget cannot be dodged by naming an unpriced model).
+// wins; a model priced nowhere, under a budget, is refused (so that a
+// budget cannot be dodged by naming an unpriced model).
 func TestPricesFileAndUnpricedModels(t *testing.T) {
 	mustLoad(t, "zone costfile\ncalibrate off\nprices_file testdata/prices/model_prices_sample.json\n"+
 		"model acme-chat-small {\nprice input 3 output 3\n}\nbudget 100 monthly")
@@ -281,9 +281,6 @@ func TestPricesFileAndUnpricedModels(t *testing.T) {
 	}{
 		{"acme-chat-large", 1000*4e-06 + 100*1.6e-05}, // from the file
 		{"acme-chat-small", (1000*3 + 100*3) / 1e6},   // the block wins over the file
-		// unpriced: the highest input and output prices configured
-		// (acme-messages-pro's 5e-06, 2.5e-05)
-		{"some-unpriced-model", 1000*5e-06 + 100*2.5e-05},
 	} {
 		key := "sk-file-" + c.model
 		body := `{"model":"` + c.model + `","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`
@@ -295,16 +292,21 @@ func TestPricesFileAndUnpricedModels(t *testing.T) {
 			t.Errorf("%s: spend %v, want %v", c.model, *st.SpendUSD, c.want)
 		}
 	}
-	f, err := loadPricesFile("testdata/prices/model_prices_sample.json")
-	if err != nil {
-		t.Fatal(err)
+	r := send(t, "/v1/chat/completions", "sk-file-unpriced", `{"model":"some-unpriced-model","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`)
+	if r.status != 400 || !strings.Contains(r.body, "model_not_priced") {
+		t.Errorf("an unpriced model under a budget: %d %s, want 400 model_not_priced", r.status, r.body)
 	}
+	tab, skipped, err := loadPricesFile("testdata/prices/model_prices_sample.json")
+	if err != nil || len(skipped) != 0 {
+		t.Fatal(err, skipped)
+	}
+	f := tab.exact
 	if _, ok := f["acme-image-gen"]; ok || len(f) != 6 {
 		t.Errorf("kept %d entries (the image model too: %v); want the 6 priced per token", len(f), ok)
 	}
 	// The file's token limits become the model's context window and
 	// output reservation where no block sets them.
-	r := send(t, "/v1/chat/completions", "sk-file-tiny", `{"model":"acme-tiny","max_tokens":99,"messages":[{"role":"user","content":"hi"}]}`)
+	r = send(t, "/v1/chat/completions", "sk-file-tiny", `{"model":"acme-tiny","max_tokens":99,"messages":[{"role":"user","content":"hi"}]}`)
 	if r.status != 400 || !strings.Contains(r.body, "context_length_exceeded") || !strings.Contains(r.body, "maximum context length is 100") {
 		t.Errorf("acme-tiny with max_tokens 99: %d %s, want 400 context_length_exceeded at 100", r.status, r.body)
 	}

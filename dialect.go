@@ -266,27 +266,29 @@ func satAdd(a, b int64) int64 {
 type errKind uint8
 
 const (
-	errUnauthorized  errKind = iota // 401: no key, unknown key
-	errInvalid                      // 400: bad JSON, wrong field types
-	errTooLarge                     // 413: body over max_body
-	errContextLength                // 400: input + output over the context window
-	errRateLimited                  // 429: over a limit of the gateway's
-	errCooldown                     // 429: the upstream asked to slow down
-	errUnavailable                  // 503: the shared store is unreachable (fail closed)
-	errModelNotFound                // 404: no provider account serves the model
-	errBudget                       // 429: the key's budget cannot cover the request
+	errUnauthorized   errKind = iota // 401: no key, unknown key
+	errInvalid                       // 400: bad JSON, wrong field types
+	errTooLarge                      // 413: body over max_body
+	errContextLength                 // 400: input + output over the context window
+	errRateLimited                   // 429: over a limit of the gateway's
+	errCooldown                      // 429: the upstream asked to slow down
+	errUnavailable                   // 503: the shared store is unreachable (fail closed)
+	errModelNotFound                 // 404: no provider account serves the model
+	errBudget                        // 429: the key's budget cannot cover the request
+	errModelNotPriced                // 400: nothing prices the model, and the key has a budget
 )
 
 var errStatus = [...]int{
-	errUnauthorized:  http.StatusUnauthorized,
-	errInvalid:       http.StatusBadRequest,
-	errTooLarge:      http.StatusRequestEntityTooLarge,
-	errContextLength: http.StatusBadRequest,
-	errRateLimited:   http.StatusTooManyRequests,
-	errCooldown:      http.StatusTooManyRequests,
-	errUnavailable:   http.StatusServiceUnavailable,
-	errModelNotFound: http.StatusNotFound,
-	errBudget:        http.StatusTooManyRequests,
+	errUnauthorized:   http.StatusUnauthorized,
+	errInvalid:        http.StatusBadRequest,
+	errTooLarge:       http.StatusRequestEntityTooLarge,
+	errContextLength:  http.StatusBadRequest,
+	errRateLimited:    http.StatusTooManyRequests,
+	errCooldown:       http.StatusTooManyRequests,
+	errUnavailable:    http.StatusServiceUnavailable,
+	errModelNotFound:  http.StatusNotFound,
+	errBudget:         http.StatusTooManyRequests,
+	errModelNotPriced: http.StatusBadRequest,
 }
 
 // apiError is one of the handler's own error answers, before a dialect

@@ -25,6 +25,10 @@ func init() { registerDialect(geminiDialect{}) }
 
 func (geminiDialect) name() string { return "gemini" }
 
+// pricesProvider: LiteLLM keys the Gemini API's prices under gemini/
+// (gemini/gemini-2.5-flash); the bare names are Vertex AI's.
+func (geminiDialect) pricesProvider() string { return "gemini" }
+
 // geminiMethod splits a path ending in …/models/<model>:<method> under
 // /v1beta/ or /v1/; ok is false for any other path.
 func geminiMethod(path string) (model, method string, ok bool) {
@@ -347,15 +351,16 @@ func (geminiDialect) streamUsage(a *usageAcc) (usage, bool) {
 // geminiStatus is Google's status name of each of the handler's own
 // answers (google.rpc.Code).
 var geminiStatus = [...]string{
-	errUnauthorized:  "UNAUTHENTICATED",
-	errInvalid:       "INVALID_ARGUMENT",
-	errTooLarge:      "INVALID_ARGUMENT",
-	errContextLength: "INVALID_ARGUMENT",
-	errRateLimited:   "RESOURCE_EXHAUSTED",
-	errCooldown:      "RESOURCE_EXHAUSTED",
-	errUnavailable:   "UNAVAILABLE",
-	errModelNotFound: "NOT_FOUND",
-	errBudget:        "RESOURCE_EXHAUSTED",
+	errUnauthorized:   "UNAUTHENTICATED",
+	errInvalid:        "INVALID_ARGUMENT",
+	errTooLarge:       "INVALID_ARGUMENT",
+	errContextLength:  "INVALID_ARGUMENT",
+	errRateLimited:    "RESOURCE_EXHAUSTED",
+	errCooldown:       "RESOURCE_EXHAUSTED",
+	errUnavailable:    "UNAVAILABLE",
+	errModelNotFound:  "NOT_FOUND",
+	errBudget:         "RESOURCE_EXHAUSTED",
+	errModelNotPriced: "INVALID_ARGUMENT",
 }
 
 // appendError appends Google's error body:

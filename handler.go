@@ -61,11 +61,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.reply(w, d, &apiError{kind: errModelNotFound,
 			msg: "The model `" + req.info.Model + "` does not exist or no provider account of this gateway serves it."}, outcomeInvalid)
 	}
+	sa := h.spendAsk(tier, req, &x.spend)
+	if sa != nil && sa.unpriced && sa.b != nil {
+		if !h.DryRun {
+			return h.replyUnpriced(w, d, kh, tier, req)
+		}
+		h.logger.Info("would reject (dry_run)", h.decisionFields(kh, tier, &req.info, req.demand,
+			zap.String("outcome", outcomeDryRunRejected), zap.String("reason", "model not priced"))...)
+	}
 	// The ask and the decision live in the exchange: the admitter is an
 	// interface, and a pointer to a local would move it to the heap.
 	q := &x.q
 	*q = ask{kh: kh, known: known, maxKeys: max(h.MaxKeys, 0), tier: tier, lim: h.limitsFor(tier), accts: accts, d: req.demand,
-		learn: h.learn, learnKey: h.learn && len(accts) == 0, lane: h.lanes[tier], spend: h.spendAsk(tier, req, &x.spend)}
+		learn: h.learn, learnKey: h.learn && len(accts) == 0, lane: h.lanes[tier], spend: sa}
 	if req.parsed != nil { // only a body the gateway read can be rewritten
 		q.clampMin, q.choices = h.ClampMaxTokens, req.info.N
 	}
@@ -118,6 +126,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if ce := h.logger.Check(zap.DebugLevel, "allowed"); ce != nil {
 			ce.Write(h.decisionFields(kh, tier, &req.info, req.demand, zap.String("outcome", outcome), zap.Duration("queued", waited))...)
 		}
+	}
+	if sa != nil && sa.unpriced {
+		m.unpriced.Inc() // it goes up at cost 0
 	}
 	return h.serveAdmitted(w, r, next, d, x, dec)
 }
@@ -175,7 +186,7 @@ func (h *Handler) readAndEstimate(r *http.Request, d dialect, x *exchange) error
 	}
 	mb := h.modelFor(req.info.Model)
 	req.demand = h.demandFor(&req.info, mb, req.parsed)
-	if window, _ := h.modelLimits(mb, req.info.Model); window > 0 && req.demand.in+req.demand.out > float64(window) {
+	if window, _ := h.modelLimits(mb, req.info.Model, req.parsed); window > 0 && req.demand.in+req.demand.out > float64(window) {
 		dm := req.demand
 		return &apiError{kind: errContextLength, msg: fmt.Sprintf(
 			"This model's maximum context length is %d tokens. However, you requested %d tokens (%d in the messages, %d in the completion). Please reduce the length of the messages or completion.",
@@ -269,7 +280,7 @@ func (h *Handler) demandFor(info *requestInfo, m *Model, d dialect) demand {
 		dm.out = float64(info.MaxOutput) * float64(info.N)
 	default:
 		per := h.DefaultMaxOutput
-		window, maxOut := h.modelLimits(m, info.Model)
+		window, maxOut := h.modelLimits(m, info.Model, d)
 		if maxOut > 0 {
 			per = maxOut
 		}

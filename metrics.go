@@ -51,6 +51,10 @@ var (
 		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "cost_usd_total",
 		Help: "What settled requests cost, in USD, at the configured prices (model: a configured block name, or * for requests no block matches).",
 	}, []string{"zone", "model"})
+	metricUnpriced = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "unpriced_requests_total",
+		Help: "Requests for a model that no price configured prices, which went up at cost 0 (keys without a budget; a key with a budget is refused them).",
+	}, []string{"zone"})
 	metricLedgerErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "ledger_errors_total",
 		Help: "Spend ledgers that could not be read (moved aside; the zone started with no spend) or saved.",
@@ -111,7 +115,7 @@ func (zoneCollector) Collect(ch chan<- prometheus.Metric) {
 
 var collectors = []prometheus.Collector{
 	metricRequests, metricTokens, metricRetries, metricQueueWait, metricEstimateRatio, metricStoreErrors,
-	metricUpstreamCalls, metricUpstreamCooldown, metricCost, metricLedgerErrors, metricRejections, metricFileReloads, zoneCollector{},
+	metricUpstreamCalls, metricUpstreamCooldown, metricCost, metricUnpriced, metricLedgerErrors, metricRejections, metricFileReloads, zoneCollector{},
 }
 
 // registerMetrics puts the package's collectors into a config's registry.
@@ -154,6 +158,7 @@ type zoneMetrics struct {
 	estIn, resOut, actIn, actOut prometheus.Counter
 	queueWait, estimateRatio     prometheus.Observer
 	storeErrors                  prometheus.Counter
+	unpriced                     prometheus.Counter
 	retriesMu                    sync.Mutex
 	retries                      map[int]prometheus.Counter
 	zone                         string
@@ -198,6 +203,7 @@ func newZoneMetrics(zone string) *zoneMetrics {
 		queueWait:     metricQueueWait.WithLabelValues(zone),
 		estimateRatio: metricEstimateRatio.WithLabelValues(zone),
 		storeErrors:   metricStoreErrors.WithLabelValues(zone),
+		unpriced:      metricUnpriced.WithLabelValues(zone),
 		retries:       make(map[int]prometheus.Counter),
 		zone:          zone,
 	}

@@ -244,15 +244,24 @@ type Handler struct {
 	Store *StoreConfig `json:"store,omitempty"`
 
 	// DefaultPrice is what a model costs that no priced model block and
-	// no prices_file entry prices. Without it such a model costs the
-	// highest price configured, so that a budget cannot be dodged by
-	// naming an unpriced model.
+	// no prices_file entry prices. Without it such a model is refused
+	// (400 model_not_priced) for a key that has a budget, so that a budget
+	// cannot be dodged by naming an unpriced model, and goes up at cost 0
+	// for a key without one (counted in
+	// caddy_llm_ratelimit_unpriced_requests_total).
 	DefaultPrice *Price `json:"default_price,omitempty"`
 
 	// PricesFile is a pricing table in the format of LiteLLM's
-	// model_prices_and_context_window.json, read at provision time. Its
-	// max_input_tokens and max_output_tokens become a model's
-	// context_window and max_output where no model block sets them.
+	// model_prices_and_context_window.json, read at provision time. A
+	// request's model finds its entry by its exact name, else without
+	// case, without a provider prefix, with its provider's prefix added,
+	// or without a date suffix. Long-context prices
+	// (*_above_200k_tokens) apply to the whole of a request whose input is
+	// above that size. A null or absent price is not priced; a row with a
+	// price that cannot be used (a string, a negative or absurd number) is
+	// skipped with a warning. Its max_input_tokens and max_output_tokens
+	// become a model's context_window and max_output where no model block
+	// sets them.
 	PricesFile string `json:"prices_file,omitempty"`
 
 	// Budget caps what each key without a tier may spend per calendar

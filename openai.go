@@ -22,6 +22,11 @@ func init() { registerDialect(openAIDialect{}) }
 
 func (openAIDialect) name() string { return "openai" }
 
+// pricesProvider: LiteLLM keys OpenAI's models bare, and some under
+// openai/. Other providers that speak this format are found by the
+// provider their model's name starts with (pricenames.go).
+func (openAIDialect) pricesProvider() string { return "openai" }
+
 func (openAIDialect) matchPath(path string) bool {
 	_, _, known := openAIRoute(path)
 	return known
@@ -239,15 +244,16 @@ func isUsageOnlyChunk(event []byte) bool {
 // openAIErrors are the error type and code of each of the handler's own
 // answers; a rate-limit 429 takes its type from the limit instead.
 var openAIErrors = [...]struct{ typ, code string }{
-	errUnauthorized:  {"invalid_request_error", "invalid_api_key"},
-	errInvalid:       {"invalid_request_error", "invalid_json"},
-	errTooLarge:      {"invalid_request_error", "request_too_large"},
-	errContextLength: {"invalid_request_error", "context_length_exceeded"},
-	errRateLimited:   {"", "rate_limit_exceeded"},
-	errCooldown:      {"requests", "rate_limit_exceeded"},
-	errUnavailable:   {"server_error", "store_unavailable"},
-	errModelNotFound: {"invalid_request_error", "model_not_found"},
-	errBudget:        {"insufficient_quota", "insufficient_quota"},
+	errUnauthorized:   {"invalid_request_error", "invalid_api_key"},
+	errInvalid:        {"invalid_request_error", "invalid_json"},
+	errTooLarge:       {"invalid_request_error", "request_too_large"},
+	errContextLength:  {"invalid_request_error", "context_length_exceeded"},
+	errRateLimited:    {"", "rate_limit_exceeded"},
+	errCooldown:       {"requests", "rate_limit_exceeded"},
+	errUnavailable:    {"server_error", "store_unavailable"},
+	errModelNotFound:  {"invalid_request_error", "model_not_found"},
+	errBudget:         {"insufficient_quota", "insufficient_quota"},
+	errModelNotPriced: {"invalid_request_error", "model_not_priced"},
 }
 
 // openAILimitTypes is the error type of a 429, by the limit it names.

@@ -1,87 +1,336 @@
 package llmratelimit
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"os"
+	"sort"
+	"strconv"
+	"strings"
 )
 
 // prices_file: the pricing table LiteLLM maintains and many tools share
-// (model_prices_and_context_window.json). The real file holds thousands of
-// models with dozens of fields each; only the prices and the two token
-// limits are kept.
+// (model_prices_and_context_window.json; SPEC "Prices as published"). The
+// real file holds thousands of models with dozens of fields each and
+// changes every day; only the per-token prices, their long-context tiers
+// and the two token limits are kept. One row the reader cannot use is
+// skipped and reported, never the whole file: only a file that cannot be
+// read or is not a JSON object fails.
 
 // filePrice is what the plugin keeps of one model of a prices file.
 type filePrice struct {
-	p             price
-	maxInput      int64 // becomes the model's context_window where no block sets one
-	maxOutput     int64 // becomes the model's max_output where no block sets one
-	hasCacheRead  bool
-	hasCacheWrite bool
+	// name is the file's own key for the model.
+	name string
+	// p is the price below every tier, in nano-dollars per token.
+	p price
+	// hasIn and hasOut tell that the input and the output prices are
+	// set: a null or absent price is not priced, never $0.
+	hasIn, hasOut bool
+	// hasCacheRead and hasCacheWrite tell the cache prices that the file
+	// sets (else they are the input price).
+	hasCacheRead, hasCacheWrite bool
+	// tiers are the long-context prices (*_above_200k_tokens and the
+	// like), by threshold, lowest first.
+	tiers []priceTier
+	// maxInput becomes the model's context_window, maxOutput its
+	// max_output, where no block sets one (0: none).
+	maxInput, maxOutput int64
 }
 
-// liteLLMEntry is the part of an entry the plugin reads; every other field
-// is skipped by the decoder.
-type liteLLMEntry struct {
-	InputCostPerToken           *float64        `json:"input_cost_per_token"`
-	OutputCostPerToken          *float64        `json:"output_cost_per_token"`
-	CacheReadInputTokenCost     *float64        `json:"cache_read_input_token_cost"`
-	CacheCreationInputTokenCost *float64        `json:"cache_creation_input_token_cost"`
-	MaxInputTokens              json.RawMessage `json:"max_input_tokens"`
-	MaxOutputTokens             json.RawMessage `json:"max_output_tokens"`
+// priceTier is what the whole of a request costs when its input is above
+// a number of tokens, as providers bill long contexts.
+type priceTier struct {
+	above int64
+	p     price
 }
 
-// loadPricesFile reads a LiteLLM prices file: an object of model name →
-// entry. Entries without an input or output price per token are left out
-// (the file also lists image and audio models), and so is "sample_spec",
-// the file's documentation of its own fields.
-func loadPricesFile(path string) (map[string]filePrice, error) {
+// priceAt is the price of a request that reads in input tokens: the price
+// of the highest tier it is above, else base.
+func priceAt(base price, tiers []priceTier, in float64) price {
+	for i := len(tiers) - 1; i >= 0; i-- {
+		if in > float64(tiers[i].above) {
+			return tiers[i].p
+		}
+	}
+	return base
+}
+
+// maxFilePrice is the dearest price per token a prices file is believed
+// to give, in USD: $10,000 per million tokens, 16 times the dearest real
+// price (o1-pro's output, $600 per million). A larger figure is a mistake
+// of the file, such as LiteLLM's wandb/… rows at $135,000 per million
+// tokens (prices per million written as prices per token).
+const maxFilePrice = 0.01
+
+// The four prices of a row, and the suffix of their long-context tiers:
+// input_cost_per_token_above_200k_tokens is the input price of a request
+// whose input is above 200,000 tokens.
+const (
+	fieldIn    = "input_cost_per_token"
+	fieldOut   = "output_cost_per_token"
+	fieldRead  = "cache_read_input_token_cost"
+	fieldWrite = "cache_creation_input_token_cost"
+)
+
+var priceFields = [...]string{fieldIn, fieldOut, fieldRead, fieldWrite}
+
+// Indexes into priceFields and a row's prices.
+const (
+	priceIn = iota
+	priceOut
+	priceRead
+	priceWrite
+)
+
+// rowPrices are one row's prices at one level (the base, or one tier), in
+// USD per token; nil where the row gives none.
+type rowPrices [len(priceFields)]*float64
+
+// skippedRow is a row of a prices file that the reader cannot use, and
+// why: each field it cannot use ("input_cost_per_token is a string").
+type skippedRow struct {
+	model string
+	why   []string
+}
+
+func (r skippedRow) String() string { return r.model + ": " + strings.Join(r.why, "; ") }
+
+// loadPricesFile reads a LiteLLM prices file into a table. skipped are the
+// rows left out because the reader cannot use them, by model name. Rows
+// that are not priced per token (images, seconds, characters, a null
+// price) are left out quietly, and so is "sample_spec", the file's
+// documentation of its own fields. Only a file that cannot be read or is
+// not a JSON object is an error.
+func loadPricesFile(path string) (t *priceTable, skipped []skippedRow, err error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err // *PathError names the file
 	}
-	var entries map[string]liteLLMEntry
-	if err := json.Unmarshal(raw, &entries); err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
+	trimmed := bytes.TrimSpace(raw)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return nil, nil, fmt.Errorf("%s is not a JSON object of model name → prices (%s)", path, startsWith(trimmed))
 	}
-	out := make(map[string]filePrice, len(entries))
-	for name, e := range entries {
-		if name == "sample_spec" || e.InputCostPerToken == nil && e.OutputCostPerToken == nil {
-			continue // the file's documentation entry; models not priced per token
+	var rows map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &rows); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return nil, nil, fmt.Errorf("%s is not valid JSON: %v at byte %d", path, se, se.Offset)
 		}
-		var fp filePrice
-		perToken := func(v *float64) (float64, error) {
-			if v == nil {
-				return 0, nil
-			}
-			if err := checkPrice(*v); err != nil {
-				return 0, fmt.Errorf("%s: model %q: %v", path, name, err)
-			}
-			return *v * 1e9, nil // USD per token → nano-dollars per token
-		}
-		if fp.p.in, err = perToken(e.InputCostPerToken); err != nil {
-			return nil, err
-		}
-		if fp.p.out, err = perToken(e.OutputCostPerToken); err != nil {
-			return nil, err
-		}
-		fp.p.cached, fp.p.write = fp.p.in, fp.p.in
-		if e.CacheReadInputTokenCost != nil {
-			if fp.p.cached, err = perToken(e.CacheReadInputTokenCost); err != nil {
-				return nil, err
-			}
-			fp.hasCacheRead = true
-		}
-		if e.CacheCreationInputTokenCost != nil {
-			if fp.p.write, err = perToken(e.CacheCreationInputTokenCost); err != nil {
-				return nil, err
-			}
-			fp.hasCacheWrite = true
-		}
-		fp.maxInput, fp.maxOutput = jsonCount(e.MaxInputTokens), jsonCount(e.MaxOutputTokens)
-		out[name] = fp
+		return nil, nil, fmt.Errorf("%s is not valid JSON", path)
 	}
-	return out, nil
+	entries := make(map[string]*filePrice, len(rows))
+	for name, row := range rows {
+		if name == "sample_spec" {
+			continue
+		}
+		fp, why := readPriceRow(name, row)
+		switch {
+		case len(why) > 0:
+			skipped = append(skipped, skippedRow{model: name, why: why})
+		case fp != nil:
+			entries[name] = fp
+		}
+	}
+	sort.Slice(skipped, func(i, j int) bool { return skipped[i].model < skipped[j].model })
+	return newPriceTable(path, entries), skipped, nil
+}
+
+// startsWith says what a document that is not an object is.
+func startsWith(doc []byte) string {
+	if len(doc) == 0 {
+		return "it is empty"
+	}
+	switch doc[0] {
+	case '[':
+		return "it is an array"
+	case '"':
+		return "it is a string"
+	}
+	return fmt.Sprintf("it starts with %q", doc[0])
+}
+
+// readPriceRow reads one row. fp is nil for a row that is not priced per
+// token; why lists each field the reader cannot use (the row is then
+// skipped whole: a model priced without its tier would be undercharged).
+func readPriceRow(name string, row json.RawMessage) (fp *filePrice, why []string) {
+	var r liteLLMRow
+	if err := json.Unmarshal(row, &r); err != nil {
+		return nil, []string{"is not an object"}
+	}
+	fields := map[string]json.RawMessage{fieldIn: r.In, fieldOut: r.Out, fieldRead: r.Read, fieldWrite: r.Write}
+	if bytes.Contains(row, []byte("_above_")) {
+		// Long-context tiers have names of their own: read every field
+		// (a few rows in a hundred).
+		fields = nil
+		if err := json.Unmarshal(row, &fields); err != nil {
+			return nil, []string{"is not an object"}
+		}
+	}
+	var base rowPrices
+	tiers := map[int64]*rowPrices{}
+	for key, v := range fields {
+		if v == nil {
+			continue // absent
+		}
+		f, above, ok := priceField(key)
+		if !ok {
+			continue
+		}
+		usd, err := filePriceValue(v)
+		if err != nil {
+			why = append(why, key+" "+err.Error())
+			continue
+		}
+		if usd == nil {
+			continue // null: not priced
+		}
+		level := &base
+		if above > 0 {
+			if level = tiers[above]; level == nil {
+				level = new(rowPrices)
+				tiers[above] = level
+			}
+		}
+		level[f] = usd
+	}
+	if len(why) > 0 {
+		sort.Strings(why)
+		return nil, why
+	}
+	if base[priceIn] == nil && base[priceOut] == nil {
+		return nil, nil // priced per image, second or character, or not at all
+	}
+	fp = &filePrice{name: name, hasIn: base[priceIn] != nil, hasOut: base[priceOut] != nil,
+		hasCacheRead: base[priceRead] != nil, hasCacheWrite: base[priceWrite] != nil}
+	fp.p = base.over(price{})
+	if !fp.hasCacheRead {
+		fp.p.cached = fp.p.in
+	}
+	if !fp.hasCacheWrite {
+		fp.p.write = fp.p.in
+	}
+	thresholds := make([]int64, 0, len(tiers))
+	for above := range tiers {
+		thresholds = append(thresholds, above)
+	}
+	sort.Slice(thresholds, func(i, j int) bool { return thresholds[i] < thresholds[j] })
+	// Each tier starts from the prices below it; a cache price that
+	// follows the input price (none set) follows it into the tier too.
+	below, readFollows, writeFollows := fp.p, !fp.hasCacheRead, !fp.hasCacheWrite
+	for _, above := range thresholds {
+		r := tiers[above]
+		tp := r.over(below)
+		if readFollows = readFollows && r[priceRead] == nil; readFollows {
+			tp.cached = tp.in
+		}
+		if writeFollows = writeFollows && r[priceWrite] == nil; writeFollows {
+			tp.write = tp.in
+		}
+		fp.tiers = append(fp.tiers, priceTier{above: above, p: tp})
+		below = tp
+	}
+	fp.maxInput, fp.maxOutput = jsonCount(r.MaxInput), jsonCount(r.MaxOutput)
+	return fp, nil
+}
+
+// liteLLMRow is what a row of the file is read into first; the decoder
+// skips every other field. Each is raw so that a value of the wrong type
+// is reported, not fatal.
+type liteLLMRow struct {
+	In        json.RawMessage `json:"input_cost_per_token"`
+	Out       json.RawMessage `json:"output_cost_per_token"`
+	Read      json.RawMessage `json:"cache_read_input_token_cost"`
+	Write     json.RawMessage `json:"cache_creation_input_token_cost"`
+	MaxInput  json.RawMessage `json:"max_input_tokens"`
+	MaxOutput json.RawMessage `json:"max_output_tokens"`
+}
+
+// over is the price with the prices of r where it gives them, and those
+// of below elsewhere.
+func (r *rowPrices) over(below price) price {
+	p := below
+	for f, dst := range [...]*float64{&p.in, &p.out, &p.cached, &p.write} {
+		if r[f] != nil {
+			*dst = nanoPerToken(*r[f])
+		}
+	}
+	return p
+}
+
+// nanoPerToken turns USD per token into nano-dollars per token, rounded to
+// a millionth of a nano-dollar so that 2e-06 is exactly 2000 (binary
+// floating point makes it 1999.9999999999998).
+func nanoPerToken(usd float64) float64 { return math.Round(usd*1e15) / 1e6 }
+
+// priceField tells a price field of a row: f indexes priceFields, above is
+// the tier's threshold in tokens (0 for the base price). Every other field
+// (per image, per second, per character, batches, priority, the hour-long
+// cache, the tier of a priority price) is not one.
+func priceField(key string) (f int, above int64, ok bool) {
+	for i, name := range priceFields {
+		if !strings.HasPrefix(key, name) {
+			continue
+		}
+		rest := key[len(name):]
+		if rest == "" {
+			return i, 0, true
+		}
+		// _above_<n>k_tokens
+		n, ok := strings.CutPrefix(rest, "_above_")
+		if !ok {
+			return 0, 0, false
+		}
+		n, ok = strings.CutSuffix(n, "k_tokens")
+		if !ok || n == "" || len(n) > 6 {
+			return 0, 0, false
+		}
+		k, err := strconv.ParseUint(n, 10, 32)
+		if err != nil || k == 0 {
+			return 0, 0, false
+		}
+		return i, int64(k) * 1000, true
+	}
+	return 0, 0, false
+}
+
+// filePriceValue reads one price in USD per token: nil for null; an error
+// that says why for anything the reader cannot use.
+func filePriceValue(v json.RawMessage) (*float64, error) {
+	v = bytes.TrimSpace(v)
+	if len(v) == 0 {
+		return nil, errors.New("is empty")
+	}
+	switch v[0] {
+	case 'n':
+		return nil, nil
+	case '"':
+		return nil, fmt.Errorf("is a string (%s), not a number", clip(v))
+	case '{', '[':
+		return nil, errors.New("is not a number")
+	case 't', 'f':
+		return nil, errors.New("is a boolean, not a number")
+	}
+	usd, err := strconv.ParseFloat(string(v), 64)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("is out of range (%s)", clip(v))
+	case usd < 0:
+		return nil, fmt.Errorf("is negative (%s)", clip(v))
+	case usd > maxFilePrice:
+		return nil, fmt.Errorf("is out of range (%s USD per token, above $10,000 per million tokens)", clip(v))
+	}
+	return &usd, nil
+}
+
+// clip is a value as a log shows it: at most 40 bytes.
+func clip(v []byte) string {
+	if len(v) > 40 {
+		return string(v[:40]) + "…"
+	}
+	return string(v)
 }
 
 // jsonCount reads a token limit of the file: an integer, or anything else

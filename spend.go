@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Spend: what requests cost in money, and the budgets that cap it per key
@@ -42,12 +44,6 @@ func (p *Price) resolve() price {
 		r.write = *p.CacheWrite * 1000
 	}
 	return r
-}
-
-// maxOf is the price that costs the most of p and q, component by
-// component: what an unpriced model costs.
-func (p price) maxOf(q price) price {
-	return price{max(p.in, q.in), max(p.out, q.out), max(p.cached, q.cached), max(p.write, q.write)}
 }
 
 // worstIn is the most an input token can cost: the request's tokens may be
@@ -170,12 +166,11 @@ func (k *keySpend) resetsAt(p period) time.Time { return p.next(time.Unix(k.star
 
 // spendConfig is a handler's prices and budgets, resolved.
 type spendConfig struct {
-	priced  bool                 // some price is configured: requests are costed
-	file    map[string]filePrice // prices_file, by exact model name
-	def     *price               // default_price
-	highest price                // the dearest price configured: for unpriced models
-	blocks  map[*Model]price     // model blocks with a price
-	budgets map[string]*budget   // by tier; "" for keys without a tier
+	priced  bool               // some price is configured: requests are costed
+	prices  *priceTable        // prices_file; nil: none
+	def     *price             // default_price
+	blocks  map[*Model]price   // model blocks with a price
+	budgets map[string]*budget // by tier; "" for keys without a tier
 }
 
 // checkPrice reports a price that is not a finite number >= 0.
@@ -223,28 +218,34 @@ func (b *Budget) resolve() *budget {
 func (h *Handler) provisionSpend() error {
 	sc := spendConfig{blocks: map[*Model]price{}, budgets: map[string]*budget{}}
 	if h.PricesFile != "" {
-		f, err := loadPricesFile(h.PricesFile)
+		t, skipped, err := loadPricesFile(h.PricesFile)
 		if err != nil {
 			return fmt.Errorf("prices_file: %v", err)
 		}
-		sc.file = f
-		for _, fp := range f {
-			sc.highest = sc.highest.maxOf(fp.p)
+		if len(skipped) > 0 {
+			rows := make([]string, 0, min(len(skipped), 101))
+			for i, r := range skipped {
+				if i == 100 {
+					rows = append(rows, fmt.Sprintf("… and %d more", len(skipped)-i))
+					break
+				}
+				rows = append(rows, r.String())
+			}
+			h.logger.Warn("prices_file: rows skipped, their models are not priced by the file",
+				zap.String("file", h.PricesFile), zap.Int("skipped", len(skipped)), zap.Strings("rows", rows))
 		}
+		sc.prices = t
 		sc.priced = true
 	}
 	for i := range h.Models {
 		if m := &h.Models[i]; m.Price != nil {
-			p := m.Price.resolve()
-			sc.blocks[m] = p
-			sc.highest = sc.highest.maxOf(p)
+			sc.blocks[m] = m.Price.resolve()
 			sc.priced = true
 		}
 	}
 	if h.DefaultPrice != nil {
 		p := h.DefaultPrice.resolve()
 		sc.def = &p
-		sc.highest = sc.highest.maxOf(p)
 		sc.priced = true
 	}
 	if b := h.Budget.resolve(); b != nil {
@@ -261,42 +262,79 @@ func (h *Handler) provisionSpend() error {
 	return nil
 }
 
-// priceFor is the price of a request for model (the body's model name)
-// that block matched (nil: none): the block's own price, else the file's
-// entry for the exact name, else default_price, else the highest price
-// configured.
-func (sc *spendConfig) priceFor(block *Model, model string) price {
+// priceFor is the price of a request for model (the body's or the path's
+// model name) that block matched (nil: none), sent in the format of
+// provider: the block's own price, else the prices_file entry the name
+// resolves to (with its long-context tiers), else default_price. ok is
+// false when nothing prices it. A file entry prices a request when it sets
+// the input price and, unless the request generates nothing, the output
+// price.
+func (sc *spendConfig) priceFor(block *Model, model, provider string, noOutput bool) (p price, tiers []priceTier, ok bool) {
 	if p, ok := sc.blocks[block]; ok {
-		return p
+		return p, nil, true
 	}
-	if fp, ok := sc.file[model]; ok {
-		return fp.p
+	if fp, found := sc.prices.lookup(model, provider); found && fp.hasIn && (fp.hasOut || noOutput) {
+		return fp.p, fp.tiers, true
 	}
 	if sc.def != nil {
-		return *sc.def
+		return *sc.def, nil, true
 	}
-	return sc.highest
+	return price{}, nil, false
 }
 
 // spendAsk is what a request's admission needs to know of spend.
 type spendAsk struct {
-	p     price
-	b     *budget // nil: no budget applies
-	label string  // the cost metric's model label: a block name or "*"
+	p     price       // below every tier
+	tiers []priceTier // long-context prices of a prices_file entry
+	b     *budget     // nil: no budget applies
+	label string      // the cost metric's model label: a block name or "*"
+	// unpriced: nothing prices the model. It costs 0; a key with a budget
+	// is refused it (model_not_priced).
+	unpriced bool
 }
 
+// at is the price of the request when it reads in input tokens: a
+// long-context tier's when in is above its threshold, for the whole
+// request, as providers bill it. Admission asks it at the input estimate,
+// settling at the input the upstream reports.
+func (sa *spendAsk) at(in float64) price { return priceAt(sa.p, sa.tiers, in) }
+
+// worst is the most the request can cost with in input and out output
+// tokens reserved.
+func (sa *spendAsk) worst(in, out float64) int64 { return sa.at(in).worst(in, out) }
+
+// cost is what a usage costs: at the tier of all the input it read.
+func (sa *spendAsk) cost(u usage) int64 { return sa.at(float64(u.clamped().Read)).cost(u) }
+
 // modelLimits is the context window and the output reservation of a model
-// (0: none): its block's, else, for what the block does not set, its
-// prices_file entry's max_input_tokens and max_output_tokens.
-func (h *Handler) modelLimits(m *Model, model string) (window, maxOut int64) {
+// (0: none) in the format of dialect d: its block's, else, for what the
+// block does not set, the max_input_tokens and max_output_tokens of the
+// prices_file entry its name resolves to.
+func (h *Handler) modelLimits(m *Model, model string, d dialect) (window, maxOut int64) {
 	if m != nil {
 		window, maxOut = m.ContextWindow, m.MaxOutput
 	}
 	if window == 0 || maxOut == 0 {
-		if fp, ok := h.spend.file[model]; ok {
+		if fp, ok := h.spend.prices.lookup(model, providerOf(d)); ok {
 			window = cmp.Or(window, fp.maxInput)
 			maxOut = cmp.Or(maxOut, fp.maxOutput)
 		}
 	}
 	return window, maxOut
+}
+
+// pricesProvider is a dialect whose requests go to one provider: it names
+// the prefix under which LiteLLM's prices file keys that provider's
+// entries ("gemini" for gemini/gemini-2.5-flash). A dialect without it
+// adds no prefix of its own.
+type pricesProvider interface {
+	pricesProvider() string
+}
+
+// providerOf is the prices file's provider of dialect d ("" for none).
+func providerOf(d dialect) string {
+	if p, ok := d.(pricesProvider); ok {
+		return p.pricesProvider()
+	}
+	return ""
 }

@@ -284,7 +284,7 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		b := q.spend.b
 		start := b.period.start(now())
 		resetsAt = b.period.next(start)
-		worst = q.spend.p.worst(q.d.in, q.d.out)
+		worst = q.spend.worst(q.d.in, q.d.out)
 		expireAt = resetsAt.Add(24 * time.Hour).UnixMilli()
 		keys = append(keys, base+"spend:"+q.kh.id()+":"+strconv.FormatInt(start.Unix(), 10))
 		args = append(args, 1, b.nano, worst, expireAt)
@@ -408,11 +408,11 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 		switch {
 		case refund:
 		case u != nil:
-			cost = sa.p.cost(*u)
+			cost = sa.cost(*u)
 		case rt.budget:
 			cost = rt.worst
 		default:
-			cost = sa.p.worst(d.in, d.out)
+			cost = sa.worst(d.in, d.out)
 		}
 		if cost > 0 {
 			metricCost.WithLabelValues(rt.zone, sa.label).Add(usd(cost))
