@@ -123,6 +123,17 @@ func (h *Handler) watchedFiles() []*watchedFile {
 			return nil
 		}))
 	}
+	if h.PricesFile != "" && h.spend.prices != nil {
+		files = append(files, newWatchedFile("prices_file", h.PricesFile, func(b []byte) error {
+			t, skipped, err := parsePricesFile(h.PricesFile, b)
+			if err != nil {
+				return err
+			}
+			h.logSkipped(skipped)
+			h.spend.prices.Store(t)
+			return nil
+		}))
+	}
 	return files
 }
 

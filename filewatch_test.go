@@ -89,3 +89,44 @@ func TestKeysFileReloadsItself(t *testing.T) {
 		t.Errorf("unchanged checks counted: ok %v, error %v", ok()-okBefore, bad()-badBefore)
 	}
 }
+
+// A rewritten prices file changes the next request's cost with no reload;
+// a broken rewrite keeps the prices in force.
+func TestPricesFileReloadsItself(t *testing.T) {
+	tick := fileChecks(t)
+	prices := filepath.Join(t.TempDir(), "prices.json")
+	writeFile(t, prices, `{"gpt-4o": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06}}`)
+	setUpstream(t, func(w http.ResponseWriter, r *http.Request) { chatCompletion(w, r, 10, 2) })
+	mustLoad(t, "zone pricesreload\nprices_file "+prices)
+	cost := func() float64 { return testutil.ToFloat64(metricCost.WithLabelValues("pricesreload", calibStar)) }
+	costOf := func() float64 {
+		t.Helper()
+		before := cost()
+		if r := send(t, "/v1/chat/completions", "sk-prices-reload", chatBody); r.status != 200 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		return cost() - before
+	}
+	const old, cheaper = 10*1e-6 + 2*2e-6, 10*1e-5 + 2*2e-5
+	if c := costOf(); c < old*0.999 || c > old*1.001 {
+		t.Fatalf("cost %v, want %v", c, old)
+	}
+	writeFile(t, prices, `{"gpt-4o": {"input_cost_per_token": 1e-05, "output_cost_per_token": 2e-05}}`)
+	eventually(t, "the new prices to cost the next request", func() bool {
+		tick()
+		c := costOf()
+		return c > cheaper*0.999 && c < cheaper*1.001
+	})
+	bad := func() float64 {
+		return testutil.ToFloat64(metricFileReloads.WithLabelValues("pricesreload", "prices_file", "error"))
+	}
+	badBefore := bad()
+	writeFile(t, prices, `[]`)
+	eventually(t, "the broken file to be counted", func() bool {
+		tick()
+		return bad() == badBefore+1
+	})
+	if c := costOf(); c < cheaper*0.999 || c > cheaper*1.001 {
+		t.Fatalf("cost after a broken rewrite %v, want the prices in force kept (%v)", c, cheaper)
+	}
+}

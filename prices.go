@@ -109,6 +109,11 @@ func loadPricesFile(path string) (t *priceTable, skipped []skippedRow, err error
 	if err != nil {
 		return nil, nil, err // *PathError names the file
 	}
+	return parsePricesFile(path, raw)
+}
+
+// parsePricesFile is loadPricesFile of a file's content.
+func parsePricesFile(path string, raw []byte) (t *priceTable, skipped []skippedRow, err error) {
 	trimmed := bytes.TrimSpace(raw)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return nil, nil, fmt.Errorf("%s is not a JSON object of model name → prices (%s)", path, startsWith(trimmed))

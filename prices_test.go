@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -125,7 +126,8 @@ func TestModelNamesResolveToTheirPricesFileEntry(t *testing.T) {
 				if !ok || fp.name != c.entry {
 					t.Fatalf("round %d: resolved to %v, want %q", round, fp, c.entry)
 				}
-				sc := spendConfig{prices: tab}
+				sc := spendConfig{prices: new(atomic.Pointer[priceTable])}
+				sc.prices.Store(tab)
 				p, tiers, priced := sc.priceFor(nil, c.name, providerOf(c.d), false)
 				u := usage{Input: 1000, Read: 1000, Output: 500}
 				if got := priceAt(p, tiers, 1000).cost(u); !priced || got != c.nano {
@@ -188,7 +190,8 @@ func TestModelNamesResolveToTheirPricesFileEntry(t *testing.T) {
 // explicit 0 is free.
 func TestNullPriceIsNotPricedAndZeroIsFree(t *testing.T) {
 	tab, _ := loadSample(t, litellmSample)
-	sc := spendConfig{prices: tab}
+	sc := spendConfig{prices: new(atomic.Pointer[priceTable])}
+	sc.prices.Store(tab)
 	for _, c := range []struct {
 		name     string
 		noOutput bool

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"math"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -166,11 +167,37 @@ func (k *keySpend) resetsAt(p period) time.Time { return p.next(time.Unix(k.star
 
 // spendConfig is a handler's prices and budgets, resolved.
 type spendConfig struct {
-	priced  bool               // some price is configured: requests are costed
-	prices  *priceTable        // prices_file; nil: none
-	def     *price             // default_price
-	blocks  map[*Model]price   // model blocks with a price
-	budgets map[string]*budget // by tier; "" for keys without a tier
+	priced  bool                        // some price is configured: requests are costed
+	prices  *atomic.Pointer[priceTable] // prices_file (its reloads swap it); nil: none
+	def     *price                      // default_price
+	blocks  map[*Model]price            // model blocks with a price
+	budgets map[string]*budget          // by tier; "" for keys without a tier
+}
+
+// table is the prices_file table in force; nil: none.
+func (sc *spendConfig) table() *priceTable {
+	if sc.prices == nil {
+		return nil
+	}
+	return sc.prices.Load()
+}
+
+// logSkipped warns once of a prices file's rows that were left out, each
+// model and field named (the first 100).
+func (h *Handler) logSkipped(skipped []skippedRow) {
+	if len(skipped) == 0 {
+		return
+	}
+	rows := make([]string, 0, min(len(skipped), 101))
+	for i, r := range skipped {
+		if i == 100 {
+			rows = append(rows, fmt.Sprintf("… and %d more", len(skipped)-i))
+			break
+		}
+		rows = append(rows, r.String())
+	}
+	h.logger.Warn("prices_file: rows skipped, their models are not priced by the file",
+		zap.String("file", h.PricesFile), zap.Int("skipped", len(skipped)), zap.Strings("rows", rows))
 }
 
 // checkPrice reports a price that is not a finite number >= 0.
@@ -222,19 +249,9 @@ func (h *Handler) provisionSpend() error {
 		if err != nil {
 			return fmt.Errorf("prices_file: %v", err)
 		}
-		if len(skipped) > 0 {
-			rows := make([]string, 0, min(len(skipped), 101))
-			for i, r := range skipped {
-				if i == 100 {
-					rows = append(rows, fmt.Sprintf("… and %d more", len(skipped)-i))
-					break
-				}
-				rows = append(rows, r.String())
-			}
-			h.logger.Warn("prices_file: rows skipped, their models are not priced by the file",
-				zap.String("file", h.PricesFile), zap.Int("skipped", len(skipped)), zap.Strings("rows", rows))
-		}
-		sc.prices = t
+		h.logSkipped(skipped)
+		sc.prices = new(atomic.Pointer[priceTable])
+		sc.prices.Store(t)
 		sc.priced = true
 	}
 	for i := range h.Models {
@@ -273,7 +290,7 @@ func (sc *spendConfig) priceFor(block *Model, model, provider string, noOutput b
 	if p, ok := sc.blocks[block]; ok {
 		return p, nil, true
 	}
-	if fp, found := sc.prices.lookup(model, provider); found && fp.hasIn && (fp.hasOut || noOutput) {
+	if fp, found := sc.table().lookup(model, provider); found && fp.hasIn && (fp.hasOut || noOutput) {
 		return fp.p, fp.tiers, true
 	}
 	if sc.def != nil {
@@ -315,7 +332,7 @@ func (h *Handler) modelLimits(m *Model, model string, d dialect) (window, maxOut
 		window, maxOut = m.ContextWindow, m.MaxOutput
 	}
 	if window == 0 || maxOut == 0 {
-		if fp, ok := h.spend.prices.lookup(model, providerOf(d)); ok {
+		if fp, ok := h.spend.table().lookup(model, providerOf(d)); ok {
 			window = cmp.Or(window, fp.maxInput)
 			maxOut = cmp.Or(maxOut, fp.maxOutput)
 		}
