@@ -101,3 +101,44 @@ func BenchmarkPriceLookup(b *testing.B) {
 		}
 	})
 }
+
+// FuzzPricesFile: whatever the file holds, the reader neither panics nor
+// prices anything at less than 0 or above the bound, and a table it
+// builds answers lookups. (go test -fuzz FuzzPricesFile for more than the
+// seeds.)
+func FuzzPricesFile(f *testing.F) {
+	sample, err := os.ReadFile(litellmSample)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{string(sample), `{}`, `[]`, `{"m":{"input_cost_per_token":1e-06,"input_cost_per_token_above_1k_tokens":2e-06}}`,
+		`{"m":{"input_cost_per_token":"x"}}`, `{"a\u002fb":{"output_cost_per_token":1e-309}}`, `{"m":`, `{"m":{}}x`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(t.TempDir(), "p.json")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		tab, _, err := loadPricesFile(path)
+		if err != nil {
+			return
+		}
+		for name, fp := range tab.exact {
+			for _, p := range append([]price{fp.p}, func() (ps []price) {
+				for _, tier := range fp.tiers {
+					ps = append(ps, tier.p)
+				}
+				return ps
+			}()...) {
+				for _, v := range [...]float64{p.in, p.out, p.cached, p.write} {
+					if !(v >= 0 && v <= maxFilePrice*1e9) {
+						t.Fatalf("%s: a price of %v nano-dollars per token", name, v)
+					}
+				}
+			}
+			tab.lookup(name, "gemini")
+			tab.lookup("x/"+name+"-20250101", "openai")
+		}
+	})
+}

@@ -225,3 +225,27 @@ func TestPricesFileThatIsNotAnObjectFailsNamingTheFile(t *testing.T) {
 		t.Errorf("a missing file: %v, want an error naming it", err)
 	}
 }
+
+// A key written with escapes is read as its text; anything after the
+// object is an error that names the file.
+func TestPricesFileReadsEscapedKeysAndRejectsTrailingText(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "escaped.json")
+	if err := os.WriteFile(good, []byte(`{"vendor\u002fmodel-\"x\"": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06}} `), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tab, skipped, err := loadPricesFile(good)
+	if err != nil || len(skipped) != 0 {
+		t.Fatal(err, skipped)
+	}
+	if fp, ok := tab.lookup(`vendor/model-"x"`, ""); !ok || fp.p.in != 1000 || fp.p.out != 2000 {
+		t.Errorf("the escaped key: %+v %v", fp, ok)
+	}
+	bad := filepath.Join(dir, "trailing.json")
+	if err := os.WriteFile(bad, []byte(`{"m": {"input_cost_per_token": 1e-06}} {}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loadPricesFile(bad); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("text after the object: %v, want an error naming the file", err)
+	}
+}
