@@ -169,7 +169,7 @@ type Handler struct {
 
 	// KeysFile is a file of "<key|sha256:hex> <tier>" lines; blank lines
 	// and everything from # to the end of a line are ignored. Read at
-	// provision time.
+	// provision time, and again whenever it changes on disk.
 	KeysFile string `json:"keys_file,omitempty"`
 
 	// RequireKnownKeys answers 401 to a key that no api_key or keys_file
@@ -252,7 +252,8 @@ type Handler struct {
 	DefaultPrice *Price `json:"default_price,omitempty"`
 
 	// PricesFile is a pricing table in the format of LiteLLM's
-	// model_prices_and_context_window.json, read at provision time. A
+	// model_prices_and_context_window.json, read at provision time and
+	// again whenever it changes on disk (no reload needed). A
 	// request's model finds its entry by its exact name, else without
 	// case, without a provider prefix, with its provider's prefix added,
 	// or without a date suffix. Long-context prices
