@@ -1,6 +1,7 @@
 package llmratelimit
 
 import (
+	"context"
 	"encoding/json"
 	"math"
 	"net/http"
@@ -13,7 +14,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
 )
 
 // keyInfoConfig is a zone with key_info, every kind of limit, a tier, a
@@ -354,4 +357,126 @@ func keyInfoVia(t *testing.T, h *Handler, key string) (*httptest.ResponseRecorde
 		}
 	}
 	return w, ki
+}
+
+// redisSnapshot is every key of a Redis with its serialized value: what a
+// read-only call must leave as it is (TTLs aside).
+func redisSnapshot(t *testing.T, c *redis.Client) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	keys, err := c.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, k := range keys {
+		v, err := c.Dump(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// With store redis the figures are Redis's: key_info on one instance shows
+// the traffic another served (buckets, slots, budget, usage today), ten
+// GETs change no Redis key, another key sees only itself, and a Redis that
+// cannot be reached is a 503 rather than figures of one instance.
+func TestKeyInfoOnRedisShowsEveryInstancesTraffic(t *testing.T) {
+	setClock(nil) // Redis refills on its own clock
+	t.Cleanup(func() { setClock(clk) })
+	srv := startRedis(t)
+	hs := gatewayInstances(t, srv.addr, 2, Handler{KeyInfo: defaultKeyInfoPath,
+		Limits:       Limits{RPM: 60, TPM: 60000, ITPM: 30000, OTPM: 6000, Concurrent: 5},
+		DefaultPrice: &Price{Input: 2, Output: 8}, Budget: &Budget{USD: 1, Period: "daily"}})
+	const key = "sk-ki-redis"
+	start := time.Now()
+	for i := range 3 {
+		if w := serveOnce(t, hs[0], key, chatBody); w.Code != 200 {
+			t.Fatalf("request %d on instance 0: %d %s", i, w.Code, w.Body)
+		}
+	}
+	w, ki := keyInfoVia(t, hs[1], key)
+	elapsed := time.Since(start).Seconds()
+	if w.Code != 200 {
+		t.Fatalf("key_info on instance 1: %d %s", w.Code, w.Body)
+	}
+	// nextJSON's usage: 260 input and 9 output tokens a request, $0.000592.
+	const cost = 3 * (260*2 + 9*8) / 1e6
+	within := func(what string, got *int64, used, limit int64) {
+		t.Helper()
+		refill := int64(elapsed*float64(limit)/60) + 1
+		if got == nil || *got < limit-used || *got > limit-used+refill {
+			t.Errorf("remaining %s: %v, want %d (+%d refilled in %.3fs)", what, got, limit-used, refill, elapsed)
+		}
+	}
+	within("requests", ki.Remaining.Requests, 3, 60)
+	within("tokens", ki.Remaining.Tokens, 3*269, 60000)
+	within("input_tokens", ki.Remaining.InputTokens, 3*260, 30000)
+	within("output_tokens", ki.Remaining.OutputTokens, 3*9, 6000)
+	if ki.KeyID != hashKey(key).id() || *ki.Limits.RPM != 60 || *ki.Remaining.Concurrent != 5 ||
+		ki.UsageToday.Requests != 3 || ki.UsageToday.InputTokens != 3*260 || ki.UsageToday.OutputTokens != 3*9 || !sameUSD(ki.UsageToday.CostUSD, cost) ||
+		ki.Budget == nil || !sameUSD(ki.Budget.SpentUSD, cost) || !sameUSD(ki.Budget.RemainingUSD, 1-cost) {
+		t.Errorf("key_info on instance 1 after 3 requests on instance 0: %s", w.Body)
+	}
+	if reset, err := time.Parse(time.RFC3339, *ki.ResetsAt.Requests); err != nil || reset.Before(start.Add(2*time.Second)) || reset.After(time.Now().Add(4*time.Second)) {
+		t.Errorf("resets_at.requests %q (%v): want about 3 s from now", *ki.ResetsAt.Requests, err)
+	}
+
+	// A request in flight on instance 0 holds a slot on instance 1's view.
+	entered, release, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", strings.NewReader(chatBody))
+		r.Header.Set("Authorization", "Bearer "+key)
+		_ = hs[0].ServeHTTP(httptest.NewRecorder(), r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			close(entered)
+			<-release
+			return nextJSON{}.ServeHTTP(w, r)
+		}))
+	}()
+	<-entered
+	if _, ki := keyInfoVia(t, hs[1], key); *ki.Remaining.Concurrent != 4 || ki.UsageToday.Requests != 4 {
+		t.Errorf("with a request in flight on instance 0: remaining %+v, usage today %+v", ki.Remaining, ki.UsageToday)
+	}
+	close(release)
+	<-done
+
+	// Ten GETs, on either instance, write nothing to Redis.
+	c := redis.NewClient(&redis.Options{Addr: srv.addr})
+	defer c.Close()
+	before := redisSnapshot(t, c)
+	for i := range 10 {
+		if w, _ := keyInfoVia(t, hs[i%2], key); w.Code != 200 {
+			t.Fatalf("GET %d: %d %s", i, w.Code, w.Body)
+		}
+	}
+	if after := redisSnapshot(t, c); !reflect.DeepEqual(before, after) {
+		t.Errorf("ten GETs changed Redis: %d keys before, %d after", len(before), len(after))
+	}
+	dk := dayKey(hs[0].rs.zoneBase(hs[0].Zone)+hashKey(key).id()+":", utcDay(time.Now().UnixNano()))
+	if ttl, err := c.PTTL(context.Background(), dk).Result(); err != nil || ttl <= 0 || ttl > 25*time.Hour {
+		t.Errorf("the day's usage %s expires in %v (%v), want by the end of the day", dk, ttl, err)
+	}
+	for k := range before {
+		if strings.Contains(k, key) {
+			t.Errorf("a Redis key holds the raw API key: %s", k)
+		}
+	}
+
+	// Another key sees only itself.
+	w, other := keyInfoVia(t, hs[0], "sk-ki-redis-other")
+	if other.KeyID != hashKey("sk-ki-redis-other").id() || *other.Remaining.Requests != 60 || other.UsageToday != (keyInfoUsage{}) ||
+		other.Budget.SpentUSD != 0 || strings.Contains(w.Body.String(), hashKey(key).id()) || strings.Contains(w.Body.String(), "sk-ki-redis") {
+		t.Errorf("another key's key_info: %s", w.Body)
+	}
+	if w, _ := keyInfoVia(t, hs[1], ""); w.Code != 401 {
+		t.Errorf("no key: %d %s", w.Code, w.Body)
+	}
+
+	srv.stop()
+	if w, _ := keyInfoVia(t, hs[1], key); w.Code != 503 {
+		t.Errorf("Redis down: %d %s, want 503", w.Code, w.Body)
+	}
 }
