@@ -101,6 +101,7 @@ func (z *zone) settleCost(t *ticket, nowNs int64, u *usage, refund bool) {
 		t.sp.spent = satAdd(t.sp.spent, c)
 		z.ledgerDirty.Store(true)
 	}
+	t.ks.stats.today.addCost(nowNs, c)
 	z.addCost(sa.label, c)
 }
 

@@ -48,6 +48,7 @@ import (
 //		calibrate on|off
 //		headers on|off
 //		dry_run
+//		key_info    [<path>]             # default path /v1/llm_ratelimit/key
 //		upstream [<name>] {               # unnamed: the single account; named, repeated: a pool
 //			rpm <n>  tpm <n>  itpm <n>  otpm <n>  concurrent <n>
 //			header_up <field> <value>     # repeated
@@ -299,6 +300,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.DryRun = true
+		case "key_info":
+			p, err := parseKeyInfo(d)
+			if err != nil {
+				return err
+			}
+			h.KeyInfo = p
 		default:
 			return d.Errf("unknown subdirective %q", sub)
 		}
@@ -406,4 +413,20 @@ func setLimit(l *Limits, name string, n int64) {
 	case "concurrent":
 		l.Concurrent = n
 	}
+}
+
+// parseKeyInfo reads "key_info [<path>]": the path, by default
+// defaultKeyInfoPath.
+func parseKeyInfo(d *caddyfile.Dispenser) (string, error) {
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 0:
+		return defaultKeyInfoPath, nil
+	case 1:
+		if err := checkKeyInfo(args[0]); err != nil {
+			return "", d.Errf("%w", err)
+		}
+		return args[0], nil
+	}
+	return "", d.Errf("key_info: want at most one argument, <path>")
 }

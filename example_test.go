@@ -8,7 +8,8 @@ import (
 
 // TestExampleServesThroughTheMockUpstream loads example.Caddyfile as it is,
 // except for the ports, and walks the README's curl lines: a 200 through the
-// gateway to the built-in mock upstream, a 429 with headers, a 401.
+// gateway to the built-in mock upstream, key_info, a 429 with headers, a
+// 401.
 func TestExampleServesThroughTheMockUpstream(t *testing.T) {
 	raw, err := os.ReadFile("example.Caddyfile")
 	if err != nil {
@@ -42,6 +43,14 @@ func TestExampleServesThroughTheMockUpstream(t *testing.T) {
 	st := keyTotals(t, "example", "sk-demo-pro")
 	if st.RequestsTotal != 4 || st.OutputTokensTotal != 13+14+13+13 {
 		t.Fatalf("the example's key after 4 answers with usage: %+v", st)
+	}
+	// README "For your customers: key info": the key's own quota.
+	ki := keyInfoOf(t, getKeyInfo(t, "/v1/llm_ratelimit/key", "sk-demo-pro"))
+	if ki.Tier != "pro" || *ki.Limits.RPM != 600 || *ki.Remaining.Requests != 596 || ki.UsageToday.Requests != 4 || ki.UsageToday.OutputTokens != 13+14+13+13 || ki.Budget != nil {
+		t.Fatalf("key_info of the example's key after 4 answers: %+v", ki)
+	}
+	if testing.Verbose() {
+		t.Logf("GET /v1/llm_ratelimit/key: %s", getKeyInfo(t, "/v1/llm_ratelimit/key", "sk-demo-pro").body)
 	}
 	for i := 0; i < 3; i++ {
 		send(t, "/v1/chat/completions", "sk-demo-free", `{"model":"gpt-4o","messages":[{"role":"user","content":"Hello"}]}`)

@@ -42,6 +42,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		drainBody(r)
 		return h.reply(w, d, &apiError{kind: errUnauthorized, msg: "Incorrect API key provided (key_id " + kh.id() + ")."}, outcomeUnauthorized)
 	}
+	if h.isKeyInfo(r) { // the key's own quota: answered here, costs nothing
+		return h.serveKeyInfo(w, r, d, kh, tier)
+	}
 
 	// 2. Body, 3. estimate, 4. context window.
 	x := new(exchange)

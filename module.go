@@ -274,6 +274,12 @@ type Handler struct {
 	// carries x-llm-ratelimit-max-tokens-clamped. 0: off.
 	ClampMaxTokens int64 `json:"clamp_max_tokens,omitempty"`
 
+	// KeyInfo is a path (e.g. /v1/llm_ratelimit/key, the Caddyfile's
+	// default) where a GET with a key is answered by the handler itself,
+	// never forwarded and at no cost, with that key's own limits,
+	// remaining quota, reset times, budget and usage today. Empty: off.
+	KeyInfo string `json:"key_info,omitempty"`
+
 	// Retry configures the upstream retry loop; absent = the defaults
 	// (4 retries, 1s base, 60s max, 0.2 jitter, 429 500 502 503 504 529,
 	// 2m in all). {"off": true} disables it.

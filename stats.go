@@ -17,6 +17,7 @@ type keyStats struct {
 	calib                         keyCalib // the key's calibration factor
 	curReq, prevReq               int32
 	curTok, prevTok               int64
+	today                         dayUsage // usage_today of key_info (keyinfo.go)
 }
 
 // roll moves the minute window to now's minute.
@@ -37,6 +38,8 @@ func (s *keyStats) admitted(nowNs int64, tier string, lim *Limits) {
 	s.tier, s.rpm, s.tpm = tier, lim.RPM, lim.TPM
 	s.requests++
 	s.curReq++
+	s.today.roll(nowNs)
+	s.today.requests++
 }
 
 // finished counts a request's tokens (countedTokens).
@@ -46,6 +49,9 @@ func (s *keyStats) finished(nowNs int64, d demand, u *usage, refund bool) {
 	s.inTokens += in
 	s.outTokens += out
 	s.curTok += in + out
+	s.today.roll(nowNs)
+	s.today.inTokens += in
+	s.today.outTokens += out
 }
 
 // countedTokens are the tokens a finished request counts in its key's

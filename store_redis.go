@@ -63,9 +63,10 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 // nothing changes. With a budget (its hash {s: spent, r: reserved} in
 // nano-dollars, one per key and period, after the buckets and leases), the
 // worst case must fit what is left of it first, and is reserved in the same
-// step. After the budget's arguments (0: none) comes a TTL in ms for the
-// key's counters (the last key; store_redis_counters.go), where an
-// admitted request counts. It returns {ok, never, wait_us, blocking bucket
+// step. After the budget's arguments (0: none) come a TTL in ms for the
+// key's counters (a key; store_redis_counters.go) and the expiry (unix ms)
+// of the key's usage of the day (the next key), where an admitted request
+// counts. It returns {ok, never, wait_us, blocking bucket
 // (-1: the budget), full lease set, levels..., spent}; the caller turns
 // the blocking bucket's level into its wait with durationFromTokens, as
 // for the in-process buckets.
@@ -132,6 +133,7 @@ else
     redis.call('PEXPIREAT', bk, ARGV[bi + 3])
   end
   if sttl > 0 then count_key(KEYS[sk], now, 1, 0, 0, sttl) end
+  if tonumber(ARGV[sidx + 1] or '0') > 0 then count_day(KEYS[sk + 1], ARGV[sidx + 1], 1, 0, 0, 0) end
 ` + poolTake + `
   out = {1, 0, '0', 0, 0}
 end
@@ -145,7 +147,8 @@ return out
 // the request's leases and, with a budget, replaces the worst case
 // reserved with the cost. After the budget's arguments (0: none), a TTL
 // in ms and the request's input and output tokens count on the key's
-// counters (the last key).
+// counters (a key), and with the expiry (unix ms) of the day's usage and
+// the cost, on the key's usage of the day (the next key).
 var settleScript = redis.NewScript(settleSrc)
 
 var settleSrc = luaBuckets + luaCounters + luaPool + `
@@ -169,10 +172,13 @@ local sk = nb + nl + hasb + 1
 if tonumber(ARGV[si] or '0') > 0 then
   count_key(KEYS[sk], now, 0, tonumber(ARGV[si + 1]), tonumber(ARGV[si + 2]), tonumber(ARGV[si]))
 end
-if tonumber(ARGV[si + 3] or '0') == 1 then
+if tonumber(ARGV[si + 3] or '0') > 0 then
+  count_day(KEYS[sk + 1], ARGV[si + 3], 0, tonumber(ARGV[si + 1]), tonumber(ARGV[si + 2]), tonumber(ARGV[si + 4]))
+end
+if tonumber(ARGV[si + 5] or '0') == 1 then
   -- The pool's account: its tokens settled, its lease freed.
-  local p = si + 4
-  local a = {key = KEYS[sk + 1], lkey = KEYS[sk + 2],
+  local p = si + 6
+  local a = {key = KEYS[sk + 2], lkey = KEYS[sk + 3],
     cfg = {tonumber(ARGV[p + 3]), tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5]), tonumber(ARGV[p + 6])}}
   local din, dout = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
   if din ~= 0 or dout ~= 0 then
@@ -204,6 +210,7 @@ type redisTicket struct {
 	// serves the request (nil: no pool).
 	base, keyBase string
 	acct          *redisAcct
+	day           int64 // the utcDay of the admission, whose usage is keys' last
 }
 
 // chargeRetry counts a retry as one more call on the shared upstream's
@@ -230,7 +237,7 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	// Room for every bucket (3 scopes × 4 kinds), the 2 lease sets, the
 	// budget and the counters: the slices are allocated once.
 	uses := make([]use, 0, 12)
-	keys := make([]string, 0, 12+2+2)
+	keys := make([]string, 0, 12+2+3)
 	add := func(prefix string, lim Limits, sc scope) {
 		for _, b := range [...]struct {
 			name  string
@@ -252,9 +259,9 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	up := q.unnamedUpstream()
 	add(base+"upstream:", up, scopeUpstream)
 	nb := len(keys)
-	// Room for the buckets', the 2 lease sets', the budget's and the
-	// counters' arguments.
-	args := make([]any, 2, 2+2*nb+3*2+4+1)
+	// Room for the buckets', the 2 lease sets', the budget's, the
+	// counters' and the day's arguments.
+	args := make([]any, 2, 2+2*nb+3*2+4+2)
 	args[0], args[1] = nb, 0
 	for _, u := range uses {
 		args = append(args, u.limit, strconv.FormatFloat(math.Ceil(u.need), 'f', -1, 64))
@@ -286,13 +293,16 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 		resetsAt = b.period.next(start)
 		worst = q.spend.worst(q.d.in, q.d.out)
 		expireAt = resetsAt.Add(24 * time.Hour).UnixMilli()
-		keys = append(keys, base+"spend:"+q.kh.id()+":"+strconv.FormatInt(start.Unix(), 10))
+		keys = append(keys, spendKey(base, q.kh.id(), start))
 		args = append(args, 1, b.nano, worst, expireAt)
 	} else {
 		args = append(args, 0)
 	}
 	keys = append(keys, keyBase+"stats") // the key's counters
 	args = append(args, statsTTLArg)
+	day := utcDay(now().UnixNano())
+	keys = append(keys, dayKey(keyBase, day)) // and its usage today
+	args = append(args, dayExpireAt(day))
 	ownKeys, ownArgs := len(keys), len(args)
 	pool := isPool(q.accts)
 	if pool {
@@ -339,7 +349,7 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	case ok == 1:
 		dec.ok = true
 		rt := &redisTicket{rs: rs, keys: keys[:ownKeys:ownKeys], nb: nb, leaseIDs: leaseIDs, budget: hasBudget, worst: worst, expireAt: expireAt, zone: zoneName,
-			upRPMKey: base + "upstream:rpm", upRPM: up.RPM, base: base, keyBase: keyBase}
+			upRPMKey: base + "upstream:rpm", upRPM: up.RPM, base: base, keyBase: keyBase, day: day}
 		rt.limits, rt.dims = make([]int64, len(uses)), make([]dimension, len(uses))
 		for i, u := range uses {
 			rt.limits[i], rt.dims[i] = u.limit, u.dim
@@ -385,7 +395,7 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 	case u != nil:
 		dIn, dOut = d.in-float64(u.Input), d.out-float64(u.Output)
 	}
-	args := make([]any, 2, 2+2*len(rt.limits)+len(rt.leaseIDs)+7)
+	args := make([]any, 2, 2+2*len(rt.limits)+len(rt.leaseIDs)+9)
 	args[0], args[1] = rt.nb, len(rt.leaseIDs)
 	for i, lim := range rt.limits {
 		var delta float64
@@ -403,8 +413,8 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 		args = append(args, id)
 	}
 	budgetArgs := false
+	var cost int64
 	if sa != nil {
-		var cost int64
 		switch {
 		case refund:
 		case u != nil:
@@ -426,8 +436,12 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 		args = append(args, 0)
 	}
 	in, out := countedTokens(d, u, refund)
-	args = append(args, statsTTLArg, in, out)
+	day := utcDay(now().UnixNano()) // tokens and cost count on the day they settle
+	args = append(args, statsTTLArg, in, out, dayExpireAt(day), cost)
 	keys := rt.keys
+	if day != rt.day {
+		keys = append(keys[:len(keys)-1:len(keys)-1], dayKey(rt.keyBase, day))
+	}
 	if rt.acct != nil {
 		keys, args = rt.poolSettle(keys, args, dIn, dOut)
 	}

@@ -63,7 +63,39 @@ local function count_key(key, now, req, tin, tout, ttl)
     redis.call('PEXPIRE', key, ttl)
   end
 end
+-- count_day adds to a key's usage of one UTC day (dayKey): field x holds
+-- the hash's expiry, set once, when the hash is made.
+local function count_day(key, exp, req, tin, tout, cost)
+  if redis.call('HSETNX', key, 'x', exp) == 1 then redis.call('PEXPIREAT', key, exp) end
+  if req ~= 0 then redis.call('HINCRBY', key, 'n', req) end
+  if tin ~= 0 then redis.call('HINCRBY', key, 'i', tin) end
+  if tout ~= 0 then redis.call('HINCRBY', key, 'o', tout) end
+  if cost ~= 0 then redis.call('HINCRBY', key, 'c', cost) end
+end
 `
+
+// A shared key's usage of each UTC day (key_info's usage_today) is a hash
+// of its own, {prefix + zone}:<key_id>:day:<utcDay>, with n, i, o and c:
+// the requests admitted, the input and output tokens and the cost
+// (nano-dollars) settled that day. The day is the package clock's, as a
+// budget's period is. The hash expires dayKeySlack after its day ends.
+const dayKeySlack = time.Hour
+
+// dayKey is the hash of a key's usage on day (utcDay).
+func dayKey(keyBase string, day int64) string {
+	return keyBase + "day:" + strconv.FormatInt(day, 10)
+}
+
+// dayExpireAt is when the hash of day expires, in unix ms.
+func dayExpireAt(day int64) int64 {
+	return (day+1)*nsPerDay/int64(time.Millisecond) + dayKeySlack.Milliseconds()
+}
+
+// spendKey is the hash of a key's budget in the period that starts at
+// start: {s: spent, r: reserved}, in nano-dollars.
+func spendKey(base, keyID string, start time.Time) string {
+	return base + "spend:" + keyID + ":" + strconv.FormatInt(start.Unix(), 10)
+}
 
 // luaNames is the ring's field names with prefix p, slot 0 first, as a
 // Lua table's items.

@@ -257,21 +257,21 @@ func ftoa(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
 // poolSection is the admission script's pool part, run when the key's
 // own buckets, leases and budget let the request through: after the
-// counters' TTL come na (0: no pool), the demand's input and output
-// tokens, learn, the lease's id and TTL (µs), then the accounts (see
-// pool_accounts); the keys after the counters' are the key's affinity,
-// then each account's two.
+// counters' TTL and the day's expiry come na (0: no pool), the demand's
+// input and output tokens, learn, the lease's id and TTL (µs), then the
+// accounts (see pool_accounts); the keys after the counters' and the
+// day's are the key's affinity, then each account's two.
 const poolSection = `
-local pi = sidx + 1
+local pi = sidx + 2
 local na = tonumber(ARGV[pi] or '0')
 local A, need, chosen, pv, snap, affname
 if na > 0 then
   local din, dout = tonumber(ARGV[pi + 1]), tonumber(ARGV[pi + 2])
   need = {1, din + dout, din, dout}
   local find
-  A, find = pool_accounts(pi + 6, na, sk + 2)
+  A, find = pool_accounts(pi + 6, na, sk + 3)
   if never == 0 and wait == 0 and full == 0 then
-    affname = redis.call('GET', KEYS[sk + 1])
+    affname = redis.call('GET', KEYS[sk + 2])
     chosen, pv = pool_choose(A, need, affname and find(affname), nil, now)
   end
 end
@@ -280,7 +280,7 @@ end
 // poolTake is the admission script's pool part once the request is
 // admitted.
 const poolTake = `
-  if chosen then snap = pool_take(A[chosen], need, now, 1, tonumber(ARGV[pi + 3]), ARGV[pi + 4], tonumber(ARGV[pi + 5]), KEYS[sk + 1], affname) end
+  if chosen then snap = pool_take(A[chosen], need, now, 1, tonumber(ARGV[pi + 3]), ARGV[pi + 4], tonumber(ARGV[pi + 5]), KEYS[sk + 2], affname) end
 `
 
 // poolReply appends the pool's part of the admission's reply: {chosen

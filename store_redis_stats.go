@@ -37,6 +37,13 @@ func redisLevel(vals []any, limit int64, nowUs int64) *int64 {
 	if limit <= 0 {
 		return nil
 	}
+	v := floorNonNeg(redisLevelAt(vals, limit, nowUs))
+	return &v
+}
+
+// redisLevelAt is a bucket's level at nowUs from its stored {l, t} (HMGET
+// values), as the scripts' level_at computes it; an absent bucket is full.
+func redisLevelAt(vals []any, limit int64, nowUs int64) float64 {
 	level := float64(limit)
 	if len(vals) == 2 && vals[0] != nil && vals[1] != nil {
 		l, err1 := strconv.ParseFloat(vals[0].(string), 64)
@@ -45,8 +52,7 @@ func redisLevel(vals []any, limit int64, nowUs int64) *int64 {
 			level = min(float64(limit), l+(float64(nowUs)-at)*float64(limit)/60e6)
 		}
 	}
-	v := floorNonNeg(level)
-	return &v
+	return level
 }
 
 // sharedRow is a key this instance has seen, with its reads in the

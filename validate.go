@@ -51,6 +51,11 @@ func (h *Handler) Validate() error {
 	if err := checkMaxWait(time.Duration(h.MaxWait)); err != nil {
 		return err
 	}
+	if h.KeyInfo != "" {
+		if err := checkKeyInfo(h.KeyInfo); err != nil {
+			return err
+		}
+	}
 	if h.Store != nil && h.Store.Redis != nil {
 		rc := h.Store.Redis
 		target := rc.Address

@@ -60,7 +60,9 @@ type shard struct {
 	// seen is the keys this instance decided through the shared store
 	// (for the stats endpoint).
 	seen map[keyPrefix]seenKey
-	_    [24]byte // keep shards on separate cache lines
+	// days keeps today's usage of keys the sweeper dropped (keyinfo.go).
+	days map[keyPrefix]dayUsage
+	_    [16]byte // keep shards on separate cache lines
 }
 
 // keyState is everything the zone keeps for one key. It is small and holds
@@ -120,6 +122,7 @@ func (z *zone) sweep(nowNs int64) (dropped int) {
 		s.mu.Lock()
 		for kh, ks := range s.keys {
 			if ks.inflight == 0 && ks.idleAt <= nowNs {
+				s.parkDay(kh, ks.stats.today, nowNs)
 				delete(s.keys, kh)
 				z.nkeys.Add(-1)
 				dropped++
@@ -138,6 +141,7 @@ func (z *zone) sweep(nowNs int64) (dropped int) {
 				delete(s.seen, kp)
 			}
 		}
+		s.dropOldDays(nowNs)
 		s.mu.Unlock()
 	}
 	return dropped
@@ -287,6 +291,9 @@ func (z *zone) admitInto(q *ask, nowNs int64, dryRun, peek bool, t *ticket, dec 
 		ks = new(keyState)
 		s.keys[q.kh.prefix()] = ks
 		z.nkeys.Add(1)
+		if len(s.days) > 0 {
+			s.unparkDay(q.kh.prefix(), ks)
+		}
 	}
 	*t = ticket{}
 	t.h, t.z, t.s, t.ks, t.a = localHold{}, z, s, ks, *q
