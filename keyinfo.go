@@ -237,6 +237,19 @@ func (d *dayUsage) roll(nowNs int64) {
 	}
 }
 
+// admitted counts a request admitted at nowNs.
+func (d *dayUsage) admitted(nowNs int64) {
+	d.roll(nowNs)
+	d.requests++
+}
+
+// settled counts a settled request's tokens.
+func (d *dayUsage) settled(nowNs, in, out int64) {
+	d.roll(nowNs)
+	d.inTokens += in
+	d.outTokens += out
+}
+
 // addCost counts a settled cost (nano-dollars).
 func (d *dayUsage) addCost(nowNs, nano int64) {
 	if nano > 0 {

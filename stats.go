@@ -33,13 +33,13 @@ func (s *keyStats) roll(nowNs int64) {
 	}
 }
 
+// admitted counts an admitted request. It is at the inliner's budget:
+// its day's count is the caller's (dayUsage.admitted).
 func (s *keyStats) admitted(nowNs int64, tier string, lim *Limits) {
 	s.roll(nowNs)
 	s.tier, s.rpm, s.tpm = tier, lim.RPM, lim.TPM
 	s.requests++
 	s.curReq++
-	s.today.roll(nowNs)
-	s.today.requests++
 }
 
 // finished counts a request's tokens (countedTokens).
@@ -49,9 +49,7 @@ func (s *keyStats) finished(nowNs int64, d demand, u *usage, refund bool) {
 	s.inTokens += in
 	s.outTokens += out
 	s.curTok += in + out
-	s.today.roll(nowNs)
-	s.today.inTokens += in
-	s.today.outTokens += out
+	s.today.settled(nowNs, in, out)
 }
 
 // countedTokens are the tokens a finished request counts in its key's
