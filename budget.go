@@ -98,8 +98,12 @@ func (z *zone) settleCost(t *ticket, nowNs int64, u *usage, refund bool) {
 	if t.sp != nil {
 		t.sp.reserved -= t.worst
 		t.sp.roll(sa.b.period, nowNs)
-		t.sp.spent = satAdd(t.sp.spent, c)
+		before := t.sp.spent
+		t.sp.spent = satAdd(before, c)
 		z.ledgerDirty.Store(true)
+		if b := sa.b; len(b.alerts) > 0 && b.crossed(before, t.sp.spent) {
+			z.alertBudget(budgetCrossing{kh: t.a.kh, tier: t.a.tier, b: b, before: before, after: t.sp.spent, resetsAt: t.sp.resetsAt(b.period)})
+		}
 	}
 	t.ks.stats.today.addCost(nowNs, c)
 	z.addCost(sa.label, c)
@@ -196,6 +200,12 @@ func (h *Handler) validateSpend() error {
 			return fmt.Errorf("tier %s: budget: %v", name, err)
 		}
 		budgeted = budgeted || t.Budget != nil
+	}
+	if err := checkBudgetAlert(h.BudgetAlert); err != nil {
+		return fmt.Errorf("budget_alert: %v", err)
+	}
+	if len(h.BudgetAlert) > 0 && !budgeted {
+		return fmt.Errorf("budget_alert needs a budget, at the top level or in a tier")
 	}
 	if h.ClampMaxTokens < 0 {
 		return fmt.Errorf("clamp_max_tokens must be >= 1 (or absent), not %d", h.ClampMaxTokens)

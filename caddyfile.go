@@ -42,6 +42,7 @@ import (
 //		default_price input <usd> output <usd> [cached_input <usd>] [cache_write <usd>]
 //		prices_file <path>
 //		budget <usd> daily|weekly|monthly
+//		budget_alert <percent>...
 //		clamp_max_tokens [<min>]
 //		default_max_output <n>
 //		learn_limits on|off
@@ -289,6 +290,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Budget = b
+		case "budget_alert":
+			v, err := parseBudgetAlert(d)
+			if err != nil {
+				return err
+			}
+			h.BudgetAlert = v
 		case "clamp_max_tokens":
 			n, err := parseClamp(d)
 			if err != nil {

@@ -2,6 +2,7 @@ package llmratelimit
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
@@ -16,6 +17,7 @@ import (
 //	prices_file <path>
 //	budget <usd> daily|weekly|monthly    # at the top level and in a tier
 //	clamp_max_tokens [<min>]             # <min> default 256
+//	budget_alert <percent>...            # e.g. 50 80 100 (SPEC "Budget alerts as Caddy events")
 
 // defaultClampMin is clamp_max_tokens' <min> when it is not given.
 const defaultClampMin = 256
@@ -93,4 +95,25 @@ func parseClamp(d *caddyfile.Dispenser) (int64, error) {
 		return n, nil
 	}
 	return 0, d.Errf("clamp_max_tokens: want at most one argument, <min>")
+}
+
+// parseBudgetAlert reads "budget_alert <percent>..."; the cursor is on
+// budget_alert.
+func parseBudgetAlert(d *caddyfile.Dispenser) ([]float64, error) {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return nil, d.Errf("budget_alert: want one or more percents of the budget, e.g. budget_alert 50 80 100")
+	}
+	percents := make([]float64, len(args))
+	for i, a := range args {
+		v, err := strconv.ParseFloat(strings.TrimSuffix(a, "%"), 64)
+		if err != nil {
+			return nil, d.Errf("budget_alert: %q is not a percent", a)
+		}
+		percents[i] = v
+	}
+	if err := checkBudgetAlert(percents); err != nil {
+		return nil, d.Errf("budget_alert: %v", err)
+	}
+	return percents, nil
 }

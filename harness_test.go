@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -50,9 +51,18 @@ var (
 	pendingGateway string // the address of the config being loaded
 )
 
-// nextGateway picks the port of the next config's gateway.
+// nextGateway picks the port of the next config's gateway: the next one
+// up that Caddy can listen on now. Caddy listens on every interface, and a
+// port may be taken: from 32768 up (Linux's ephemeral range) every
+// outgoing connection of the machine, and its TIME_WAIT, holds one.
 func nextGateway() string {
-	gatewayPort++
+	for {
+		gatewayPort++
+		if l, err := net.Listen("tcp", fmt.Sprintf(":%d", gatewayPort)); err == nil {
+			l.Close()
+			break
+		}
+	}
 	pendingGateway = fmt.Sprintf("127.0.0.1:%d", gatewayPort)
 	return pendingGateway
 }

@@ -280,6 +280,12 @@ type Handler struct {
 	// remaining quota, reset times, budget and usage today. Empty: off.
 	KeyInfo string `json:"key_info,omitempty"`
 
+	// BudgetAlert are percents of a key's budget (e.g. 50, 80, 100): when
+	// the key's spend first reaches one in a period, the event
+	// llm_ratelimit.budget_threshold goes out through Caddy's events app,
+	// once (across every instance under store redis). Default none.
+	BudgetAlert []float64 `json:"budget_alert,omitempty"`
+
 	// Retry configures the upstream retry loop; absent = the defaults
 	// (4 retries, 1s base, 60s max, 0.2 jitter, 429 500 502 503 504 529,
 	// 2m in all). {"off": true} disables it.
@@ -306,6 +312,7 @@ type Handler struct {
 	starCalib    *modelCalib     // the factor of requests no model block matches
 	lanes        map[string]lane // tier → its queue lane
 	spend        spendConfig
+	alertSink    *alertSink // where budget_alert's events go, or nil
 }
 
 // CaddyModule returns the Caddy module information.
@@ -423,6 +430,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.zone.budgets.Store(&h.spend.budgets)
 		h.zone.attachLedger(storageOf(ctx), h.logger)
 	}
+	h.provisionAlerts(ctx)
 	if files := h.watchedFiles(); len(files) > 0 {
 		go h.watchFiles(ctx, files)
 	}
@@ -435,6 +443,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // use the zone (which lives on in the pool for the new config).
 func (h *Handler) Cleanup() error {
 	if h.zone != nil && h.released.CompareAndSwap(false, true) {
+		h.releaseAlerts()
 		if l := h.zone.ledgerOf(); l != nil {
 			l.save(h.zone, false)
 		}

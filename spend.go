@@ -93,6 +93,7 @@ type budget struct {
 	nano   int64
 	period period
 	cfg    Budget
+	alerts []alertAt // budget_alert's thresholds, ascending (budget_alert.go)
 }
 
 type period uint8
@@ -275,6 +276,7 @@ func (h *Handler) provisionSpend() error {
 			sc.budgets[name] = b
 		}
 	}
+	sc.resolveAlerts(h.BudgetAlert)
 	h.spend = sc
 	return nil
 }

@@ -148,7 +148,11 @@ return out
 // reserved with the cost. After the budget's arguments (0: none), a TTL
 // in ms and the request's input and output tokens count on the key's
 // counters (a key), and with the expiry (unix ms) of the day's usage and
-// the cost, on the key's usage of the day (the next key).
+// the cost, on the key's usage of the day (the next key). It returns the
+// budget's spend after the cost was added (0 without a budget): HINCRBY
+// adds one settle at a time, so the spend before it is that less the
+// cost, and no two settles of any instances span the same spend
+// (budget_alert.go).
 var settleScript = redis.NewScript(settleSrc)
 
 var settleSrc = luaBuckets + luaCounters + luaPool + `
@@ -160,10 +164,11 @@ for i = 1, nb do
 end
 for j = 1, nl do redis.call('ZREM', KEYS[nb + j], ARGV[2 + 2*nb + j]) end
 local bi = 2 + 2*nb + nl + 1
+local spent_after = 0
 if tonumber(ARGV[bi] or '0') == 1 then
   local bk = KEYS[nb + nl + 1]
   redis.call('HINCRBY', bk, 'r', -tonumber(ARGV[bi + 1]))
-  redis.call('HINCRBY', bk, 's', ARGV[bi + 2])
+  spent_after = redis.call('HINCRBY', bk, 's', ARGV[bi + 2])
   redis.call('PEXPIREAT', bk, ARGV[bi + 3])
 end
 local hasb = tonumber(ARGV[bi] or '0') == 1 and 1 or 0
@@ -187,7 +192,7 @@ if tonumber(ARGV[si + 5] or '0') == 1 then
   end
   if tonumber(ARGV[p + 7]) > 0 then redis.call('ZREM', a.lkey, ARGV[p]) end
 end
-return 1
+return spent_after
 `
 
 // redisTicket is an admitted request's hold on the shared store.
@@ -198,11 +203,12 @@ type redisTicket struct {
 	limits   []int64
 	dims     []dimension
 	leaseIDs []string
-	// With a budget: the worst case reserved, and when the budget's hash
-	// expires (a day after its period).
-	budget          bool
-	worst, expireAt int64
-	zone            string
+	// With a budget: the worst case reserved, when the budget's hash
+	// expires (a day after its period), and when its period ends (unix
+	// seconds).
+	budget                    bool
+	worst, expireAt, resetsAt int64
+	zone                      string
 	// The shared upstream's request bucket, which every retry charges.
 	upRPMKey string
 	upRPM    int64
@@ -348,7 +354,7 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 	switch {
 	case ok == 1:
 		dec.ok = true
-		rt := &redisTicket{rs: rs, keys: keys[:ownKeys:ownKeys], nb: nb, leaseIDs: leaseIDs, budget: hasBudget, worst: worst, expireAt: expireAt, zone: zoneName,
+		rt := &redisTicket{rs: rs, keys: keys[:ownKeys:ownKeys], nb: nb, leaseIDs: leaseIDs, budget: hasBudget, worst: worst, expireAt: expireAt, resetsAt: resetsAt.Unix(), zone: zoneName,
 			upRPMKey: base + "upstream:rpm", upRPM: up.RPM, base: base, keyBase: keyBase, day: day}
 		rt.limits, rt.dims = make([]int64, len(uses)), make([]dimension, len(uses))
 		for i, u := range uses {
@@ -387,7 +393,9 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 
 // finish settles the request's buckets in Redis and releases its leases;
 // with a budget, the worst case reserved becomes what the request cost.
-func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
+// It returns, when the budget was settled, the key's spend in the period
+// after this cost was added, and the cost.
+func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) (spent, cost int64, ok bool) {
 	var dIn, dOut float64
 	switch {
 	case refund:
@@ -413,7 +421,6 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 		args = append(args, id)
 	}
 	budgetArgs := false
-	var cost int64
 	if sa != nil {
 		switch {
 		case refund:
@@ -445,9 +452,13 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 	if rt.acct != nil {
 		keys, args = rt.poolSettle(keys, args, dIn, dOut)
 	}
-	if _, err := rt.rs.batch.run(settleScript, keys, args); err != nil {
+	res, err := rt.rs.batch.run(settleScript, keys, args)
+	if err != nil {
 		rt.rs.warn("settling in redis failed; leases expire on their own", err)
+		return 0, 0, false
 	}
+	spent, ok = res.(int64)
+	return spent, cost, ok && budgetArgs
 }
 
 var errStoreDown = errors.New("the shared store cannot be reached")

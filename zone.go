@@ -47,6 +47,7 @@ type zone struct {
 	ledgerDirty atomic.Bool // spend changed since the ledger was last saved
 	ledgerMu    sync.Mutex
 	ledger      *ledger // where spend is saved across restarts, or nil
+	alerts      alertSinks
 
 	done chan struct{}
 }
