@@ -94,8 +94,11 @@ func (s sharedHold) failover(t *ticket, _ int64, cool time.Duration) bool {
 	return s.rt.acct != nil && s.rt.move(t, cool, true)
 }
 
-func (s sharedHold) settle(t *ticket, _ int64, u *usage, refund bool) {
-	s.rt.finish(t.a.d, t.a.spend, u, refund)
+func (s sharedHold) settle(t *ticket, nowNs int64, u *usage, refund bool) {
+	cost := s.rt.finish(t.a.d, t.a.spend, u, refund)
+	if t.z != nil {
+		t.z.countSharedUsage(t, nowNs, u, refund, cost)
+	}
 }
 
 // Interface guards.

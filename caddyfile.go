@@ -43,6 +43,7 @@ import (
 //		prices_file <path>
 //		budget <usd> daily|weekly|monthly
 //		clamp_max_tokens [<min>]
+//		usage_retention <days> | off
 //		default_max_output <n>
 //		learn_limits on|off
 //		calibrate on|off
@@ -299,6 +300,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.DryRun = true
+		case "usage_retention":
+			n, err := parseUsageRetention(d)
+			if err != nil {
+				return err
+			}
+			h.UsageRetention = n
 		default:
 			return d.Errf("unknown subdirective %q", sub)
 		}

@@ -377,7 +377,8 @@ func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket
 
 // finish settles the request's buckets in Redis and releases its leases;
 // with a budget, the worst case reserved becomes what the request cost.
-func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
+// It returns that cost (0 without a price).
+func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) (cost int64) {
 	var dIn, dOut float64
 	switch {
 	case refund:
@@ -404,7 +405,6 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 	}
 	budgetArgs := false
 	if sa != nil {
-		var cost int64
 		switch {
 		case refund:
 		case u != nil:
@@ -434,6 +434,7 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) {
 	if _, err := rt.rs.batch.run(settleScript, keys, args); err != nil {
 		rt.rs.warn("settling in redis failed; leases expire on their own", err)
 	}
+	return cost
 }
 
 var errStoreDown = errors.New("the shared store cannot be reached")

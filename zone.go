@@ -46,7 +46,9 @@ type zone struct {
 	shared      atomic.Pointer[sharedZone]
 	ledgerDirty atomic.Bool // spend changed since the ledger was last saved
 	ledgerMu    sync.Mutex
-	ledger      *ledger // where spend is saved across restarts, or nil
+	ledger      *ledger   // where spend is saved across restarts, or nil
+	use         zoneUsage // the usage record for billing (billing.go)
+	flushOnce   sync.Once // starts the flusher (ledger.go)
 
 	done chan struct{}
 }
@@ -60,7 +62,8 @@ type shard struct {
 	// seen is the keys this instance decided through the shared store
 	// (for the stats endpoint).
 	seen map[keyPrefix]seenKey
-	_    [24]byte // keep shards on separate cache lines
+	use  usageShard // usage counted since the last flush (billing.go)
+	_    [40]byte   // keep shards on separate cache lines (128 bytes)
 }
 
 // keyState is everything the zone keeps for one key. It is small and holds
@@ -78,6 +81,7 @@ type keyState struct {
 	inflight int64
 	idleAt   int64 // unix ns when every bucket is full again
 	stats    keyStats
+	use      keyUsage // usage counted since the last flush (billing.go)
 }
 
 func newZone(name string) *zone {
