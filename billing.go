@@ -40,7 +40,7 @@ func parseDay(s string) (int32, bool) {
 
 // keyUsage is what a key's finished requests used since the flusher last
 // took it, all on one UTC day. requests is 0 exactly when nothing was
-// counted since; an accumulator with counts is on its shard's list once.
+// counted since.
 type keyUsage struct {
 	day      int32 // the UTC day counted
 	requests int32 // a flush interval's requests of one key: far below 2^31
@@ -50,13 +50,6 @@ type keyUsage struct {
 	cost     int64 // nano-dollars
 }
 
-// usageRef is an accumulator that holds counts, with its key and tier.
-type usageRef struct {
-	kp   keyPrefix
-	tier string
-	u    *keyUsage
-}
-
 // usageDelta is a key's counts taken from its accumulator.
 type usageDelta struct {
 	kp   keyPrefix
@@ -64,16 +57,22 @@ type usageDelta struct {
 	u    keyUsage
 }
 
-// usageShard is a shard's usage waiting for the flusher. Its memory is
-// bounded by the keys that finished a request since the last flush.
+// sharedUsage is the accumulator of a key decided on Redis, which has no
+// keyState here.
+type sharedUsage struct {
+	u    keyUsage
+	tier string
+}
+
+// usageShard is a shard's usage waiting for the flusher, beside the
+// accumulators in its keys' states. Its memory is bounded by the keys
+// that finished a request since the last flush.
 type usageShard struct {
-	dirty []usageRef // the accumulators with counts
-	// spilled are counts of a day that ended before the flusher took
-	// them (a key busy across midnight).
+	// spilled are counts that lost their accumulator before the flusher
+	// took them: a day that ended (a key busy across midnight), a key
+	// state that the sweeper dropped.
 	spilled []usageDelta
-	// shared are the accumulators of keys decided on Redis, which have
-	// no keyState here.
-	shared map[keyPrefix]*keyUsage
+	shared  map[keyPrefix]*sharedUsage
 }
 
 // zoneUsage is the zone's usage record: whether finished requests are
@@ -101,20 +100,18 @@ func billedTokens(d *demand, u *usage, refund bool) (in, cached, out int64) {
 	return in, cached, out
 }
 
-// count adds one finished request to u, the accumulator of key kp in
-// shard s, on the UTC day of nowNs. The caller holds the shard's lock.
+// countUsage adds one finished request to u, the accumulator of key kp
+// (of tier) in shard s, on the UTC day of nowNs. The caller holds the
+// shard's lock.
 func (s *shard) countUsage(kp keyPrefix, tier string, u *keyUsage, nowNs int64, in, cached, out, cost int64) {
 	day := dayOf(nowNs)
-	switch {
-	case u.requests == 0:
-		u.day = day
-		s.use.dirty = append(s.use.dirty, usageRef{kp: kp, tier: tier, u: u})
-	case u.day != day:
-		// Midnight passed since the flusher last came: yesterday's counts
-		// wait apart, and u (still on the list) counts today.
+	if u.requests != 0 && u.day != day {
+		// Midnight passed since the flusher last came: the day that ended
+		// waits apart.
 		s.use.spilled = append(s.use.spilled, usageDelta{kp: kp, tier: tier, u: *u})
-		*u = keyUsage{day: day}
+		*u = keyUsage{}
 	}
+	u.day = day
 	u.requests++
 	u.in = satAdd(u.in, in)
 	u.cached = satAdd(u.cached, cached)
@@ -130,7 +127,7 @@ func (t *ticket) countUsage(nowNs int64, u *usage, refund bool, cost int64) {
 }
 
 // countSharedUsage counts a request settled on Redis in its key's usage,
-// under the key's shard lock: such a key has no keyState here.
+// under the key's shard lock.
 func (z *zone) countSharedUsage(t *ticket, nowNs int64, u *usage, refund bool, cost int64) {
 	if !z.use.on.Load() {
 		return
@@ -139,34 +136,44 @@ func (z *zone) countSharedUsage(t *ticket, nowNs int64, u *usage, refund bool, c
 	kp := t.a.kh.prefix()
 	s := z.shard(t.a.kh)
 	s.mu.Lock()
-	ku := s.use.shared[kp]
-	if ku == nil {
+	su := s.use.shared[kp]
+	if su == nil {
 		if s.use.shared == nil {
-			s.use.shared = make(map[keyPrefix]*keyUsage)
+			s.use.shared = make(map[keyPrefix]*sharedUsage)
 		}
-		ku = new(keyUsage)
-		s.use.shared[kp] = ku
+		su = new(sharedUsage)
+		s.use.shared[kp] = su
 	}
-	s.countUsage(kp, t.a.tier, ku, nowNs, in, cached, out, cost)
+	su.tier = t.a.tier
+	s.countUsage(kp, t.a.tier, &su.u, nowNs, in, cached, out, cost)
 	s.mu.Unlock()
 }
 
-// drain appends the shard's counts to into and empties its accumulators.
-// The caller holds the shard's lock.
-func (us *usageShard) drain(into []usageDelta) []usageDelta {
-	into = append(into, us.spilled...)
-	for _, r := range us.dirty {
-		into = append(into, usageDelta{kp: r.kp, tier: r.tier, u: *r.u})
-		*r.u = keyUsage{}
+// keepUsage sets aside the counts of a key state the sweeper drops. The
+// caller holds the shard's lock.
+func (s *shard) keepUsage(kp keyPrefix, ks *keyState) {
+	if ks.use.requests != 0 {
+		s.use.spilled = append(s.use.spilled, usageDelta{kp: kp, tier: ks.stats.tier, u: ks.use})
 	}
-	// Let go of the states of keys swept since, and of a spike's room.
-	clear(us.spilled)
-	clear(us.dirty)
-	if cap(us.dirty) > 1024 && 4*len(us.dirty) < cap(us.dirty) {
-		us.dirty = nil
+}
+
+// drainUsage appends the shard's counts to into and empties its
+// accumulators: a walk over its keys, as the sweeper's. The caller holds
+// the shard's lock.
+func (s *shard) drainUsage(into []usageDelta) []usageDelta {
+	into = append(into, s.use.spilled...)
+	clear(s.use.spilled)
+	s.use.spilled = s.use.spilled[:0]
+	for kp, ks := range s.keys {
+		if ks.use.requests != 0 {
+			into = append(into, usageDelta{kp: kp, tier: ks.stats.tier, u: ks.use})
+			ks.use = keyUsage{}
+		}
 	}
-	us.dirty, us.spilled = us.dirty[:0], us.spilled[:0]
-	clear(us.shared)
+	for kp, su := range s.use.shared {
+		into = append(into, usageDelta{kp: kp, tier: su.tier, u: su.u})
+	}
+	clear(s.use.shared)
 	return into
 }
 
@@ -175,7 +182,7 @@ func (z *zone) drainUsage(into []usageDelta) []usageDelta {
 	for i := range z.shards {
 		s := &z.shards[i]
 		s.mu.Lock()
-		into = s.use.drain(into)
+		into = s.drainUsage(into)
 		s.mu.Unlock()
 	}
 	return into

@@ -234,6 +234,28 @@ func TestUsageOfAKeyBusyAcrossMidnightLandsInTwoDays(t *testing.T) {
 	}
 }
 
+// A key whose state the sweeper drops keeps its counts until the flusher
+// takes them.
+func TestUsageOfASweptKeyIsKept(t *testing.T) {
+	z := newZone("usage-unit-swept")
+	defer z.Destruct()
+	z.use.on.Store(true)
+	q := ask{kh: hashKey("sk-swept"), tier: "t2", lim: Limits{RPM: 1000}, d: demand{in: 50, out: 50}}
+	at := time.Date(2030, 1, 2, 12, 0, 0, 0, time.UTC).UnixNano()
+	tk, dec := z.admit(q, at, false, false)
+	if !dec.ok {
+		t.Fatal("rejected")
+	}
+	tk.finish(at, &usage{Input: 30, Read: 30, Output: 7}, false)
+	if n := z.sweep(at + int64(time.Hour)); n != 1 {
+		t.Fatalf("swept %d keys, want 1", n)
+	}
+	got := z.drainUsage(nil)
+	if len(got) != 1 || got[0].kp != q.kh.prefix() || got[0].tier != "t2" || got[0].u != (keyUsage{day: dayOf(at), requests: 1, in: 30, out: 7}) {
+		t.Errorf("drained %+v, want the swept key's request", got)
+	}
+}
+
 // The rows outlive the zone: a config without it lets it go (its usage
 // saved), and a config with it again reads them back from storage; what
 // the new zone counts adds to them, never doubling them.
