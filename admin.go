@@ -18,6 +18,7 @@ func init() {
 //	GET /llm_ratelimit/stats                   every zone
 //	GET /llm_ratelimit/stats/<zone>/<key_id>   one key
 //	POST /llm_ratelimit/spend/<zone>/<key_id>/reset   zero the key's spend in its current period
+//	GET /llm_ratelimit/usage/<zone>?from=&to=  usage per key and UTC day (billing_admin.go)
 //
 // It reads the package's zone pool, the same the handlers use: the admin
 // module is provisioned before the apps and holds no handler. Keys appear
@@ -38,6 +39,7 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/llm_ratelimit/stats", Handler: caddy.AdminHandlerFunc(a.serveStats)},
 		{Pattern: "/llm_ratelimit/stats/", Handler: caddy.AdminHandlerFunc(a.serveStats)},
 		{Pattern: "/llm_ratelimit/spend/", Handler: caddy.AdminHandlerFunc(a.serveSpendReset)},
+		{Pattern: "/llm_ratelimit/usage/", Handler: caddy.AdminHandlerFunc(a.serveUsage)},
 	}
 }
 

@@ -94,11 +94,14 @@ func (s sharedHold) failover(t *ticket, _ int64, cool time.Duration) bool {
 	return s.rt.acct != nil && s.rt.move(t, cool, true)
 }
 
-func (s sharedHold) settle(t *ticket, _ int64, u *usage, refund bool) {
+func (s sharedHold) settle(t *ticket, nowNs int64, u *usage, refund bool) {
 	spent, cost, ok := s.rt.finish(t.a.d, t.a.spend, u, refund)
 	if b := t.a.spend; ok && len(b.b.alerts) > 0 && b.b.crossed(spent-cost, spent) {
 		t.z.alertBudget(budgetCrossing{kh: t.a.kh, tier: t.a.tier, b: b.b, before: spent - cost, after: spent,
 			resetsAt: time.Unix(s.rt.resetsAt, 0), shared: true})
+	}
+	if t.z != nil {
+		t.z.countSharedUsage(t, nowNs, u, refund, cost)
 	}
 }
 

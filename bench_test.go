@@ -152,6 +152,7 @@ func benchHandlerBody(b *testing.B, cfg *Handler, chatBody13k []byte) {
 func BenchmarkAdmitSettle(b *testing.B) {
 	z := newZone("bench-admit")
 	defer z.Destruct()
+	z.use.on.Store(true) // usage for billing is counted by default
 	q := ask{kh: hashKey("sk-one"), lim: Limits{RPM: 1 << 40, TPM: 1 << 50, ITPM: 1 << 50, OTPM: 1 << 50, Concurrent: 1 << 20}, d: demand{in: 300, out: 512}}
 	u := usage{Input: 280, Output: 40}
 	t0 := time.Now().UnixNano()
@@ -173,6 +174,7 @@ func BenchmarkAdmitSettle(b *testing.B) {
 func BenchmarkAdmitSettleParallel(b *testing.B) {
 	z := newZone("bench-admit-parallel")
 	defer z.Destruct()
+	z.use.on.Store(true) // usage for billing is counted by default
 	keys := make([]keyHash, 4096)
 	for i := range keys {
 		keys[i] = hashKey(fmt.Sprint("sk-", i))
@@ -203,6 +205,7 @@ func BenchmarkAdmitSettle1MKeys(b *testing.B) {
 	const n = 1 << 20
 	z := newZone("bench-1m")
 	defer z.Destruct()
+	z.use.on.Store(true) // usage for billing is counted by default
 	keys := make([]keyHash, n)
 	for i := range keys {
 		keys[i] = hashKey(fmt.Sprint("sk-", i))

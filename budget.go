@@ -81,9 +81,9 @@ func (t *ticket) clampToBuckets(a *admission, dec *decision, nowNs int64) {
 
 // settleCost replaces a finished request's worst-case reservation with
 // what it cost: its usage at its price; nothing for an answer that was not
-// a success; the worst case when no usage came (a stream cut short). The
-// caller holds the key's shard lock.
-func (z *zone) settleCost(t *ticket, nowNs int64, u *usage, refund bool) {
+// a success; the worst case when no usage came (a stream cut short). It
+// returns that cost. The caller holds the key's shard lock.
+func (z *zone) settleCost(t *ticket, nowNs int64, u *usage, refund bool) int64 {
 	sa := t.a.spend
 	var c int64
 	switch {
@@ -107,6 +107,7 @@ func (z *zone) settleCost(t *ticket, nowNs int64, u *usage, refund bool) {
 	}
 	t.ks.stats.today.addCost(nowNs, c)
 	z.addCost(sa.label, c)
+	return c
 }
 
 // costTotals are a zone's costs settled, in nano-dollars, per model label.

@@ -44,6 +44,7 @@ import (
 //		budget <usd> daily|weekly|monthly
 //		budget_alert <percent>...
 //		clamp_max_tokens [<min>]
+//		usage_retention <days> | off
 //		default_max_output <n>
 //		learn_limits on|off
 //		calibrate on|off
@@ -313,6 +314,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.KeyInfo = p
+		case "usage_retention":
+			n, err := parseUsageRetention(d)
+			if err != nil {
+				return err
+			}
+			h.UsageRetention = n
 		default:
 			return d.Errf("unknown subdirective %q", sub)
 		}

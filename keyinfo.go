@@ -213,9 +213,6 @@ func (v *keyView) answer(keyID, tier string, b *budget, at time.Time) keyInfoJSO
 
 func ptr[T any](v T) *T { return &v }
 
-// nsPerDay is one UTC day: usage_today rolls at 00:00 UTC.
-const nsPerDay = int64(24 * time.Hour)
-
 // utcDay is the day (since 1970-01-01 UTC) that holds nowNs.
 func utcDay(nowNs int64) int64 { return nowNs / nsPerDay }
 

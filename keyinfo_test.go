@@ -3,7 +3,6 @@ package llmratelimit
 import (
 	"context"
 	"encoding/json"
-	"math"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -107,8 +106,6 @@ func ceilSecond(t time.Time) string {
 func i64(v int64) *int64 { return &v }
 
 func str(v string) *string { return &v }
-
-func sameUSD(a, b float64) bool { return math.Abs(a-b) < 1e-12 }
 
 // After three requests with known usage, key_info shows the key's own
 // limits, what is left of each bucket, when each is full again, the

@@ -146,7 +146,7 @@ func (z *zone) attachLedger(storage certmagic.Storage, logger *zap.Logger) {
 	l := &ledger{storage: storage, key: ledgerKey(z.name), logger: logger}
 	l.load(z)
 	z.ledger = l
-	go z.flusher(l)
+	z.startFlusher()
 }
 
 func (z *zone) ledgerOf() *ledger {
@@ -155,18 +155,32 @@ func (z *zone) ledgerOf() *ledger {
 	return z.ledger
 }
 
-// flusher saves the ledger every ledgerFlush while it changes, and a last
-// time when the zone is let go.
-func (z *zone) flusher(l *ledger) {
+// startFlusher starts the zone's flusher, once: the first time a ledger
+// or a usage record is attached.
+func (z *zone) startFlusher() { z.flushOnce.Do(func() { go z.flusher() }) }
+
+// flusher saves the ledger and the usage record every ledgerFlush while
+// they change, and a last time when the zone is let go.
+func (z *zone) flusher() {
 	t := time.NewTicker(ledgerFlush)
 	defer t.Stop()
 	for {
 		select {
 		case <-z.done:
-			l.save(z, false)
+			z.flush()
 			return
 		case <-t.C:
-			l.save(z, false)
+			z.flush()
 		}
+	}
+}
+
+// flush saves what changed: the spend ledger and the usage record.
+func (z *zone) flush() {
+	if l := z.ledgerOf(); l != nil {
+		l.save(z, false)
+	}
+	if b := z.bookOf(); b != nil {
+		b.flush(z)
 	}
 }

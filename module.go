@@ -291,6 +291,11 @@ type Handler struct {
 	// 2m in all). {"off": true} disables it.
 	Retry *RetryConfig `json:"retry,omitempty"`
 
+	// UsageRetention is how many UTC days, today included, the usage per
+	// key and day (GET /llm_ratelimit/usage/<zone>) is kept: in Caddy's
+	// storage, or in Redis under store. Default 400; -1 records none.
+	UsageRetention int `json:"usage_retention,omitempty"`
+
 	logger       *zap.Logger
 	zone         *zone
 	dialect      dialect                   // the configured format; nil for auto
@@ -431,6 +436,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.zone.attachLedger(storageOf(ctx), h.logger)
 	}
 	h.provisionAlerts(ctx)
+	h.zone.attachUsage(storageOf(ctx), h.logger, h.UsageRetention)
 	if files := h.watchedFiles(); len(files) > 0 {
 		go h.watchFiles(ctx, files)
 	}
@@ -446,6 +452,9 @@ func (h *Handler) Cleanup() error {
 		h.releaseAlerts()
 		if l := h.zone.ledgerOf(); l != nil {
 			l.save(h.zone, false)
+		}
+		if b := h.zone.bookOf(); b != nil {
+			b.flush(h.zone) // before the store's client may close
 		}
 		if h.rs != nil {
 			_, _ = stores.Delete(h.rs.poolKey)

@@ -69,8 +69,12 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	if !refund {
 		t.a.d.calibrateKey(u, &t.ks.stats.calib)
 	}
+	var cost int64
 	if t.a.spend != nil && t.debited {
-		t.z.settleCost(t, nowNs, u, refund)
+		cost = t.z.settleCost(t, nowNs, u, refund)
+	}
+	if t.z.use.on.Load() {
+		t.countUsage(nowNs, u, refund, cost)
 	}
 	var learned Limits
 	lim := t.keyLimits(nowNs, &learned)

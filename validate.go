@@ -84,6 +84,9 @@ func (h *Handler) Validate() error {
 			return err
 		}
 	}
+	if err := checkUsageRetention(h.UsageRetention); err != nil {
+		return err
+	}
 	if h.MaxQueue != 0 {
 		if err := checkPositive("max_queue", int64(h.MaxQueue)); err != nil {
 			return err

@@ -48,6 +48,8 @@ type zone struct {
 	ledgerMu    sync.Mutex
 	ledger      *ledger // where spend is saved across restarts, or nil
 	alerts      alertSinks
+	use         zoneUsage // the usage record for billing (billing.go)
+	flushOnce   sync.Once // starts the flusher (ledger.go)
 
 	done chan struct{}
 }
@@ -63,7 +65,7 @@ type shard struct {
 	seen map[keyPrefix]seenKey
 	// days keeps today's usage of keys the sweeper dropped (keyinfo.go).
 	days map[keyPrefix]dayUsage
-	_    [16]byte // keep shards on separate cache lines
+	use  usageShard // usage counted since the last flush (billing.go)
 }
 
 // keyState is everything the zone keeps for one key. It is small and holds
@@ -81,6 +83,7 @@ type keyState struct {
 	inflight int64
 	idleAt   int64 // unix ns when every bucket is full again
 	stats    keyStats
+	use      keyUsage // usage counted since the last flush (billing.go)
 }
 
 func newZone(name string) *zone {
@@ -124,6 +127,7 @@ func (z *zone) sweep(nowNs int64) (dropped int) {
 		for kh, ks := range s.keys {
 			if ks.inflight == 0 && ks.idleAt <= nowNs {
 				s.parkDay(kh, ks.stats.today, nowNs)
+				s.keepUsage(kh, ks)
 				delete(s.keys, kh)
 				z.nkeys.Add(-1)
 				dropped++
