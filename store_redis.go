@@ -2,7 +2,6 @@ package llmratelimit
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -459,47 +458,4 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) (sp
 	}
 	spent, ok = res.(int64)
 	return spent, cost, ok && budgetArgs
-}
-
-var errStoreDown = errors.New("the shared store cannot be reached")
-
-// admitShared decides a request on the shared store. A request that does
-// not fit waits for the wait Redis computed and asks again, within
-// max_wait: no polling in between. waited is the time spent in those
-// waits only, not in the calls to Redis: a request admitted on its first
-// try waited 0 (outcome allowed, no queue_wait observation). When Redis
-// cannot be reached, fail open decides on this instance's own buckets
-// (and counts the error), fail closed returns errStoreDown.
-func (h *Handler) admitShared(ctx context.Context, q ask) (t ticket, dec decision, waited time.Duration, err error) {
-	start, maxWait := now(), time.Duration(h.MaxWait)
-	for {
-		h.zone.sawShared(&q)
-		t, dec, err = h.rs.admit(ctx, h.Zone, q)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ticket{}, decision{}, waited, ctx.Err()
-			}
-			h.zone.m.storeErrors.Inc()
-			h.rs.warn("redis store unreachable: deciding "+map[bool]string{true: "on this instance alone (fail open)", false: "503 (fail closed)"}[h.rs.failOpen], err)
-			if !h.rs.failOpen {
-				return ticket{}, decision{}, 0, errStoreDown
-			}
-			t, dec, more, err := h.zone.admitOrWait(ctx, q, maxWait-now().Sub(start), h.MaxQueue, h.DryRun)
-			return t, dec, waited + more, err
-		}
-		t.z = h.zone // its metrics
-		if !dec.ok && h.DryRun && isPool(q.accts) {
-			t.acfg = q.accts[0] // dry_run forwards what did not fit: to the first account
-		}
-		// max_wait bounds the whole time spent deciding, round trips included.
-		if dec.ok || dec.never || h.DryRun || maxWait <= 0 || now().Sub(start)+dec.wait > maxWait {
-			return t, dec, waited, nil
-		}
-		slept := now()
-		err = sleep(ctx, dec.wait)
-		waited += now().Sub(slept)
-		if err != nil {
-			return ticket{}, decision{}, waited, err
-		}
-	}
 }
