@@ -438,3 +438,22 @@ func BenchmarkChooseAccount8(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkUsageCount is what settling adds to count a request in its
+// key's usage for billing (billing.go), alone.
+func BenchmarkUsageCount(b *testing.B) {
+	z := newZone("bench-usage-count")
+	defer z.Destruct()
+	ks := new(keyState)
+	t := ticket{z: z, s: z.shard(hashKey("sk-one")), ks: ks, a: ask{kh: hashKey("sk-one"), d: demand{in: 300, out: 512}}}
+	u := usage{Input: 280, Read: 280, Cached: 100, Output: 40}
+	t0 := time.Now().UnixNano()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t.countUsage(t0+int64(i), &u, false, 1234)
+	}
+	if ks.use.requests == 0 {
+		b.Fatal("nothing counted")
+	}
+}

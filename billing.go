@@ -84,46 +84,48 @@ type zoneUsage struct {
 	book *usageBook
 }
 
-// billedTokens are the tokens a finished request counts in its key's
-// usage: the usage its answer reported (all the input read, cached input
-// included, and the cached part), none when refunded, else its
-// reservation (a stream cut short), as the stats count it.
-func billedTokens(d *demand, u *usage, refund bool) (in, cached, out int64) {
+// add counts one finished request in u: the usage its answer reported
+// (all the input read, cached input included, and the cached part), no
+// tokens when refunded, else its reservation (a stream cut short), as the
+// stats count it. A request's tokens are at most maxSettledTokens, so that
+// their sums cannot overflow; a cost saturates. The caller holds the key's
+// shard lock.
+func (u *keyUsage) add(d *demand, us *usage, refund bool, cost int64) {
+	u.requests++
 	switch {
 	case refund:
-	case u != nil:
-		c := u.clamped()
-		in, cached, out = max(c.Read, c.Input), c.Cached, c.Output
+	case us != nil:
+		c := us.clamped()
+		u.in += max(c.Read, c.Input)
+		u.cached += c.Cached
+		u.out += c.Output
 	default:
-		in, out = int64(d.in), int64(d.out)
+		u.in += int64(d.in)
+		u.out += int64(d.out)
 	}
-	return in, cached, out
+	u.cost = satAdd(u.cost, cost)
 }
 
-// countUsage adds one finished request to u, the accumulator of key kp
-// (of tier) in shard s, on the UTC day of nowNs. The caller holds the
+// spill sets aside the counts of u, which leave their accumulator before
+// the flusher takes them (midnight passed since it last came, or the
+// sweeper drops the key's state), and empties u. The caller holds the
 // shard's lock.
-func (s *shard) countUsage(kp keyPrefix, tier string, u *keyUsage, nowNs int64, in, cached, out, cost int64) {
-	day := dayOf(nowNs)
-	if u.requests != 0 && u.day != day {
-		// Midnight passed since the flusher last came: the day that ended
-		// waits apart.
-		s.use.spilled = append(s.use.spilled, usageDelta{kp: kp, tier: tier, u: *u})
-		*u = keyUsage{}
-	}
-	u.day = day
-	u.requests++
-	u.in = satAdd(u.in, in)
-	u.cached = satAdd(u.cached, cached)
-	u.out = satAdd(u.out, out)
-	u.cost = satAdd(u.cost, cost)
+func (s *shard) spill(kp keyPrefix, tier string, u *keyUsage) {
+	s.use.spilled = append(s.use.spilled, usageDelta{kp: kp, tier: tier, u: *u})
+	*u = keyUsage{}
 }
 
 // countUsage counts a request that settles on the zone's own buckets in
 // its key's usage. The caller holds the key's shard lock.
-func (t *ticket) countUsage(nowNs int64, u *usage, refund bool, cost int64) {
-	in, cached, out := billedTokens(&t.a.d, u, refund)
-	t.s.countUsage(t.a.kh.prefix(), t.a.tier, &t.ks.use, nowNs, in, cached, out, cost)
+func (t *ticket) countUsage(nowNs int64, us *usage, refund bool, cost int64) {
+	u := &t.ks.use
+	if day := dayOf(nowNs); u.day != day {
+		if u.requests != 0 {
+			t.s.spill(t.a.kh.prefix(), t.a.tier, u)
+		}
+		u.day = day
+	}
+	u.add(&t.a.d, us, refund, cost)
 }
 
 // countSharedUsage counts a request settled on Redis in its key's usage,
@@ -132,7 +134,6 @@ func (z *zone) countSharedUsage(t *ticket, nowNs int64, u *usage, refund bool, c
 	if !z.use.on.Load() {
 		return
 	}
-	in, cached, out := billedTokens(&t.a.d, u, refund)
 	kp := t.a.kh.prefix()
 	s := z.shard(t.a.kh)
 	s.mu.Lock()
@@ -144,8 +145,14 @@ func (z *zone) countSharedUsage(t *ticket, nowNs int64, u *usage, refund bool, c
 		su = new(sharedUsage)
 		s.use.shared[kp] = su
 	}
+	if day := dayOf(nowNs); su.u.day != day {
+		if su.u.requests != 0 {
+			s.spill(kp, su.tier, &su.u)
+		}
+		su.u.day = day
+	}
 	su.tier = t.a.tier
-	s.countUsage(kp, t.a.tier, &su.u, nowNs, in, cached, out, cost)
+	su.u.add(&t.a.d, u, refund, cost)
 	s.mu.Unlock()
 }
 
@@ -153,7 +160,7 @@ func (z *zone) countSharedUsage(t *ticket, nowNs int64, u *usage, refund bool, c
 // caller holds the shard's lock.
 func (s *shard) keepUsage(kp keyPrefix, ks *keyState) {
 	if ks.use.requests != 0 {
-		s.use.spilled = append(s.use.spilled, usageDelta{kp: kp, tier: ks.stats.tier, u: ks.use})
+		s.spill(kp, ks.stats.tier, &ks.use)
 	}
 }
 
