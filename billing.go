@@ -87,8 +87,8 @@ type zoneUsage struct {
 // add counts one finished request in u: the usage its answer reported
 // (all the input read, cached input included, and the cached part), no
 // tokens when refunded, else its reservation (a stream cut short), as the
-// stats count it. A request's tokens are at most maxSettledTokens, so that
-// their sums cannot overflow; a cost saturates. The caller holds the key's
+// stats count it. A usage's tokens are at most maxSettledTokens, so that
+// their sums cannot overflow; the rest saturates. The caller holds the key's
 // shard lock.
 func (u *keyUsage) add(d *demand, us *usage, refund bool, cost int64) {
 	u.requests++
@@ -99,9 +99,9 @@ func (u *keyUsage) add(d *demand, us *usage, refund bool, cost int64) {
 		u.in += max(c.Read, c.Input)
 		u.cached += c.Cached
 		u.out += c.Output
-	default:
-		u.in += int64(d.in)
-		u.out += int64(d.out)
+	default: // a reservation comes from the client's body: saturate
+		u.in = satAdd(u.in, int64(min(d.in, maxSettledTokens)))
+		u.out = satAdd(u.out, int64(min(d.out, maxSettledTokens)))
 	}
 	u.cost = satAdd(u.cost, cost)
 }

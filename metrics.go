@@ -57,7 +57,7 @@ var (
 	}, []string{"zone"})
 	metricLedgerErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "ledger_errors_total",
-		Help: "Spend ledgers that could not be read (moved aside; the zone started with no spend) or saved.",
+		Help: "Spend ledgers that could not be read (moved aside; the zone started with no spend) or saved, and usage records (billing) that could not be read, saved or added to Redis in time.",
 	}, []string{"zone"})
 	metricFileReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "file_reloads_total",
