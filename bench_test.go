@@ -451,7 +451,8 @@ func BenchmarkUsageCount(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		t.countUsage(t0+int64(i), &u, false, 1234)
+		c := countedTokens(&t.a.d, &u, false)
+		t.countUsage(dayOf(t0+int64(i)), &c, 1234)
 	}
 	if ks.use.requests == 0 {
 		b.Fatal("nothing counted")

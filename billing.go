@@ -84,25 +84,17 @@ type zoneUsage struct {
 	book *usageBook
 }
 
-// add counts one finished request in u: the usage its answer reported
-// (all the input read, cached input included, and the cached part), no
-// tokens when refunded, else its reservation (a stream cut short), as the
-// stats count it. A usage's tokens are at most maxSettledTokens, so that
-// their sums cannot overflow; the rest saturates. The caller holds the key's
+// add counts one finished request in u: its counted tokens (all the
+// input read, cached input included, and the cached part, as the answer
+// reported them; none when refunded; else its reservation, a stream cut
+// short) and its cost. The tokens are bounded (countedTokens), so their
+// sums cannot overflow; the cost saturates. The caller holds the key's
 // shard lock.
-func (u *keyUsage) add(d *demand, us *usage, refund bool, cost int64) {
+func (u *keyUsage) add(c *counted, cost int64) {
 	u.requests++
-	switch {
-	case refund:
-	case us != nil:
-		c := us.clamped()
-		u.in += max(c.Read, c.Input)
-		u.cached += c.Cached
-		u.out += c.Output
-	default: // a reservation comes from the client's body: saturate
-		u.in = satAdd(u.in, int64(min(d.in, maxSettledTokens)))
-		u.out = satAdd(u.out, int64(min(d.out, maxSettledTokens)))
-	}
+	u.in += c.read
+	u.cached += c.cached
+	u.out += c.out
 	u.cost = satAdd(u.cost, cost)
 }
 
@@ -117,15 +109,15 @@ func (s *shard) spill(kp keyPrefix, tier string, u *keyUsage) {
 
 // countUsage counts a request that settles on the zone's own buckets in
 // its key's usage. The caller holds the key's shard lock.
-func (t *ticket) countUsage(nowNs int64, us *usage, refund bool, cost int64) {
+func (t *ticket) countUsage(day int32, c *counted, cost int64) {
 	u := &t.ks.use
-	if day := dayOf(nowNs); u.day != day {
+	if u.day != day {
 		if u.requests != 0 {
 			t.s.spill(t.a.kh.prefix(), t.a.tier, u)
 		}
 		u.day = day
 	}
-	u.add(&t.a.d, us, refund, cost)
+	u.add(c, cost)
 }
 
 // countSharedUsage counts a request settled on Redis in its key's usage,
@@ -152,7 +144,8 @@ func (z *zone) countSharedUsage(t *ticket, nowNs int64, u *usage, refund bool, c
 		su.u.day = day
 	}
 	su.tier = t.a.tier
-	su.u.add(&t.a.d, u, refund, cost)
+	c := countedTokens(&t.a.d, u, refund)
+	su.u.add(&c, cost)
 	s.mu.Unlock()
 }
 

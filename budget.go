@@ -105,7 +105,6 @@ func (z *zone) settleCost(t *ticket, nowNs int64, u *usage, refund bool) int64 {
 			z.alertBudget(budgetCrossing{kh: t.a.kh, tier: t.a.tier, b: b, before: before, after: t.sp.spent, resetsAt: t.sp.resetsAt(b.period)})
 		}
 	}
-	t.ks.stats.today.addCost(nowNs, c)
 	z.addCost(sa.label, c)
 	return c
 }

@@ -122,7 +122,7 @@ func (z *zone) keyView(kh keyHash, lim Limits, learnKey bool, b *budget, nowNs i
 		v.spent, v.reserved = cur.spent, cur.reserved
 	}
 	s.mu.Unlock()
-	v.today.roll(nowNs)
+	v.today.roll(dayOf(nowNs))
 	buckets := [4]*bucket{&lb.rpm, &lb.tpm, &lb.itpm, &lb.otpm}
 	for i, limit := range v.lim.perDim() {
 		if limit > 0 {
@@ -227,32 +227,25 @@ type dayUsage struct {
 	inTokens, outTokens, costNano int64
 }
 
-// roll starts a new day when nowNs is past the counted one.
-func (d *dayUsage) roll(nowNs int64) {
-	if day := int32(utcDay(nowNs)); day != d.day {
+// roll starts a new day when day (dayOf) is past the counted one.
+func (d *dayUsage) roll(day int32) {
+	if day != d.day {
 		*d = dayUsage{day: day}
 	}
 }
 
-// admitted counts a request admitted at nowNs.
-func (d *dayUsage) admitted(nowNs int64) {
-	d.roll(nowNs)
+// admitted counts a request admitted on day.
+func (d *dayUsage) admitted(day int32) {
+	d.roll(day)
 	d.requests++
 }
 
-// settled counts a settled request's tokens.
-func (d *dayUsage) settled(nowNs, in, out int64) {
-	d.roll(nowNs)
+// settled counts a settled request's tokens and cost (nano-dollars).
+func (d *dayUsage) settled(day int32, in, out, costNano int64) {
+	d.roll(day)
 	d.inTokens += in
 	d.outTokens += out
-}
-
-// addCost counts a settled cost (nano-dollars).
-func (d *dayUsage) addCost(nowNs, nano int64) {
-	if nano > 0 {
-		d.roll(nowNs)
-		d.costNano = satAdd(d.costNano, nano)
-	}
+	d.costNano = satAdd(d.costNano, costNano)
 }
 
 func (d *dayUsage) empty() bool {
@@ -268,7 +261,7 @@ const maxParkedDays = 4096
 // parkDay keeps today's usage of a key that the sweeper drops. The caller
 // holds s.mu.
 func (s *shard) parkDay(kp keyPrefix, d dayUsage, nowNs int64) {
-	if d.roll(nowNs); d.empty() {
+	if d.roll(dayOf(nowNs)); d.empty() {
 		return
 	}
 	if s.days == nil {
@@ -291,7 +284,7 @@ func (s *shard) unparkDay(kp keyPrefix, ks *keyState) {
 // dropOldDays forgets parked counts of days before nowNs's. The caller
 // holds s.mu.
 func (s *shard) dropOldDays(nowNs int64) {
-	today := int32(utcDay(nowNs))
+	today := dayOf(nowNs)
 	for kp, d := range s.days {
 		if d.day != today {
 			delete(s.days, kp)

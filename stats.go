@@ -42,28 +42,34 @@ func (s *keyStats) admitted(nowNs int64, tier string, lim *Limits) {
 	s.curReq++
 }
 
-// finished counts a request's tokens (countedTokens).
-func (s *keyStats) finished(nowNs int64, d demand, u *usage, refund bool) {
-	in, out := countedTokens(d, u, refund)
+// finished counts a request's tokens (countedTokens: in and out).
+func (s *keyStats) finished(nowNs int64, in, out int64) {
 	s.roll(nowNs)
 	s.inTokens += in
 	s.outTokens += out
 	s.curTok += in + out
-	s.today.settled(nowNs, in, out)
 }
 
-// countedTokens are the tokens a finished request counts in its key's
-// stats: the actual usage when known, none when refunded, else its
-// reservation.
-func countedTokens(d demand, u *usage, refund bool) (in, out int64) {
+// counted are the tokens a finished request counts in its key's stats and
+// usage: the actual usage when known, none when refunded, else its
+// reservation. in is what counts against ITPM, read all the input read
+// (cached input included) and cached its cached part. Each is at most
+// maxSettledTokens (a usage is clamped when read, a reservation here), so
+// that sums over 2^31 requests cannot overflow.
+type counted struct{ in, read, cached, out int64 }
+
+// countedTokens are a finished request's counted tokens. u, when given,
+// is clamped (usageWriter.usage).
+func countedTokens(d *demand, u *usage, refund bool) (c counted) {
 	switch {
 	case refund:
 	case u != nil:
-		in, out = u.Input, u.Output
-	default:
-		in, out = int64(d.in), int64(d.out)
+		c = counted{in: u.Input, read: max(u.Read, u.Input), cached: u.Cached, out: u.Output}
+	default: // a reservation comes from the client's body: bound it
+		c.in = int64(min(d.in, maxSettledTokens))
+		c.read, c.out = c.in, int64(min(d.out, maxSettledTokens))
 	}
-	return in, out
+	return c
 }
 
 // lastMinute estimates the count over the sliding last minute.

@@ -441,9 +441,9 @@ func (rt *redisTicket) finish(d demand, sa *spendAsk, u *usage, refund bool) (sp
 	if !budgetArgs {
 		args = append(args, 0)
 	}
-	in, out := countedTokens(d, u, refund)
+	c := countedTokens(&d, u, refund)
 	day := utcDay(now().UnixNano()) // tokens and cost count on the day they settle
-	args = append(args, statsTTLArg, in, out, dayExpireAt(day), cost)
+	args = append(args, statsTTLArg, c.in, c.out, dayExpireAt(day), cost)
 	keys := rt.keys
 	if day != rt.day {
 		keys = append(keys[:len(keys)-1:len(keys)-1], dayKey(rt.keyBase, day))

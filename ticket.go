@@ -65,7 +65,8 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 		t.acct.inflight--
 	}
 	t.ks.inflight--
-	t.ks.stats.finished(nowNs, t.a.d, u, refund)
+	c := countedTokens(&t.a.d, u, refund)
+	t.ks.stats.finished(nowNs, c.in, c.out)
 	if !refund {
 		t.a.d.calibrateKey(u, &t.ks.stats.calib)
 	}
@@ -73,8 +74,10 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	if t.a.spend != nil && t.debited {
 		cost = t.z.settleCost(t, nowNs, u, refund)
 	}
+	day := dayOf(nowNs) // key_info's usage today, and the usage for billing
+	t.ks.stats.today.settled(day, c.in, c.out, cost)
 	if t.z.use.on.Load() {
-		t.countUsage(nowNs, u, refund, cost)
+		t.countUsage(day, &c, cost)
 	}
 	var learned Limits
 	lim := t.keyLimits(nowNs, &learned)

@@ -400,7 +400,7 @@ func (z *zone) admitInto(q *ask, nowNs int64, dryRun, peek bool, t *ticket, dec 
 	}
 	t.debited = dec.ok
 	ks.stats.admitted(nowNs, qa.tier, lim) // the limits in force, learned ones included
-	ks.stats.today.admitted(nowNs)
+	ks.stats.today.admitted(dayOf(nowNs))
 	if t.sp != nil && dec.ok {
 		t.sp.reserved += t.worst
 	} else {
