@@ -1,7 +1,6 @@
 package llmratelimit
 
 import (
-	"bytes"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -18,11 +17,35 @@ type anthropicDialect struct{}
 
 func init() { registerDialect(anthropicDialect{}) }
 
-func (anthropicDialect) name() string { return "anthropic" }
+// anthropicSpec is Anthropic's format as data.
+var anthropicSpec = dialectSpec{
+	name: "anthropic",
+	// LiteLLM keys Anthropic's models bare, and some under anthropic/.
+	pricesProvider: "anthropic",
+	credentials:    anthropicCredentials,
+	rateHeaders:    anthropicRateHeaders,
+	// An image costs by formula, never by the size of its data.
+	image:     imageCost{full: 1600, low: 1600},
+	errors:    anthropicErrors,
+	errorBody: func(dst []byte, n errorName, e *apiError) []byte { return appendAnthropicError(dst, n.typ, e.msg) },
+	// A spend limit reached is not cured by waiting.
+	fatal429: [][]byte{[]byte("enforced_spend_limit_reached")},
+	usage: usageSpec{
+		key: []byte(`"usage"`),
+		// input_tokens leaves out cache reads and writes; cache reads do
+		// not count against ITPM.
+		schemes: []usageNames{{input: "input_tokens", output: "output_tokens",
+			cached: "cache_read_input_tokens", cacheWrite: "cache_creation_input_tokens", cacheApart: true}},
+		// message_start carries the input usage, each message_delta the
+		// cumulative output (the last one is final: message_start's
+		// output_tokens is not the total), message_stop ends the stream.
+		endTypes:  []string{"message_stop"},
+		finalType: "message_delta",
+	},
+	stream: framingSSE,
+}
 
-// pricesProvider: LiteLLM keys Anthropic's models bare, and some under
-// anthropic/.
-func (anthropicDialect) pricesProvider() string { return "anthropic" }
+func (anthropicDialect) spec() *dialectSpec { return &anthropicSpec }
 
 func (anthropicDialect) matchPath(path string) bool {
 	return strings.HasSuffix(strings.TrimSuffix(path, "/"), "/v1/messages")
@@ -41,26 +64,9 @@ var anthropicCredentials = []credential{
 	{header: "Authorization", bearer: true, rank: 0},
 }
 
-func (anthropicDialect) credentials() []credential { return anthropicCredentials }
-
-// anthropicImageTokens is what an image costs, by formula, never by the
-// size of its data.
-const anthropicImageTokens = 1600
-
-func (anthropicDialect) imageTokens() (int64, int64) {
-	return anthropicImageTokens, anthropicImageTokens
-}
-
 func (anthropicDialect) parse(s *jsonScanner, tc *textCounter, _ string, info *requestInfo) (part, error) {
 	return parseAnthropic(s, tc, info)
 }
-
-// prepare: Anthropic streams always carry their usage.
-func (anthropicDialect) prepare(_, _ string, body []byte, _ *requestInfo) ([]byte, bool) {
-	return body, false
-}
-
-func (anthropicDialect) isAddedUsageEvent([]byte) bool { return false }
 
 // parseAnthropic reads the top-level object at s.pos of a Messages API
 // request: system, messages, tools, max_tokens, stream. Anthropic has no
@@ -230,12 +236,6 @@ var (
 	anthropicSourceKeys = []string{"type", "data", "content"}
 )
 
-var (
-	anthropicUsageKey   = []byte(`"usage"`)
-	anthropicUsageNames = []string{"input_tokens", "cache_creation_input_tokens", "output_tokens", "cache_read_input_tokens"}
-)
-
-// jsonUsage reads the usage object of a message.
 // anthropicQuotaKinds are the kinds of Anthropic's rate-limit headers.
 var anthropicQuotaKinds = [4]string{"requests", "tokens", "input-tokens", "output-tokens"}
 
@@ -278,67 +278,18 @@ func (anthropicDialect) clampOutput(_ string, body []byte, n int64) []byte {
 	return setIntMember(body, []string{"max_tokens"}, "max_tokens", n)
 }
 
-func (anthropicDialect) jsonUsage(body []byte) (usage, bool) {
-	var a usageAcc
-	a.add(lastObjectAfterKey(body, anthropicUsageKey), anthropicUsageNames)
-	return anthropicUsage(&a)
-}
-
-// streamLine: message_start carries the input usage, each message_delta
-// the cumulative output (the last one is final), message_stop ends the
-// stream.
-func (anthropicDialect) streamLine(line []byte, acc *usageAcc) bool {
-	data, ok := sseData(line)
-	if !ok {
-		return false
-	}
-	if bytes.Contains(data, anthropicUsageKey) {
-		acc.add(lastObjectAfterKey(data, anthropicUsageKey), anthropicUsageNames)
-		if hasStringMember(data, "type", "message_delta") {
-			acc.final = true
-		}
-	}
-	return hasStringMember(data, "type", "message_stop")
-}
-
-// streamUsage counts only once a message_delta came: message_start's
-// output_tokens is not the total.
-func (anthropicDialect) streamUsage(a *usageAcc) (usage, bool) {
-	if !a.final {
-		return usage{}, false
-	}
-	return anthropicUsage(a)
-}
-
-// anthropicUsage combines the members read by anthropicUsageNames:
-// input_tokens + cache_creation_input_tokens (cache reads do not count
-// against ITPM), output_tokens, and everything read, cache reads included.
-func anthropicUsage(a *usageAcc) (usage, bool) {
-	if a.found&0b101 == 0 {
-		return usage{}, false
-	}
-	// input_tokens leaves out cache reads and writes.
-	in := satAdd(a.v[0], a.v[1])
-	return usage{Input: in, Output: a.v[2], Read: satAdd(in, a.v[3]), Cached: a.v[3], CacheWrite: a.v[1]}, true
-}
-
-// anthropicErrorTypes is the error type of each of the handler's own
-// answers.
-var anthropicErrorTypes = [...]string{
-	errUnauthorized:   "authentication_error",
-	errInvalid:        "invalid_request_error",
-	errTooLarge:       "request_too_large",
-	errContextLength:  "invalid_request_error",
-	errRateLimited:    "rate_limit_error",
-	errCooldown:       "rate_limit_error",
-	errUnavailable:    "api_error",
-	errModelNotFound:  "not_found_error",
-	errBudget:         "rate_limit_error",
-	errModelNotPriced: "invalid_request_error",
-}
-
-func (anthropicDialect) appendError(dst []byte, e *apiError) []byte {
-	return appendAnthropicError(dst, anthropicErrorTypes[e.kind], e.msg)
+// anthropicErrors is the error type of each of the handler's own answers.
+var anthropicErrors = [errKindCount]errorName{
+	errUnauthorized:   {typ: "authentication_error"},
+	errInvalid:        {typ: "invalid_request_error"},
+	errTooLarge:       {typ: "request_too_large"},
+	errContextLength:  {typ: "invalid_request_error"},
+	errRateLimited:    {typ: "rate_limit_error"},
+	errCooldown:       {typ: "rate_limit_error"},
+	errUnavailable:    {typ: "api_error"},
+	errModelNotFound:  {typ: "not_found_error"},
+	errBudget:         {typ: "rate_limit_error"},
+	errModelNotPriced: {typ: "invalid_request_error"},
 }
 
 // appendAnthropicError appends Anthropic's error body:
@@ -351,15 +302,6 @@ func appendAnthropicError(dst []byte, typ, msg string) []byte {
 	return append(dst, "}}"...)
 }
 
-func (anthropicDialect) retryHint(h http.Header, _ []byte, at time.Time) (time.Duration, bool) {
-	return longestReset(h, anthropicRateHeaders, at)
-}
-
-// fatal429: a spend limit reached is not cured by waiting.
-func (anthropicDialect) fatal429(body []byte) bool {
-	return bytes.Contains(body, []byte("enforced_spend_limit_reached"))
-}
-
 // anthropicRateHeaders are Anthropic's rate-limit headers; resets are RFC
 // 3339 times.
 var anthropicRateHeaders = []rateHeader{
@@ -368,5 +310,3 @@ var anthropicRateHeaders = []rateHeader{
 	{dimInput, "Anthropic-Ratelimit-Input-Tokens-Limit", "Anthropic-Ratelimit-Input-Tokens-Remaining", "Anthropic-Ratelimit-Input-Tokens-Reset"},
 	{dimOutput, "Anthropic-Ratelimit-Output-Tokens-Limit", "Anthropic-Ratelimit-Output-Tokens-Remaining", "Anthropic-Ratelimit-Output-Tokens-Reset"},
 }
-
-func (anthropicDialect) rateHeaders() []rateHeader { return anthropicRateHeaders }

@@ -9,75 +9,33 @@ import (
 // dialect is one provider's wire format. The handler asks the request's
 // dialect for everything format-specific, as reverse_proxy asks its
 // Selector to choose an upstream: one type per provider, each in a file of
-// its own (openai.go, anthropic.go, gemini.go), registered here by name.
-// Nothing outside those files knows a provider's JSON, paths or headers.
+// its own (openai.go, anthropic.go, gemini.go, ollama.go), registered
+// here by name. Nothing outside those files knows a provider's JSON,
+// paths or headers.
+//
+// What a format is as data (credentials, header and error tables, usage
+// members, stream framing) is its spec (dialect_spec.go); the methods are
+// what is code. What only some formats do is an optional interface, with
+// a default for the others (dialect_spec.go).
 //
 // A request whose path no dialect claims (under `format auto`) has no
 // dialect: it costs 1 request and 0 tokens, and the handler's own answers
 // take the shape of the dialect whose family of paths it belongs to
 // (ownsPath), else the fallback dialect's.
 type dialect interface {
-	// name is the format's name in the config: "openai".
-	name() string
+	// spec is the format as data.
+	spec() *dialectSpec
 	// matchPath tells whether a POST to this URL path speaks the format
 	// (`format auto`).
 	matchPath(path string) bool
-	// ownsPath tells a path of the provider's API that the dialect does
-	// not parse (Gemini's :countTokens, Anthropic's count_tokens): the
-	// handler's own answers to it take the format's shape and headers.
-	ownsPath(path string) bool
-	// credentials are every place where the format's clients put their
-	// API key. Together, over every dialect, they are the one list that
-	// the default key lookup, the removal of a client's key before an
-	// account's own goes upstream, and the 401 message read
-	// (credentials.go).
-	credentials() []credential
-
 	// parse reads the request body's top-level object at s.pos into info
 	// and returns the text it counted. path is the URL path (some formats
 	// name the model or the method there).
 	parse(s *jsonScanner, tc *textCounter, path string, info *requestInfo) (part, error)
-	// imageTokens is what one image costs when no model block says, and
-	// one sent at low detail (which image_tokens does not change).
-	imageTokens() (full, low int64)
-	// prepare may rewrite the body before it is forwarded (to ask a stream
-	// for its usage); strip says that the usage-only event the rewrite
-	// adds must be taken out of the stream again (isAddedUsageEvent).
-	// query is the URL's raw query (some servers accept the rewrite only
-	// from an API version on).
-	prepare(path, query string, body []byte, info *requestInfo) (out []byte, strip bool)
-	// isAddedUsageEvent tells the stream event that prepare's rewrite
-	// added.
-	isAddedUsageEvent(event []byte) bool
-	// setQuotaHeaders writes the gateway's rate-limit headers in the
-	// format's own family, replacing the upstream's of the same names.
-	setQuotaHeaders(hdr http.Header, qs quotaSet, now time.Time)
 	// clampOutput rewrites the body's output limit per choice to n (the
 	// field the format and path use; added when absent)
 	// (clamp_max_tokens).
 	clampOutput(path string, body []byte, n int64) []byte
-
-	// jsonUsage reads the usage of a whole (non-event-stream) response
-	// body, or of its tail.
-	jsonUsage(body []byte) (usage, bool)
-	// streamLine reads one line of an event stream into acc; end reports
-	// the line that ends the stream.
-	streamLine(line []byte, acc *usageAcc) (end bool)
-	// streamUsage is the usage acc gathered, once the stream has passed.
-	streamUsage(acc *usageAcc) (usage, bool)
-
-	// appendError appends the format's error body for one of the
-	// handler's own answers.
-	appendError(dst []byte, e *apiError) []byte
-	// retryHint reads the format's own wait hint from an upstream answer
-	// (rate-limit reset headers, a hint in the body).
-	retryHint(h http.Header, body []byte, at time.Time) (time.Duration, bool)
-	// fatal429 tells an upstream 429 body that no wait will cure (a quota
-	// or spend limit used up).
-	fatal429(body []byte) bool
-	// rateHeaders are the format's rate-limit headers (limit, remaining,
-	// reset per dimension), nil for none.
-	rateHeaders() []rateHeader
 }
 
 // dialects is the registry, sorted by name. Each dialect's file adds
@@ -85,15 +43,20 @@ type dialect interface {
 var dialects []dialect
 
 func registerDialect(d dialect) {
+	sp := d.spec()
+	sp.memberNames, sp.slots = sp.usage.names()
+	if sp.name == "" || sp.errorBody == nil || len(sp.memberNames) > len(usageAcc{}.v) {
+		panic("dialect " + sp.name + ": incomplete spec")
+	}
 	dialects = append(dialects, d)
-	sort.Slice(dialects, func(i, j int) bool { return dialects[i].name() < dialects[j].name() })
-	addCredentials(d.name(), d.credentials())
+	sort.Slice(dialects, func(i, j int) bool { return dialects[i].spec().name < dialects[j].spec().name })
+	addCredentials(sp.name, sp.credentials)
 }
 
 // dialectNamed is the registered dialect of this name, or nil.
 func dialectNamed(name string) dialect {
 	for _, d := range dialects {
-		if d.name() == name {
+		if d.spec().name == name {
 			return d
 		}
 	}
@@ -124,7 +87,7 @@ const fallbackDialect = "openai"
 func dialectNames() []string {
 	names := make([]string, len(dialects))
 	for i, d := range dialects {
-		names[i] = d.name()
+		names[i] = d.spec().name
 	}
 	return names
 }
@@ -146,7 +109,7 @@ func dialectForPath(path string) dialect {
 // else the fallback. (A zone with a format answers in its own.)
 func shapeForPath(path string) dialect {
 	for _, d := range dialects {
-		if d.ownsPath(path) {
+		if ownsPath(d, path) {
 			return d
 		}
 	}
@@ -183,10 +146,9 @@ type requestInfo struct {
 	NoOutput bool
 	// Stream is the body's (or the path's) streaming flag.
 	Stream bool
-	// IncludeUsage reports a stream that asked for its usage itself.
-	IncludeUsage bool
-	// HasStreamOptions reports stream options in the body.
-	HasStreamOptions bool
+	// StreamUsageSet: the body itself says whether its stream reports
+	// usage (OpenAI's stream_options), and the dialect leaves it alone.
+	StreamUsageSet bool
 }
 
 // usage is what the upstream says the request actually cost.
@@ -235,6 +197,10 @@ type usageAcc struct {
 	final bool
 }
 
+// has tells whether the member at index i of the names read was found
+// (i < 0: a member the scheme does not have).
+func (a *usageAcc) has(i int8) bool { return i >= 0 && a.found&(1<<i) != 0 }
+
 // add reads the integer members names of one usage object.
 func (a *usageAcc) add(obj []byte, names []string) {
 	if obj == nil {
@@ -276,6 +242,7 @@ const (
 	errModelNotFound                 // 404: no provider account serves the model
 	errBudget                        // 429: the key's budget cannot cover the request
 	errModelNotPriced                // 400: nothing prices the model, and the key has a budget
+	errKindCount                     // how many kinds there are
 )
 
 var errStatus = [...]int{

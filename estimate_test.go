@@ -275,7 +275,7 @@ func TestParseRequestShapes(t *testing.T) {
 			f:    dOpenAI,
 			body: `{"model":"gpt-4o","tools":` + toolsJSON.text + `,"messages":[{"role":"user","content":` + q(proseText.text) + `},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_order","arguments":` + q(argsJSON.text) + `}}]},{"role":"tool","tool_call_id":"call_1","content":` + q(toolResultJSON.text) + `}],"max_completion_tokens":300,"max_tokens":50,"n":2,"stream":true,"stream_options":{"include_usage":true}}`,
 			text: toolsJSON.tokens + proseText.tokens + toolName.tokens + argsJSON.tokens + toolResultJSON.tokens, tol: 0.10,
-			want: requestInfo{Model: "gpt-4o", Messages: 3, MaxOutput: 300, N: 2, Stream: true, IncludeUsage: true, HasStreamOptions: true},
+			want: requestInfo{Model: "gpt-4o", Messages: 3, MaxOutput: 300, N: 2, Stream: true, StreamUsageSet: true},
 		},
 		{
 			name: "openai legacy functions and function_call",

@@ -239,7 +239,7 @@ func checkStripped(t *testing.T, d dialect, in, out []byte, exact bool) {
 		}
 		ev := in[:end]
 		in = in[end:]
-		usageOnly := !last && d.isAddedUsageEvent(ev)
+		usageOnly := !last && isAddedUsageEvent(d, ev)
 		switch {
 		case exact && usageOnly:
 			// left out

@@ -1,7 +1,6 @@
 package llmratelimit
 
 import (
-	"bytes"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -23,11 +22,36 @@ type geminiDialect struct{}
 
 func init() { registerDialect(geminiDialect{}) }
 
-func (geminiDialect) name() string { return "gemini" }
+// geminiSpec is Google's format as data.
+var geminiSpec = dialectSpec{
+	name: "gemini",
+	// LiteLLM keys the Gemini API's prices under gemini/
+	// (gemini/gemini-2.5-flash); the bare names are Vertex AI's.
+	pricesProvider: "gemini",
+	credentials:    geminiCredentials,
+	// The Gemini API sends no rate-limit headers; the gateway's are the
+	// x-ratelimit-* family.
+	rateHeaders: nil,
+	image:       imageCost{full: geminiFileTokens, low: geminiFileTokens},
+	errors:      geminiStatus,
+	errorBody:   appendGeminiError,
+	// Gemini says a used-up quota and a rate limit the same way
+	// (RESOURCE_EXHAUSTED), and its RetryInfo tells them apart: the retry
+	// loop waits as it says.
+	fatal429: nil,
+	usage: usageSpec{
+		key: []byte(`"usageMetadata"`),
+		// promptTokenCount is the input (cached content included);
+		// candidatesTokenCount + thoughtsTokenCount the output. Each
+		// chunk's figures are cumulative, so the last one counts; a stream
+		// has no end event: it ends when the connection does.
+		schemes: []usageNames{{input: "promptTokenCount", output: "candidatesTokenCount", output2: "thoughtsTokenCount",
+			cached: "cachedContentTokenCount"}},
+	},
+	stream: framingSSE,
+}
 
-// pricesProvider: LiteLLM keys the Gemini API's prices under gemini/
-// (gemini/gemini-2.5-flash); the bare names are Vertex AI's.
-func (geminiDialect) pricesProvider() string { return "gemini" }
+func (geminiDialect) spec() *dialectSpec { return &geminiSpec }
 
 // geminiMethod splits a path ending in …/models/<model>:<method> under
 // /v1beta/ or /v1/; ok is false for any other path.
@@ -72,13 +96,9 @@ var geminiCredentials = []credential{
 	{header: "Authorization", bearer: true, rank: 0},
 }
 
-func (geminiDialect) credentials() []credential { return geminiCredentials }
-
 // geminiFileTokens is what an inlineData or fileData part (an image, a
 // page, a clip) costs when no model block says.
 const geminiFileTokens = 258
-
-func (geminiDialect) imageTokens() (int64, int64) { return geminiFileTokens, geminiFileTokens }
 
 // parse reads a GenerateContentRequest: contents, systemInstruction, tools
 // and generationConfig. The model and whether the answer streams come from
@@ -288,29 +308,6 @@ var (
 	geminiGenConfigKeys = []string{"maxOutputTokens", "max_output_tokens", "candidateCount", "candidate_count"}
 )
 
-// prepare: Gemini streams always carry their usage.
-func (geminiDialect) prepare(_, _ string, body []byte, _ *requestInfo) ([]byte, bool) {
-	return body, false
-}
-
-func (geminiDialect) isAddedUsageEvent([]byte) bool { return false }
-
-var (
-	geminiUsageKey = []byte(`"usageMetadata"`)
-	// promptTokenCount is the input (cached content included);
-	// candidatesTokenCount + thoughtsTokenCount the output.
-	geminiUsageNames = []string{"promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount", "cachedContentTokenCount"}
-)
-
-// jsonUsage reads the last usageMetadata of an answer: of a single
-// response, or of the streamed JSON array (each chunk's figures are
-// cumulative, so the last one counts).
-// setQuotaHeaders: Google has no rate-limit headers of its own; the
-// gateway's are the x-ratelimit-* family.
-func (geminiDialect) setQuotaHeaders(hdr http.Header, qs quotaSet, _ time.Time) {
-	setXQuotaHeaders(hdr, qs.req, qs.tok)
-}
-
 // clampOutput rewrites generationConfig.maxOutputTokens (either
 // spelling), adding what is missing.
 func (geminiDialect) clampOutput(_ string, body []byte, n int64) []byte {
@@ -325,54 +322,31 @@ func (geminiDialect) clampOutput(_ string, body []byte, n int64) []byte {
 	return append(append(append(make([]byte, 0, len(body)+len(cfg)), body[:from]...), cfg...), body[to:]...)
 }
 
-func (g geminiDialect) jsonUsage(body []byte) (usage, bool) {
-	var a usageAcc
-	a.add(lastObjectAfterKey(body, geminiUsageKey), geminiUsageNames)
-	return g.streamUsage(&a)
-}
-
-// streamLine reads each event's usageMetadata; the last one counts. A
-// Gemini stream has no end event: it ends when the connection does.
-func (geminiDialect) streamLine(line []byte, acc *usageAcc) bool {
-	if data, ok := sseData(line); ok && bytes.Contains(data, geminiUsageKey) {
-		acc.add(lastObjectAfterKey(data, geminiUsageKey), geminiUsageNames)
-	}
-	return false
-}
-
-func (geminiDialect) streamUsage(a *usageAcc) (usage, bool) {
-	if a.found&0b111 == 0 {
-		return usage{}, false
-	}
-	// promptTokenCount includes the cached content.
-	return usage{Input: a.v[0], Output: satAdd(a.v[1], a.v[2]), Read: a.v[0], Cached: min(a.v[3], a.v[0])}, true
-}
-
 // geminiStatus is Google's status name of each of the handler's own
 // answers (google.rpc.Code).
-var geminiStatus = [...]string{
-	errUnauthorized:   "UNAUTHENTICATED",
-	errInvalid:        "INVALID_ARGUMENT",
-	errTooLarge:       "INVALID_ARGUMENT",
-	errContextLength:  "INVALID_ARGUMENT",
-	errRateLimited:    "RESOURCE_EXHAUSTED",
-	errCooldown:       "RESOURCE_EXHAUSTED",
-	errUnavailable:    "UNAVAILABLE",
-	errModelNotFound:  "NOT_FOUND",
-	errBudget:         "RESOURCE_EXHAUSTED",
-	errModelNotPriced: "INVALID_ARGUMENT",
+var geminiStatus = [errKindCount]errorName{
+	errUnauthorized:   {typ: "UNAUTHENTICATED"},
+	errInvalid:        {typ: "INVALID_ARGUMENT"},
+	errTooLarge:       {typ: "INVALID_ARGUMENT"},
+	errContextLength:  {typ: "INVALID_ARGUMENT"},
+	errRateLimited:    {typ: "RESOURCE_EXHAUSTED"},
+	errCooldown:       {typ: "RESOURCE_EXHAUSTED"},
+	errUnavailable:    {typ: "UNAVAILABLE"},
+	errModelNotFound:  {typ: "NOT_FOUND"},
+	errBudget:         {typ: "RESOURCE_EXHAUSTED"},
+	errModelNotPriced: {typ: "INVALID_ARGUMENT"},
 }
 
 // appendError appends Google's error body:
 // {"error":{"code":429,"message":…,"status":"RESOURCE_EXHAUSTED"}}; a 429
 // that may be retried adds a RetryInfo detail with the wait in seconds.
-func (geminiDialect) appendError(dst []byte, e *apiError) []byte {
+func appendGeminiError(dst []byte, n errorName, e *apiError) []byte {
 	dst = append(dst, `{"error":{"code":`...)
 	dst = strconv.AppendInt(dst, int64(e.status()), 10)
 	dst = append(dst, `,"message":`...)
 	dst = appendJSONString(dst, e.msg)
 	dst = append(dst, `,"status":"`...)
-	dst = append(dst, geminiStatus[e.kind]...)
+	dst = append(dst, n.typ...)
 	dst = append(dst, '"')
 	if e.status() == http.StatusTooManyRequests && !e.never {
 		dst = append(dst, `,"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"`...)
@@ -393,9 +367,9 @@ func appendSeconds(dst []byte, d time.Duration) []byte {
 	return append(dst, 's')
 }
 
-// retryHint reads RetryInfo's retryDelay ("30s", "1.5s") from an error
+// bodyHint reads RetryInfo's retryDelay ("30s", "1.5s") from an error
 // body.
-func (geminiDialect) retryHint(_ http.Header, body []byte, _ time.Time) (time.Duration, bool) {
+func (geminiDialect) bodyHint(body []byte) (time.Duration, bool) {
 	v, ok := stringMember(body, "retryDelay")
 	if !ok || len(v) > 32 {
 		return 0, false
@@ -406,11 +380,3 @@ func (geminiDialect) retryHint(_ http.Header, body []byte, _ time.Time) (time.Du
 	}
 	return sane(d)
 }
-
-// fatal429: Gemini says a used-up quota and a rate limit the same way
-// (RESOURCE_EXHAUSTED), and its RetryInfo tells them apart: the retry loop
-// waits as it says.
-func (geminiDialect) fatal429([]byte) bool { return false }
-
-// rateHeaders: the Gemini API sends no rate-limit headers.
-func (geminiDialect) rateHeaders() []rateHeader { return nil }

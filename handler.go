@@ -180,7 +180,7 @@ func (h *Handler) readAndEstimate(r *http.Request, d dialect, x *exchange) error
 			return &apiError{kind: errInvalid, msg: "Invalid request body: " + err.Error()}
 		}
 		req.parsed = d
-		req.body, req.strip = d.prepare(r.URL.Path, r.URL.RawQuery, body, &req.info)
+		req.body, req.strip = prepareBody(d, r.URL.Path, r.URL.RawQuery, body, &req.info)
 		x.replay(r, req.body)
 		req.canRetry = true
 		// The usage in the response must be readable; an encode directive
@@ -251,7 +251,7 @@ func (h *Handler) keyOf(r *http.Request) string {
 func (h *Handler) demandFor(info *requestInfo, m *Model, d dialect) demand {
 	var imageCost, lowCost int64
 	if d != nil {
-		imageCost, lowCost = d.imageTokens()
+		imageCost, lowCost = d.spec().image.full, d.spec().image.low
 	}
 	ratio := 1.0
 	if m != nil {

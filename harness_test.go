@@ -420,7 +420,7 @@ func parseUsageJSON(d dialect, body []byte) (usage, bool) {
 	if d == nil {
 		return usage{}, false
 	}
-	return d.jsonUsage(body)
+	return jsonUsage(d, body)
 }
 
 // unnamed is the unnamed upstream block of these limits as the accounts

@@ -181,16 +181,16 @@ func FuzzParseRequest(f *testing.F) {
 			err := parseRequest(d, geminiModelPath+":generateContent", body, &info)
 			valid := json.Valid(body)
 			if !valid && err == nil {
-				t.Fatalf("%s accepted invalid JSON %q", d.name(), body)
+				t.Fatalf("%s accepted invalid JSON %q", d.spec().name, body)
 			}
 			if valid && err != nil {
 				msg := err.Error()
 				if strings.HasPrefix(msg, "invalid JSON") && !strings.Contains(msg, "nesting") {
-					t.Fatalf("%s rejected valid JSON %q: %v", d.name(), body, err)
+					t.Fatalf("%s rejected valid JSON %q: %v", d.spec().name, body, err)
 				}
 			}
 			if err == nil && (info.TextTokens < 0 || info.N < 1 || info.MaxOutput < 0) {
-				t.Fatalf("%s: %q: bad info %+v", d.name(), body, info)
+				t.Fatalf("%s: %q: bad info %+v", d.spec().name, body, info)
 			}
 		}
 	})

@@ -49,7 +49,7 @@ func (h *Handler) serveKeyInfo(w http.ResponseWriter, r *http.Request, d dialect
 		w.Header().Set("Allow", "GET, HEAD")
 		w.Header().Set("x-should-retry", "false")
 		e := &apiError{kind: errInvalid, msg: "This path (key_info) answers GET only: it shows the caller's own quota."}
-		return writeJSON(w, http.StatusMethodNotAllowed, d.appendError(nil, e))
+		return writeJSON(w, http.StatusMethodNotAllowed, appendError(d, nil, e))
 	}
 	at := now()
 	b := h.spend.budgets[tier]

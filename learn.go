@@ -120,7 +120,7 @@ func headerValue(h http.Header, canonical string) string {
 func rateLimitsOf(h http.Header, at time.Time) (rateReport, bool) {
 	r := newRateReport()
 	for _, d := range dialects {
-		readRateHeaders(h, d.rateHeaders(), at, &r)
+		readRateHeaders(h, d.spec().rateHeaders, at, &r)
 	}
 	return r, r.any
 }

@@ -2,9 +2,7 @@ package llmratelimit
 
 import (
 	"bytes"
-	"net/http"
 	"strings"
-	"time"
 )
 
 // This file (with openai_request.go, its body walk) knows OpenAI's wire
@@ -20,12 +18,42 @@ type openAIDialect struct{}
 
 func init() { registerDialect(openAIDialect{}) }
 
-func (openAIDialect) name() string { return "openai" }
+// openAISpec is OpenAI's format as data.
+var openAISpec = dialectSpec{
+	name: "openai",
+	// LiteLLM keys OpenAI's models bare, and some under openai/. Other
+	// providers that speak this format are found by the provider their
+	// model's name starts with (pricenames.go).
+	pricesProvider: "openai",
+	credentials:    openAICredentials,
+	rateHeaders:    openAIRateHeaders,
+	// Image costs by formula, never by the size of their data.
+	image:     imageCost{full: 765, low: 85},
+	errors:    openAIErrors,
+	byLimit:   &openAILimitTypes,
+	errorBody: func(dst []byte, n errorName, e *apiError) []byte { return appendOpenAIError(dst, n.typ, n.code, e.msg) },
+	// insufficient_quota is a billing limit; no wait cures it.
+	fatal429: [][]byte{[]byte("insufficient_quota")},
+	usage: usageSpec{
+		key: []byte(`"usage"`),
+		// prompt_tokens/completion_tokens: chat, completions, embeddings;
+		// input_tokens/output_tokens: Responses. Both include the cached
+		// tokens.
+		schemes: []usageNames{
+			{input: "prompt_tokens", output: "completion_tokens", cached: "prompt_tokens_details.cached_tokens"},
+			{input: "input_tokens", output: "output_tokens", cached: "input_tokens_details.cached_tokens"},
+		},
+		// A chat or completions stream ends with "data: [DONE]" and
+		// carries its usage in the last chunk (include_usage); a Responses
+		// stream ends with response.completed, whose response holds the
+		// usage.
+		endData:  [][]byte{[]byte("[DONE]")},
+		endTypes: []string{"response.completed"},
+	},
+	stream: framingSSE,
+}
 
-// pricesProvider: LiteLLM keys OpenAI's models bare, and some under
-// openai/. Other providers that speak this format are found by the
-// provider their model's name starts with (pricenames.go).
-func (openAIDialect) pricesProvider() string { return "openai" }
+func (openAIDialect) spec() *dialectSpec { return &openAISpec }
 
 func (openAIDialect) matchPath(path string) bool {
 	_, _, known := openAIRoute(path)
@@ -95,58 +123,6 @@ var openAICredentials = []credential{
 	{header: "Api-Key", rank: 40},
 }
 
-func (openAIDialect) credentials() []credential { return openAICredentials }
-
-// Image costs by formula, never by the size of their data.
-const (
-	openAIImageLowTokens = 85
-	openAIImageTokens    = 765
-)
-
-func (openAIDialect) imageTokens() (int64, int64) { return openAIImageTokens, openAIImageLowTokens }
-
-var (
-	openAIUsageKey   = []byte(`"usage"`)
-	openAIUsageNames = []string{"prompt_tokens", "completion_tokens", "input_tokens", "output_tokens",
-		"prompt_tokens_details.cached_tokens", "input_tokens_details.cached_tokens"}
-)
-
-// jsonUsage reads the last "usage" object of a response, where OpenAI puts
-// it.
-func (o openAIDialect) jsonUsage(body []byte) (usage, bool) {
-	var a usageAcc
-	a.add(lastObjectAfterKey(body, openAIUsageKey), openAIUsageNames)
-	return o.streamUsage(&a)
-}
-
-// streamLine: a chat or completions stream ends with "data: [DONE]" and
-// carries its usage in the last chunk (include_usage); a Responses stream
-// ends with response.completed, whose response holds the usage.
-func (openAIDialect) streamLine(line []byte, acc *usageAcc) bool {
-	data, ok := sseData(line)
-	if !ok {
-		return false
-	}
-	if bytes.Contains(data, openAIUsageKey) {
-		acc.add(lastObjectAfterKey(data, openAIUsageKey), openAIUsageNames)
-	}
-	return bytes.Equal(data, []byte("[DONE]")) || hasStringMember(data, "type", "response.completed")
-}
-
-// streamUsage combines the members read: prompt_tokens/completion_tokens
-// (chat, completions, embeddings) or input_tokens/output_tokens
-// (Responses).
-func (openAIDialect) streamUsage(a *usageAcc) (usage, bool) {
-	// prompt_tokens and input_tokens include the cached tokens.
-	switch {
-	case a.found&0b0011 != 0:
-		return usage{Input: a.v[0], Output: a.v[1], Read: a.v[0], Cached: min(a.v[4], a.v[0])}, true
-	case a.found&0b1100 != 0:
-		return usage{Input: a.v[2], Output: a.v[3], Read: a.v[2], Cached: min(a.v[5], a.v[2])}, true
-	}
-	return usage{}, false
-}
-
 // prepare asks a streaming chat or completions request that did not ask
 // for its usage to send it (stream_options.include_usage); the extra chunk
 // is stripped again before the client sees it. Responses streams always
@@ -165,11 +141,6 @@ func (openAIDialect) prepare(path, query string, body []byte, info *requestInfo)
 const azureStreamOptions = "2024-09-01"
 
 func (openAIDialect) isAddedUsageEvent(event []byte) bool { return isUsageOnlyChunk(event) }
-
-// setQuotaHeaders: x-ratelimit-{limit,remaining,reset}-{requests,tokens}.
-func (openAIDialect) setQuotaHeaders(hdr http.Header, qs quotaSet, _ time.Time) {
-	setXQuotaHeaders(hdr, qs.req, qs.tok)
-}
 
 // clampOutput: Responses has max_output_tokens, completions max_tokens;
 // chat has max_completion_tokens (added when absent) or the older
@@ -190,7 +161,7 @@ func (openAIDialect) clampOutput(path string, body []byte, n int64) []byte {
 // usage in response.completed. An Azure deployment path is asked only
 // from the api-version that accepts stream_options on.
 func needsIncludeUsage(path, query string, info *requestInfo) bool {
-	if !info.Stream || info.HasStreamOptions {
+	if !info.Stream || info.StreamUsageSet {
 		return false
 	}
 	ep, deployment, _ := openAIRoute(path)
@@ -222,7 +193,7 @@ func injectIncludeUsage(body []byte) []byte {
 // isUsageOnlyChunk tells the extra chunk that include_usage adds at the end
 // of a chat stream: "choices":[] with a usage object.
 func isUsageOnlyChunk(event []byte) bool {
-	if lastObjectAfterKey(event, openAIUsageKey) == nil {
+	if lastObjectAfterKey(event, openAISpec.usage.key) == nil {
 		return false
 	}
 	i := bytes.Index(event, []byte(`"choices"`))
@@ -243,7 +214,7 @@ func isUsageOnlyChunk(event []byte) bool {
 
 // openAIErrors are the error type and code of each of the handler's own
 // answers; a rate-limit 429 takes its type from the limit instead.
-var openAIErrors = [...]struct{ typ, code string }{
+var openAIErrors = [errKindCount]errorName{
 	errUnauthorized:   {"invalid_request_error", "invalid_api_key"},
 	errInvalid:        {"invalid_request_error", "invalid_json"},
 	errTooLarge:       {"invalid_request_error", "request_too_large"},
@@ -257,7 +228,7 @@ var openAIErrors = [...]struct{ typ, code string }{
 }
 
 // openAILimitTypes is the error type of a 429, by the limit it names.
-var openAILimitTypes = [...]string{
+var openAILimitTypes = [dimCount]string{
 	dimRequests:    "requests",
 	dimTokens:      "tokens",
 	dimInput:       "input_tokens",
@@ -265,14 +236,6 @@ var openAILimitTypes = [...]string{
 	dimConcurrency: "concurrency",
 	dimKeys:        "requests",
 	dimCooldown:    "requests",
-}
-
-func (openAIDialect) appendError(dst []byte, e *apiError) []byte {
-	oe := openAIErrors[e.kind]
-	if e.kind == errRateLimited {
-		oe.typ = openAILimitTypes[e.dim]
-	}
-	return appendOpenAIError(dst, oe.typ, oe.code, e.msg)
 }
 
 // appendOpenAIError appends OpenAI's error body:
@@ -292,22 +255,9 @@ func appendOpenAIError(dst []byte, typ, code, msg string) []byte {
 	return append(dst, "}}"...)
 }
 
-// retryHint: the longest x-ratelimit-reset-* (Go durations such as "6m0s",
-// "20ms") of the limits that are used up.
-func (openAIDialect) retryHint(h http.Header, _ []byte, at time.Time) (time.Duration, bool) {
-	return longestReset(h, openAIRateHeaders, at)
-}
-
-// fatal429: insufficient_quota is a billing limit; no wait cures it.
-func (openAIDialect) fatal429(body []byte) bool {
-	return bytes.Contains(body, []byte("insufficient_quota"))
-}
-
 // openAIRateHeaders are OpenAI's rate-limit headers; resets are Go
-// durations ("1s", "6m0s", "20ms").
+// durations ("1s", "6m0s", "20ms"). The gateway writes the same family.
 var openAIRateHeaders = []rateHeader{
 	{dimRequests, "X-Ratelimit-Limit-Requests", "X-Ratelimit-Remaining-Requests", "X-Ratelimit-Reset-Requests"},
 	{dimTokens, "X-Ratelimit-Limit-Tokens", "X-Ratelimit-Remaining-Tokens", "X-Ratelimit-Reset-Tokens"},
 }
-
-func (openAIDialect) rateHeaders() []rateHeader { return openAIRateHeaders }

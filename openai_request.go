@@ -63,7 +63,7 @@ func parseOpenAI(s *jsonScanner, tc *textCounter, info *requestInfo) (part, erro
 		case "stream":
 			info.Stream, err = boolField(s, "stream")
 		case "stream_options":
-			info.IncludeUsage, err = openAIStreamOptions(s, info)
+			err = openAIStreamOptions(s, info)
 		default:
 			err = s.skip(nil)
 		}
@@ -82,19 +82,18 @@ func parseOpenAI(s *jsonScanner, tc *textCounter, info *requestInfo) (part, erro
 	return sumParts(slots[:]), nil
 }
 
-func openAIStreamOptions(s *jsonScanner, info *requestInfo) (includeUsage bool, err error) {
+func openAIStreamOptions(s *jsonScanner, info *requestInfo) error {
 	if ok, err := s.nullOr(jsonObject, "stream_options", "an object"); !ok {
-		return false, err
+		return err
 	}
-	info.HasStreamOptions = true
-	err = s.object(streamOptionsKeys, func(key string) (err error) {
+	info.StreamUsageSet = true
+	return s.object(streamOptionsKeys, func(key string) error {
 		if key != "include_usage" {
 			return s.skip(nil)
 		}
-		includeUsage, err = boolField(s, "stream_options.include_usage")
+		_, err := boolField(s, "stream_options.include_usage")
 		return err
 	})
-	return includeUsage, err
 }
 
 // openAIMessages reads chat "messages": each entry is one message.

@@ -110,7 +110,7 @@ func TestModelNamesResolveToTheirPricesFileEntry(t *testing.T) {
 		{"dall-e-3", dOpenAI, nil, "", 0},  // per image (aiml/dall-e-3)
 		{"gemini-2.5-flashy", dGemini, nil, "", 0},
 	} {
-		t.Run(fmt.Sprintf("%s %s", c.d.name(), c.name), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s %s", c.d.spec().name, c.name), func(t *testing.T) {
 			tab := c.tab
 			if tab == nil {
 				tab = sample

@@ -25,7 +25,7 @@ func (h *Handler) reply(w http.ResponseWriter, d dialect, e *apiError, outcome s
 	default:
 		w.Header().Set("x-should-retry", "false")
 	}
-	return writeJSON(w, e.status(), d.appendError(nil, e))
+	return writeJSON(w, e.status(), appendError(d, nil, e))
 }
 
 func writeJSON(w http.ResponseWriter, status int, body []byte) error {
@@ -166,7 +166,11 @@ func setQuotaHeadersAt(hdr http.Header, d dialect, qs quotaSet, at time.Time) {
 	if d == nil {
 		d = dialectNamed(fallbackDialect)
 	}
-	d.setQuotaHeaders(hdr, qs, at)
+	if w, ok := d.(quotaHeaderWriter); ok {
+		w.setQuotaHeaders(hdr, qs, at)
+		return
+	}
+	setXQuotaHeaders(hdr, qs.req, qs.tok) // the family most formats share
 }
 
 // resetString is a Go duration rounded up to the millisecond, as the

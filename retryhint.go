@@ -33,7 +33,7 @@ func retryHint(h http.Header, body []byte, at time.Time) (time.Duration, bool) {
 	var best time.Duration
 	found := false
 	for _, d := range dialects {
-		if w, ok := d.retryHint(h, body, at); ok && (!found || w > best) {
+		if w, ok := dialectRetryHint(d, h, body, at); ok && (!found || w > best) {
 			best, found = w, true
 		}
 	}
@@ -105,7 +105,7 @@ func parseReset(v string, at time.Time) (time.Duration, bool) {
 // spend limit that a dialect recognises, and any "Request too large".
 func retryableBody(body []byte) bool {
 	for _, d := range dialects {
-		if d.fatal429(body) {
+		if isFatal429(d, body) {
 			return false
 		}
 	}

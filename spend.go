@@ -342,18 +342,12 @@ func (h *Handler) modelLimits(m *Model, model string, d dialect) (window, maxOut
 	return window, maxOut
 }
 
-// pricesProvider is a dialect whose requests go to one provider: it names
+// providerOf is the prices file's provider of dialect d ("" for none):
 // the prefix under which LiteLLM's prices file keys that provider's
-// entries ("gemini" for gemini/gemini-2.5-flash). A dialect without it
-// adds no prefix of its own.
-type pricesProvider interface {
-	pricesProvider() string
-}
-
-// providerOf is the prices file's provider of dialect d ("" for none).
+// entries ("gemini" for gemini/gemini-2.5-flash).
 func providerOf(d dialect) string {
-	if p, ok := d.(pricesProvider); ok {
-		return p.pricesProvider()
+	if d == nil {
+		return ""
 	}
-	return ""
+	return d.spec().pricesProvider
 }

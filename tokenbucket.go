@@ -104,6 +104,7 @@ const (
 	dimConcurrency
 	dimKeys     // the zone's max_keys
 	dimCooldown // every account that serves the request is cooling down
+	dimCount    // how many dimensions there are
 )
 
 // scope says whose bucket a limit belongs to.

@@ -55,7 +55,7 @@ func TestUnpricedModelIsRefusedUnderABudgetAndFreeWithout(t *testing.T) {
 	for _, c := range unpricedRequests {
 		r := send(t, c.path, "sk-unpriced-capped", c.body)
 		if r.status != 400 || !strings.Contains(r.body, "acme-unpriced-9000") {
-			t.Fatalf("%s, a key with a budget: %d %s, want 400 naming the model", c.d.name(), r.status, r.body)
+			t.Fatalf("%s, a key with a budget: %d %s, want 400 naming the model", c.d.spec().name, r.status, r.body)
 		}
 		switch c.d {
 		case dOpenAI:
@@ -97,7 +97,7 @@ func TestUnpricedModelIsRefusedUnderABudgetAndFreeWithout(t *testing.T) {
 	before := metricValue(t, scrape(t), "caddy_llm_ratelimit_unpriced_requests_total", `zone="unpriced"`)
 	for _, c := range unpricedRequests {
 		if r := send(t, c.path, "sk-unpriced-free", c.body); r.status != 200 {
-			t.Fatalf("%s, a key without a budget: %d %s, want 200", c.d.name(), r.status, r.body)
+			t.Fatalf("%s, a key without a budget: %d %s, want 200", c.d.spec().name, r.status, r.body)
 		}
 	}
 	if after := metricValue(t, scrape(t), "caddy_llm_ratelimit_unpriced_requests_total", `zone="unpriced"`); after-before != 3 {
@@ -132,10 +132,10 @@ func TestUnpricedModelNeverCostsTheDearestRow(t *testing.T) {
 	for i, c := range unpricedRequests {
 		key := fmt.Sprintf("sk-dearest-%d", i)
 		if r := send(t, c.path, key, c.body); r.status != 200 {
-			t.Fatalf("%s: %d %s", c.d.name(), r.status, r.body)
+			t.Fatalf("%s: %d %s", c.d.spec().name, r.status, r.body)
 		}
 		if st := spendStatsOf(t, "dearest", key); math.Abs(spendUSD(st)-usd(1000*1000+500*2000)) > 1e-12 {
-			t.Errorf("%s: spend %v, want default_price's %v", c.d.name(), spendUSD(st), usd(1000*1000+500*2000))
+			t.Errorf("%s: spend %v, want default_price's %v", c.d.spec().name, spendUSD(st), usd(1000*1000+500*2000))
 		}
 	}
 	r := send(t, "/v1/chat/completions", "sk-dearest-wandb", `{"model":"wandb/deepseek-ai/DeepSeek-R1-0528","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`)

@@ -23,7 +23,7 @@ const maxHeldEvent = 64 << 10
 const (
 	readNothing = iota
 	readJSON    // keep the tail, find the usage object at the end
-	readSSE     // read the usage from each data line as it passes
+	readStream  // read the usage from each event as it passes (the dialect's framing)
 )
 
 // usageWriter passes the response through, except that it sets the
@@ -43,9 +43,10 @@ type usageWriter struct {
 	strip   bool     // the handler injected include_usage
 	status  int
 	mode    uint8
-	tail    []byte // JSON: the body's tail; SSE: the current line's tail
-	held    []byte // SSE with strip: the event being held back
-	scanned int    // how much of held has been searched for an event end
+	framing framing // how a stream's events are cut (readStream)
+	tail    []byte  // JSON: the body's tail; a stream: the current line's tail
+	held    []byte  // a stream with strip (SSE): the event being held back
+	scanned int     // how much of held has been searched for an event end
 	acc     usageAcc
 	length  int64 // the answer's Content-Length; -1 when unknown
 	written int64
@@ -75,11 +76,11 @@ func (uw *usageWriter) WriteHeader(code int) {
 		}
 	}
 	if code >= 200 && code <= 299 && uw.d != nil {
-		switch mediaType(uw.Header().Get("Content-Type")) {
-		case "application/json":
+		switch mt, f := mediaType(uw.Header().Get("Content-Type")), uw.d.spec().stream; {
+		case mt == "application/json":
 			uw.mode = readJSON
-		case "text/event-stream":
-			uw.mode = readSSE
+		case mt == f.mediaType():
+			uw.mode, uw.framing = readStream, f
 		}
 	}
 	uw.ResponseWriter.WriteHeader(code)
@@ -99,9 +100,9 @@ func (uw *usageWriter) Write(p []byte) (int, error) {
 		if last {
 			uw.settle()
 		}
-	case uw.mode == readSSE && uw.strip:
+	case uw.mode == readStream && uw.strip:
 		return uw.writeEvents(p, last)
-	case uw.mode == readSSE:
+	case uw.mode == readStream:
 		uw.scanLines(p)
 		if uw.ended || last {
 			uw.settle()
@@ -120,8 +121,8 @@ func (uw *usageWriter) settle() {
 	if uw.t.done {
 		return
 	}
-	if uw.mode == readSSE && len(uw.tail) > 0 && !uw.ended {
-		uw.d.streamLine(uw.tail, &uw.acc) // a last line without its line end
+	if uw.mode == readStream && len(uw.tail) > 0 && !uw.ended {
+		uw.line(uw.tail) // a last line without its line end
 	}
 	nowNs := now().UnixNano()
 	var ok bool
@@ -184,11 +185,25 @@ func (uw *usageWriter) scanLines(p []byte) {
 			return
 		}
 		uw.keep(p[:i])
-		if uw.d.streamLine(uw.tail, &uw.acc) {
-			uw.ended = true
-		}
+		uw.line(uw.tail)
 		uw.tail = uw.tail[:0]
 		p = p[i+1:]
+	}
+}
+
+// line reads one line of a stream, by the dialect's framing: an SSE data
+// line's data, or an NDJSON line, is one event. An event that ends the
+// stream sets ended.
+func (uw *usageWriter) line(l []byte) {
+	var data []byte
+	switch uw.framing {
+	case framingNDJSON:
+		data = bytes.TrimSpace(l)
+	default:
+		data, _ = sseData(l)
+	}
+	if len(data) > 0 && streamEvent(uw.d, data, &uw.acc) {
+		uw.ended = true
 	}
 }
 
@@ -208,7 +223,7 @@ func (uw *usageWriter) writeEvents(p []byte, last bool) (int, error) {
 		if uw.ended {
 			uw.settle()
 		}
-		if !uw.d.isAddedUsageEvent(ev) {
+		if !isAddedUsageEvent(uw.d, ev) {
 			if _, err := uw.ResponseWriter.Write(ev); err != nil {
 				return 0, err
 			}
@@ -283,9 +298,9 @@ func (uw *usageWriter) Unwrap() http.ResponseWriter { return uw.ResponseWriter }
 func (uw *usageWriter) usage() (u usage, ok bool) {
 	switch uw.mode {
 	case readJSON:
-		u, ok = uw.d.jsonUsage(uw.tail)
-	case readSSE:
-		u, ok = uw.d.streamUsage(&uw.acc)
+		u, ok = jsonUsage(uw.d, uw.tail)
+	case readStream:
+		u, ok = streamUsage(uw.d, &uw.acc)
 	}
 	return u.clamped(), ok
 }

@@ -193,12 +193,12 @@ func TestStreamLinesAreReadWithAnyJSONSpacing(t *testing.T) {
 		{"event lines are not data", dOpenAI, []string{"event: usage", `: {"usage":{"prompt_tokens":1}}`}, false, usage{}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			var acc usageAcc
-			end := false
+			uw := usageWriter{d: c.d, framing: c.d.spec().stream}
 			for _, l := range c.lines {
-				end = c.d.streamLine([]byte(l), &acc) || end
+				uw.line([]byte(l))
 			}
-			u, ok := c.d.streamUsage(&acc)
+			end := uw.ended
+			u, ok := streamUsage(c.d, &uw.acc)
 			u.Read = 0
 			if end != c.end || u != c.want || ok != c.ok {
 				t.Fatalf("end %v usage %+v %v; want end %v usage %+v %v", end, u, ok, c.end, c.want, c.ok)
@@ -214,30 +214,30 @@ func TestEveryDialectShapesEveryError(t *testing.T) {
 	for _, d := range dialects {
 		for k := errUnauthorized; k <= errUnavailable; k++ {
 			e := &apiError{kind: k, msg: "msg \"quoted\"", dim: dimTokens, wait: 1500 * time.Millisecond}
-			body := d.appendError(nil, e)
+			body := appendError(d, nil, e)
 			var v map[string]any
 			if err := json.Unmarshal(body, &v); err != nil {
-				t.Fatalf("%s kind %d: %v: %s", d.name(), k, err, body)
+				t.Fatalf("%s kind %d: %v: %s", d.spec().name, k, err, body)
 			}
 			if !strings.Contains(string(body), `msg \"quoted\"`) {
-				t.Errorf("%s kind %d: message missing: %s", d.name(), k, body)
+				t.Errorf("%s kind %d: message missing: %s", d.spec().name, k, body)
 			}
 		}
 	}
 	e := &apiError{kind: errRateLimited, msg: "m", wait: 1500 * time.Millisecond}
-	if got, want := string(dGemini.appendError(nil, e)), `{"error":{"code":429,"message":"m","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1.500s"}]}}`; got != want {
+	if got, want := string(appendError(dGemini, nil, e)), `{"error":{"code":429,"message":"m","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1.500s"}]}}`; got != want {
 		t.Errorf("gemini 429:\n got %s\nwant %s", got, want)
 	}
 	e.never = true
-	if got := string(dGemini.appendError(nil, e)); strings.Contains(got, "RetryInfo") {
+	if got := string(appendError(dGemini, nil, e)); strings.Contains(got, "RetryInfo") {
 		t.Errorf("a 429 that can never fit carries no RetryInfo: %s", got)
 	}
 	e = &apiError{kind: errTooLarge, msg: "m"}
-	if got, want := string(dGemini.appendError(nil, e)), `{"error":{"code":413,"message":"m","status":"INVALID_ARGUMENT"}}`; got != want {
+	if got, want := string(appendError(dGemini, nil, e)), `{"error":{"code":413,"message":"m","status":"INVALID_ARGUMENT"}}`; got != want {
 		t.Errorf("gemini 413: %s", got)
 	}
 	e = &apiError{kind: errRateLimited, msg: "m", dim: dimInput}
-	if got := string(dOpenAI.appendError(nil, e)); !strings.Contains(got, `"type":"input_tokens","param":null,"code":"rate_limit_exceeded"`) {
+	if got := string(appendError(dOpenAI, nil, e)); !strings.Contains(got, `"type":"input_tokens","param":null,"code":"rate_limit_exceeded"`) {
 		t.Errorf("openai 429 type by limit: %s", got)
 	}
 }
