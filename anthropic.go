@@ -6,6 +6,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/costmodel"
+	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
 )
 
 // This file knows Anthropic's wire format: the Messages API path and
@@ -64,19 +67,19 @@ var anthropicCredentials = []credential{
 	{header: "Authorization", bearer: true, rank: 0},
 }
 
-func (anthropicDialect) parse(s *jsonScanner, tc *textCounter, _ string, info *requestInfo) (part, error) {
+func (anthropicDialect) parse(s *jsonscan.Scanner, tc *costmodel.Counter, _ string, info *requestInfo) (costmodel.Part, error) {
 	return parseAnthropic(s, tc, info)
 }
 
 // parseAnthropic reads the top-level object at s.pos of a Messages API
 // request: system, messages, tools, max_tokens, stream. Anthropic has no
 // n: N stays 1.
-func parseAnthropic(s *jsonScanner, tc *textCounter, info *requestInfo) (part, error) {
-	var slots [3]part // system, messages, tools
-	err := s.object(anthropicTopKeys, func(key string) (err error) {
+func parseAnthropic(s *jsonscan.Scanner, tc *costmodel.Counter, info *requestInfo) (costmodel.Part, error) {
+	var slots [3]costmodel.Part // system, messages, tools
+	err := s.Object(anthropicTopKeys, func(key string) (err error) {
 		switch key {
 		case "model":
-			info.Model, err = stringValue(s)
+			info.Model, err = s.StringValue()
 		case "system":
 			slots[0], err = anthropicContent(s, tc, -1)
 		case "messages":
@@ -84,35 +87,35 @@ func parseAnthropic(s *jsonScanner, tc *textCounter, info *requestInfo) (part, e
 		case "tools":
 			slots[2], err = compactField(s, tc, "tools")
 		case "max_tokens":
-			info.MaxOutput, err = intField(s, "max_tokens", 0, 0)
+			info.MaxOutput, err = s.IntField("max_tokens", 0, 0)
 		case "stream":
-			info.Stream, err = boolField(s, "stream")
+			info.Stream, err = s.BoolField("stream")
 		default:
-			err = s.skip(nil)
+			err = s.Skip(nil)
 		}
 		return err
 	})
-	return sumParts(slots[:]), err
+	return costmodel.Sum(slots[:]), err
 }
 
-func anthropicMessages(s *jsonScanner, tc *textCounter) (total part, err error) {
-	if ok, err := s.nullOr(jsonArray, "messages", "an array"); !ok {
-		return part{}, err
+func anthropicMessages(s *jsonscan.Scanner, tc *costmodel.Counter) (total costmodel.Part, err error) {
+	if ok, err := s.NullOr(jsonscan.Array, "messages", "an array"); !ok {
+		return costmodel.Part{}, err
 	}
-	err = s.array(func(i int) error {
-		if s.peek() != jsonObject {
-			return s.typeError(fmt.Sprintf("messages[%d]", i), "an object")
+	err = s.Array(func(i int) error {
+		if s.Peek() != jsonscan.Object {
+			return s.TypeError(fmt.Sprintf("messages[%d]", i), "an object")
 		}
-		var content part // {role, content}
-		err := s.object(contentKeys, func(key string) (err error) {
+		var content costmodel.Part // {role, content}
+		err := s.Object(contentKeys, func(key string) (err error) {
 			if key != "content" {
-				return s.skip(nil)
+				return s.Skip(nil)
 			}
 			content, err = anthropicContent(s, tc, i)
 			return err
 		})
-		content.messages++
-		total.add(content)
+		content.Messages++
+		total.Add(content)
 		return err
 	})
 	return total, err
@@ -120,24 +123,24 @@ func anthropicMessages(s *jsonScanner, tc *textCounter) (total part, err error) 
 
 // anthropicContent reads system (msg < 0) or message content: a string,
 // null or an array of blocks.
-func anthropicContent(s *jsonScanner, tc *textCounter, msg int) (part, error) {
-	switch s.peek() {
-	case jsonString, jsonNull:
+func anthropicContent(s *jsonscan.Scanner, tc *costmodel.Counter, msg int) (costmodel.Part, error) {
+	switch s.Peek() {
+	case jsonscan.String, jsonscan.Null:
 		return countLoose(s, tc)
-	case jsonArray:
+	case jsonscan.Array:
 		return anthropicBlocks(s, tc)
 	}
 	name := "system"
 	if msg >= 0 {
 		name = fmt.Sprintf("messages[%d].content", msg)
 	}
-	return part{}, s.typeError(name, "a string or an array")
+	return costmodel.Part{}, s.TypeError(name, "a string or an array")
 }
 
 // anthropicBlocks reads an array of content blocks.
-func anthropicBlocks(s *jsonScanner, tc *textCounter) (part, error) {
-	return sumArray(s, tc, func(s *jsonScanner, tc *textCounter) (part, error) {
-		if s.peek() == jsonObject {
+func anthropicBlocks(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
+	return sumArray(s, tc, func(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
+		if s.Peek() == jsonscan.Object {
 			return anthropicBlock(s, tc)
 		}
 		return countLoose(s, tc)
@@ -150,14 +153,14 @@ func anthropicBlocks(s *jsonScanner, tc *textCounter) (part, error) {
 // plain-text source. An image block is one image; base64 data, URLs and
 // thinking blocks are not counted. Recursion through nested content is
 // bounded by maxJSONDepth.
-func anthropicBlock(s *jsonScanner, tc *textCounter) (part, error) {
-	var slots [7]part
+func anthropicBlock(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
+	var slots [7]costmodel.Part
 	var typ [16]byte
 	typN := 0
-	err := s.object(anthropicBlockKeys, func(key string) (err error) {
+	err := s.Object(anthropicBlockKeys, func(key string) (err error) {
 		switch key {
 		case "type":
-			typN, err = shortField(s, typ[:])
+			typN, err = s.ShortString(typ[:])
 		case "text":
 			slots[0], err = countLoose(s, tc)
 		case "name":
@@ -169,25 +172,25 @@ func anthropicBlock(s *jsonScanner, tc *textCounter) (part, error) {
 		case "context":
 			slots[4], err = countLoose(s, tc)
 		case "content":
-			if s.peek() == jsonArray {
+			if s.Peek() == jsonscan.Array {
 				slots[5], err = anthropicBlocks(s, tc)
 			} else {
 				slots[5], err = countLoose(s, tc)
 			}
 		case "source":
-			if s.peek() == jsonObject {
+			if s.Peek() == jsonscan.Object {
 				slots[6], err = anthropicSource(s, tc)
 			} else {
-				err = s.skip(nil)
+				err = s.Skip(nil)
 			}
 		default:
-			err = s.skip(nil)
+			err = s.Skip(nil)
 		}
 		return err
 	})
-	p := sumParts(slots[:])
+	p := costmodel.Sum(slots[:])
 	if string(typ[:typN]) == "image" {
-		p.images++
+		p.Images++
 	}
 	return p, err
 }
@@ -195,34 +198,34 @@ func anthropicBlock(s *jsonScanner, tc *textCounter) (part, error) {
 // anthropicSource reads a block's source: {type:"text", data} counts data
 // as text, {type:"content", content:[blocks]} counts the blocks; base64
 // and URL sources are not text.
-func anthropicSource(s *jsonScanner, tc *textCounter) (part, error) {
+func anthropicSource(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
 	var typ [16]byte
 	typN, dataPos := 0, -1
-	var content part
-	err := s.object(anthropicSourceKeys, func(key string) (err error) {
+	var content costmodel.Part
+	err := s.Object(anthropicSourceKeys, func(key string) (err error) {
 		switch key {
 		case "type":
-			typN, err = shortField(s, typ[:])
+			typN, err = s.ShortString(typ[:])
 		case "data":
 			dataPos = -1
-			if s.peek() == jsonString {
-				dataPos = s.pos
+			if s.Peek() == jsonscan.String {
+				dataPos = s.Pos()
 			}
-			err = s.skip(nil)
+			err = s.Skip(nil)
 		case "content":
-			if s.peek() == jsonArray {
+			if s.Peek() == jsonscan.Array {
 				content, err = anthropicBlocks(s, tc)
 			} else {
 				content, err = countLoose(s, tc)
 			}
 		default:
-			err = s.skip(nil)
+			err = s.Skip(nil)
 		}
 		return err
 	})
 	if err == nil && string(typ[:typN]) == "text" && dataPos >= 0 {
 		// The data was validated above; count it now that its type is known.
-		ds := jsonScanner{data: s.data, pos: dataPos}
+		ds := s.At(dataPos)
 		return countString(&ds, tc)
 	}
 	return content, err
@@ -275,7 +278,7 @@ var anthropicQuotaNames = func() (n [4][3]string) {
 
 // clampOutput rewrites max_tokens.
 func (anthropicDialect) clampOutput(_ string, body []byte, n int64) []byte {
-	return setIntMember(body, []string{"max_tokens"}, "max_tokens", n)
+	return jsonscan.SetIntMember(body, []string{"max_tokens"}, "max_tokens", n)
 }
 
 // anthropicErrors is the error type of each of the handler's own answers.
@@ -296,9 +299,9 @@ var anthropicErrors = [errKindCount]errorName{
 // {"type":"error","error":{"type":…,"message":…}}.
 func appendAnthropicError(dst []byte, typ, msg string) []byte {
 	dst = append(dst, `{"type":"error","error":{"type":`...)
-	dst = appendJSONString(dst, typ)
+	dst = jsonscan.AppendString(dst, typ)
 	dst = append(dst, `,"message":`...)
-	dst = appendJSONString(dst, msg)
+	dst = jsonscan.AppendString(dst, msg)
 	return append(dst, "}}"...)
 }
 

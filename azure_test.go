@@ -11,6 +11,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/costmodel"
+	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
 )
 
 // Azure OpenAI speaks OpenAI's wire format on its own paths, and its
@@ -140,7 +143,8 @@ func TestAzurePathsAreReadAsOpenAI(t *testing.T) {
 			continue
 		}
 		info := requestInfo{N: 1}
-		if _, err := d.parse(&jsonScanner{data: []byte(c.body)}, &textCounter{}, c.path, &info); err != nil || info.Model != c.model || info.NoOutput != c.noOutput {
+		sc := jsonscan.New([]byte(c.body))
+		if _, err := d.parse(&sc, &costmodel.Counter{}, c.path, &info); err != nil || info.Model != c.model || info.NoOutput != c.noOutput {
 			t.Errorf("%s %s: model %q, no output %v (%v); want %q, %v", c.path, c.body, info.Model, info.NoOutput, err, c.model, c.noOutput)
 		}
 	}

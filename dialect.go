@@ -4,6 +4,9 @@ import (
 	"net/http"
 	"sort"
 	"time"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/costmodel"
+	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
 )
 
 // dialect is one provider's wire format. The handler asks the request's
@@ -31,7 +34,7 @@ type dialect interface {
 	// parse reads the request body's top-level object at s.pos into info
 	// and returns the text it counted. path is the URL path (some formats
 	// name the model or the method there).
-	parse(s *jsonScanner, tc *textCounter, path string, info *requestInfo) (part, error)
+	parse(s *jsonscan.Scanner, tc *costmodel.Counter, path string, info *requestInfo) (costmodel.Part, error)
 	// clampOutput rewrites the body's output limit per choice to n (the
 	// field the format and path use; added when absent)
 	// (clamp_max_tokens).
@@ -207,7 +210,7 @@ func (a *usageAcc) add(obj []byte, names []string) {
 		return
 	}
 	var v [8]int64
-	found, ok := objectInts(obj, names, v[:len(names)])
+	found, ok := jsonscan.ObjectInts(obj, names, v[:len(names)])
 	if !ok {
 		return
 	}
@@ -272,11 +275,5 @@ type apiError struct {
 }
 
 func (e *apiError) status() int { return errStatus[e.kind] }
-
-// badRequestError is a client error found in the body: the handler answers
-// 400 in the request's format with this message.
-type badRequestError struct{ msg string }
-
-func (e *badRequestError) Error() string { return e.msg }
 
 func (e *apiError) Error() string { return e.msg }

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"slices"
 	"time"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
 )
 
 // dialectSpec is what a dialect is as data: where its clients put their
@@ -199,7 +201,7 @@ func streamEvent(d dialect, data []byte, acc *usageAcc) (end bool) {
 	u := &d.spec().usage
 	if bytes.Contains(data, u.key) {
 		acc.add(lastObjectAfterKey(data, u.key), d.spec().memberNames)
-		if u.finalType != "" && hasStringMember(data, "type", u.finalType) {
+		if u.finalType != "" && jsonscan.HasStringMember(data, "type", u.finalType) {
 			acc.final = true
 		}
 	}
@@ -209,7 +211,7 @@ func streamEvent(d dialect, data []byte, acc *usageAcc) (end bool) {
 		}
 	}
 	for _, t := range u.endTypes {
-		if hasStringMember(data, "type", t) {
+		if jsonscan.HasStringMember(data, "type", t) {
 			return true
 		}
 	}

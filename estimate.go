@@ -2,7 +2,9 @@ package llmratelimit
 
 import (
 	"sync"
-	"sync/atomic"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/costmodel"
+	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
 )
 
 // This file turns text into an estimated token count without a tokenizer,
@@ -20,195 +22,64 @@ import (
 // whole model is one 4096-entry table built from the few constants in
 // defaultCostParams, and counting is one table lookup per byte.
 
-// part is what one piece of a body adds to the estimate. Walkers return
-// parts instead of adding to a global so that a duplicate key can replace
-// what its earlier occurrence added (the last occurrence wins).
-type part struct {
-	cost      int64 // text cost in costUnit
-	bytes     int64 // decoded text bytes
-	tokens    int64 // token ids given as numbers: one token each
-	messages  int64
-	images    int64
-	imagesLow int64
-}
-
-func (p *part) add(q part) {
-	p.cost += q.cost
-	p.bytes += q.bytes
-	p.tokens += q.tokens
-	p.messages += q.messages
-	p.images += q.images
-	p.imagesLow += q.imagesLow
-}
-
-func sumParts(ps []part) (total part) {
-	for _, p := range ps {
-		total.add(p)
-	}
-	return total
-}
-
-// textTokens rounds the text cost up; non-empty text is at least 1 token.
-func (p part) textTokens() int64 {
-	t := int64(0)
-	if p.cost > 0 {
-		t = (p.cost + costUnit - 1) / costUnit
-	}
-	if t == 0 && p.bytes > 0 {
-		t = 1
-	}
-	return t + p.tokens
-}
-
-// estimateText is the token estimate of one text.
-func estimateText(text []byte) int64 {
-	var tc textCounter
-	tc.begin()
-	tc.write(text)
-	return part{cost: tc.acc, bytes: tc.bytes}.textTokens()
-}
+// The readers below join the scanner (internal/jsonscan) and the counter
+// (internal/costmodel) for the dialects' walkers: each consumes the value
+// at s's position and returns what its text adds to the estimate.
 
 // countString counts the string at s.pos as one text.
-func countString(s *jsonScanner, tc *textCounter) (part, error) {
-	tc.begin()
-	a, b := tc.acc, tc.bytes
-	_, err := s.str(tc, nil)
-	return part{cost: tc.acc - a, bytes: tc.bytes - b}, err
+func countString(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
+	tc.Begin()
+	a, b := tc.Cost(), tc.Bytes()
+	_, err := s.Str(tc, nil)
+	return costmodel.Part{Cost: tc.Cost() - a, Bytes: tc.Bytes() - b}, err
 }
 
 // countCompact counts the value at s.pos as its compact JSON.
-func countCompact(s *jsonScanner, tc *textCounter) (part, error) {
-	tc.begin()
-	a, b := tc.acc, tc.bytes
-	err := s.skip(tc)
-	return part{cost: tc.acc - a, bytes: tc.bytes - b}, err
+func countCompact(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
+	tc.Begin()
+	a, b := tc.Cost(), tc.Bytes()
+	err := s.Skip(tc)
+	return costmodel.Part{Cost: tc.Cost() - a, Bytes: tc.Bytes() - b}, err
 }
 
 // countLoose counts a nested value where text is expected: a string as
 // its text, null as nothing, anything else as its compact JSON.
-func countLoose(s *jsonScanner, tc *textCounter) (part, error) {
-	switch s.peek() {
-	case jsonString:
+func countLoose(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
+	switch s.Peek() {
+	case jsonscan.String:
 		return countString(s, tc)
-	case jsonNull:
-		_, err := s.literal()
-		return part{}, err
+	case jsonscan.Null:
+		_, err := s.Literal()
+		return costmodel.Part{}, err
 	}
 	return countCompact(s, tc)
 }
 
 // textField reads a top-level field that must be a string or null.
-func textField(s *jsonScanner, tc *textCounter, name string) (part, error) {
-	if ok, err := s.nullOr(jsonString, name, "a string"); !ok {
-		return part{}, err
+func textField(s *jsonscan.Scanner, tc *costmodel.Counter, name string) (costmodel.Part, error) {
+	if ok, err := s.NullOr(jsonscan.String, name, "a string"); !ok {
+		return costmodel.Part{}, err
 	}
 	return countString(s, tc)
 }
 
 // compactField reads a field that must be an array or null and counts it
 // as compact JSON (tool definitions).
-func compactField(s *jsonScanner, tc *textCounter, name string) (part, error) {
-	if ok, err := s.nullOr(jsonArray, name, "an array"); !ok {
-		return part{}, err
+func compactField(s *jsonscan.Scanner, tc *costmodel.Counter, name string) (costmodel.Part, error) {
+	if ok, err := s.NullOr(jsonscan.Array, name, "an array"); !ok {
+		return costmodel.Part{}, err
 	}
 	return countCompact(s, tc)
 }
 
-// intField reads an integer field that must be >= lo; null gives absent.
-func intField(s *jsonScanner, name string, lo, absent int64) (int64, error) {
-	if ok, err := s.nullOr(jsonNumber, name, "an integer"); !ok {
-		return absent, err
-	}
-	raw, err := s.number()
-	if err != nil {
-		return 0, err
-	}
-	v, ok := parseJSONInt(raw)
-	if !ok {
-		return 0, badRequestf("%s must be an integer, not %.40s", name, raw)
-	}
-	if v < lo {
-		return 0, badRequestf("%s must be >= %d", name, lo)
-	}
-	return v, nil
-}
-
-// boolField reads a boolean field; null is false.
-func boolField(s *jsonScanner, name string) (bool, error) {
-	if ok, err := s.nullOr(jsonBool, name, "a boolean"); !ok {
-		return false, err
-	}
-	raw, err := s.literal()
-	return err == nil && raw[0] == 't', err
-}
-
 // sumArray reads the array at s.pos, reading each element with elem.
-func sumArray(s *jsonScanner, tc *textCounter, elem func(*jsonScanner, *textCounter) (part, error)) (total part, err error) {
-	err = s.array(func(int) error {
+func sumArray(s *jsonscan.Scanner, tc *costmodel.Counter, elem func(*jsonscan.Scanner, *costmodel.Counter) (costmodel.Part, error)) (total costmodel.Part, err error) {
+	err = s.Array(func(int) error {
 		p, err := elem(s, tc)
-		total.add(p)
+		total.Add(p)
 		return err
 	})
 	return total, err
-}
-
-// shortField reads a short string (a type or detail name) into buf; other
-// kinds are skipped and read as "". n is the decoded length, cut to buf.
-func shortField(s *jsonScanner, buf []byte) (n int, err error) {
-	if s.peek() != jsonString {
-		return 0, s.skip(nil)
-	}
-	n, err = s.str(nil, buf)
-	return min(n, len(buf)), err
-}
-
-// stringValue reads a field that should be a string and returns it
-// decoded (interned when it has no escapes: model names repeat); other
-// kinds are skipped and give "".
-func stringValue(s *jsonScanner) (string, error) {
-	if s.peek() != jsonString {
-		return "", s.skip(nil)
-	}
-	start := s.pos
-	n, err := s.str(nil, nil)
-	if err != nil {
-		return "", err
-	}
-	raw := s.data[start+1 : s.pos-1]
-	if n == len(raw) {
-		return intern(raw), nil
-	}
-	buf := make([]byte, n)
-	s.pos = start
-	_, err = s.str(nil, buf)
-	return string(buf), err
-}
-
-// internTable keeps the strings that stringValue read lately (model
-// names, mostly), so that a request naming one seen before costs no
-// allocation for it: a fixed table of slots by hash, each holding the last
-// string that landed on it. Memory stays bounded whatever clients send.
-var internTable [256]atomic.Pointer[string]
-
-// maxInterned bounds the strings kept in internTable.
-const maxInterned = 64
-
-// intern is string(b), from internTable when it holds it.
-func intern(b []byte) string {
-	if len(b) == 0 || len(b) > maxInterned {
-		return string(b)
-	}
-	h := uint32(2166136261) // FNV-1a
-	for _, c := range b {
-		h = (h ^ uint32(c)) * 16777619
-	}
-	slot := &internTable[h%uint32(len(internTable))]
-	if p := slot.Load(); p != nil && *p == string(b) {
-		return *p
-	}
-	str := string(b)
-	slot.Store(&str)
-	return str
 }
 
 // satMul multiplies non-negative a and b, saturating at the int64 maximum.
@@ -224,8 +95,8 @@ func satMul(a, b int64) int64 {
 
 // parseState is one parse's scanner, counter and findings.
 type parseState struct {
-	s    jsonScanner
-	tc   textCounter
+	s    jsonscan.Scanner
+	tc   costmodel.Counter
 	info requestInfo
 }
 
@@ -234,7 +105,7 @@ var parseStates = sync.Pool{New: func() any { return new(parseState) }}
 // parseRequest fills info from the body of a request of dialect d to the
 // URL path (the fields of info are reset first). An invalid body, or a
 // field the estimator reads having the wrong type, gives a
-// *badRequestError. A nil dialect reads nothing.
+// *jsonscan.Error. A nil dialect reads nothing.
 //
 // Duplicate keys: every occurrence is validated and type-checked; the last
 // one counts, as in most JSON decoders.
@@ -247,32 +118,32 @@ func parseRequest(d dialect, path string, body []byte, info *requestInfo) error 
 	// they would escape to the heap: they come from a pool instead.
 	ps := parseStates.Get().(*parseState)
 	defer func() {
-		ps.s.data = nil // do not keep the body
+		ps.s = jsonscan.Scanner{} // do not keep the body
 		parseStates.Put(ps)
 	}()
-	ps.s, ps.tc, ps.info = jsonScanner{data: body}, textCounter{}, requestInfo{N: 1}
+	ps.s, ps.tc, ps.info = jsonscan.New(body), costmodel.Counter{}, requestInfo{N: 1}
 	s, tc := &ps.s, &ps.tc
-	switch s.peek() {
-	case jsonEnd:
-		return badRequestf("request body is empty")
-	case jsonObject:
+	switch s.Peek() {
+	case jsonscan.End:
+		return jsonscan.Errorf("request body is empty")
+	case jsonscan.Object:
 	default:
-		if err := s.skip(nil); err != nil {
+		if err := s.Skip(nil); err != nil {
 			return err
 		}
-		return badRequestf("request body must be a JSON object")
+		return jsonscan.Errorf("request body must be a JSON object")
 	}
 	total, err := d.parse(s, tc, path, &ps.info)
 	*info = ps.info
 	if err != nil {
 		return err
 	}
-	if s.ws(); s.pos < len(s.data) {
-		return badRequestf("invalid JSON: unexpected data after the top-level object at offset %d", s.pos)
+	if s.Peek() != jsonscan.End {
+		return jsonscan.Errorf("invalid JSON: unexpected data after the top-level object at offset %d", s.Pos())
 	}
-	info.TextTokens = total.textTokens()
-	info.Messages = total.messages
-	info.Images = total.images
-	info.ImagesLow = total.imagesLow
+	info.TextTokens = total.TextTokens()
+	info.Messages = total.Messages
+	info.Images = total.Images
+	info.ImagesLow = total.ImagesLow
 	return nil
 }

@@ -1,7 +1,6 @@
 package llmratelimit
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/costmodel"
+	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
 )
 
 // corpusDir is the estimator reference corpus (copied into this repository
@@ -181,7 +183,7 @@ func TestEstimateTextKinds(t *testing.T) {
 		{"compact JSON schema", toolsJSON},
 	}
 	for _, c := range cases {
-		got := estimateText([]byte(c.ref.text))
+		got := costmodel.EstimateText([]byte(c.ref.text))
 		ratio := float64(got) / float64(c.ref.tokens)
 		t.Logf("%-26s estimate %4d  o200k %4d  ratio %.3f  (bytes/4 ratio %.3f)", c.name, got, c.ref.tokens, ratio, float64(len(c.ref.text))/4/float64(c.ref.tokens))
 		if ratio < estimateLow || ratio > estimateHigh {
@@ -190,41 +192,17 @@ func TestEstimateTextKinds(t *testing.T) {
 	}
 }
 
-// TestEstimateTextRounding: empty text is 0 tokens; any other text is at
-// least 1 (the cost rounds up), and one character at most 2.
-func TestEstimateTextRounding(t *testing.T) {
-	if got := estimateText(nil); got != 0 {
-		t.Errorf("estimateText(\"\") = %d, want 0", got)
-	}
-	for _, c := range []string{" ", "a", "Z", "7", "\n", "\t", "{", "\"", "é", "ж", "中", "한", "ア", "—", "😀", "\x00", "\xff"} {
-		if got := estimateText([]byte(c)); got < 1 || got > 2 {
-			t.Errorf("estimateText(%q) = %d, want 1 or 2", c, got)
-		}
-	}
-}
-
-// Every charge is >= 0 (the tables hold unsigned bytes; an ideograph's
-// correction never takes its charge below 0), so appending characters can
-// never lower an estimate.
+// Appending characters never lowers an estimate (every charge is >= 0:
+// internal/costmodel's TestChargesAreNeverNegative), nor does adding a
+// message.
 func TestEstimateMonotonic(t *testing.T) {
-	lead := byteClass[0xE4] & (1<<classBits - 1)
-	for c2 := range uint32(classCount) {
-		base := int64(costTable[tableIndex(c2, uint32(contClass), uint32(lead))]) +
-			int64(costTable[tableIndex(uint32(contClass), uint32(lead), uint32(contClass))]) +
-			int64(costTable[tableIndex(uint32(lead), uint32(contClass), uint32(contClass))])
-		for i, d := range hanDelta {
-			if base+int64(d) < 0 {
-				t.Fatalf("U+%04X after class %d is charged %d < 0", hanLo+i, c2, base+int64(d))
-			}
-		}
-	}
 	for _, r := range []refText{proseText, goText, jsonText, chineseText, russianText, toolsJSON} {
 		prev := int64(0)
 		for n := 0; n <= len(r.text); n++ {
 			if n < len(r.text) && !utf8.RuneStart(r.text[n]) {
 				continue // text is whole characters
 			}
-			got := estimateText([]byte(r.text[:n]))
+			got := costmodel.EstimateText([]byte(r.text[:n]))
 			if got < prev {
 				t.Fatalf("estimate fell from %d to %d at byte %d of %.20q", prev, got, n, r.text)
 			}
@@ -503,7 +481,7 @@ func TestParseRequestBehaviour(t *testing.T) {
 		}
 	})
 	t.Run("nesting up to the limit is accepted", func(t *testing.T) {
-		inner := strings.Repeat("[", maxJSONDepth-1) + strings.Repeat("]", maxJSONDepth-1)
+		inner := strings.Repeat("[", jsonscan.MaxDepth-1) + strings.Repeat("]", jsonscan.MaxDepth-1)
 		parse(t, dOpenAI, `{"x":`+inner+`}`)
 	})
 }
@@ -553,7 +531,7 @@ func TestParseRequestRejects(t *testing.T) {
 		{"10,000-deep arrays", dOpenAI, `{"metadata":` + deep + `}`, "nesting deeper than 128"},
 		{"10,000-deep objects in messages", dAnthropic, `{"messages":[{"content":[{"type":"tool_result","content":[` + deepObj + `]}]}]}`, "nesting deeper than 128"},
 		{"10,000-deep top level", dOpenAI, deep, "nesting deeper than 128"},
-		{"129 levels", dOpenAI, `{"x":` + strings.Repeat("[", maxJSONDepth) + strings.Repeat("]", maxJSONDepth) + `}`, "nesting deeper than 128"},
+		{"129 levels", dOpenAI, `{"x":` + strings.Repeat("[", jsonscan.MaxDepth) + strings.Repeat("]", jsonscan.MaxDepth) + `}`, "nesting deeper than 128"},
 		{"control character in string", dOpenAI, "{\"prompt\":\"a\tb\"}", "control character"},
 		{"invalid escape", dOpenAI, `{"prompt":"a\qb"}`, "invalid escape"},
 		{"short unicode escape", dOpenAI, `{"prompt":"\u12"}`, "invalid escape"},
@@ -574,9 +552,9 @@ func TestParseRequestRejects(t *testing.T) {
 			if err == nil {
 				t.Fatalf("parseRequest accepted %.60q", c.body)
 			}
-			var bre *badRequestError
+			var bre *jsonscan.Error
 			if !errors.As(err, &bre) {
-				t.Fatalf("error %T %v is not a *badRequestError", err, err)
+				t.Fatalf("error %T %v is not a *jsonscan.Error", err, err)
 			}
 			if !strings.Contains(err.Error(), c.want) {
 				t.Errorf("error %q does not mention %q", err, c.want)
@@ -642,18 +620,6 @@ func BenchmarkEstimate(b *testing.B) {
 				}
 			}
 		})
-	}
-}
-
-// BenchmarkTextCounter is the counter alone on plain English text.
-func BenchmarkTextCounter(b *testing.B) {
-	text := []byte(strings.Repeat(proseText.text+"\n", 200))
-	b.SetBytes(int64(len(text)))
-	b.ReportAllocs()
-	var tc textCounter
-	for b.Loop() {
-		tc.begin()
-		tc.write(text)
 	}
 }
 
@@ -771,32 +737,5 @@ func TestEstimateCorpusAsGemini(t *testing.T) {
 	}
 	if rewritten < 10 {
 		t.Fatalf("only %d corpus bodies rewritten as Gemini requests, want the 11 chat and messages bodies without tools", rewritten)
-	}
-}
-
-// TestInternReturnsEqualStringsWithoutKeepingTheBuffer: an interned string
-// equals its bytes, does not change when the bytes do, and a name seen
-// before comes back without an allocation.
-func TestInternReturnsEqualStringsWithoutKeepingTheBuffer(t *testing.T) {
-	b := []byte("gpt-4o-mini")
-	s := intern(b)
-	if s != "gpt-4o-mini" {
-		t.Fatalf("intern = %q", s)
-	}
-	b[0] = 'X' // the caller's buffer is reused for the next request
-	if s != "gpt-4o-mini" {
-		t.Fatalf("the interned string changed with its buffer: %q", s)
-	}
-	if got := intern([]byte("Xpt-4o-mini")); got != "Xpt-4o-mini" {
-		t.Fatalf("intern = %q", got)
-	}
-	name := []byte("claude-sonnet-4-5")
-	intern(name)
-	if n := testing.AllocsPerRun(100, func() { _ = intern(name) }); n != 0 {
-		t.Errorf("intern of a name seen before: %v allocations, want 0", n)
-	}
-	long := bytes.Repeat([]byte("m"), maxInterned+1)
-	if got := intern(long); got != string(long) {
-		t.Errorf("a long string: %q", got)
 	}
 }

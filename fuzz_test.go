@@ -12,7 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
-// Fuzz targets beyond FuzzParseRequest (jsonscan_test.go) and FuzzRetryHint
+// Fuzz targets beyond FuzzParseRequest (requestjson_test.go) and FuzzRetryHint
 // (retryhint_test.go). Their checked-in seeds are in testdata/fuzz/<name>.
 // Run one with, e.g.:
 //

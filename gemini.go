@@ -6,6 +6,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/costmodel"
+	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
 )
 
 // This file knows Google's Gemini API (generativelanguage and Vertex AI
@@ -103,17 +106,17 @@ const geminiFileTokens = 258
 // parse reads a GenerateContentRequest: contents, systemInstruction, tools
 // and generationConfig. The model and whether the answer streams come from
 // the path.
-func (geminiDialect) parse(s *jsonScanner, tc *textCounter, path string, info *requestInfo) (part, error) {
+func (geminiDialect) parse(s *jsonscan.Scanner, tc *costmodel.Counter, path string, info *requestInfo) (costmodel.Part, error) {
 	model, method, _ := geminiMethod(path)
 	info.Model = model
 	info.Stream = method == "streamGenerateContent"
-	var slots [3]part // contents, systemInstruction, tools
-	err := s.object(geminiTopKeys, func(key string) (err error) {
+	var slots [3]costmodel.Part // contents, systemInstruction, tools
+	err := s.Object(geminiTopKeys, func(key string) (err error) {
 		switch key {
 		case "contents":
 			slots[0], err = geminiContents(s, tc)
 		case "systemInstruction", "system_instruction":
-			if ok, err := s.nullOr(jsonObject, key, "an object"); !ok {
+			if ok, err := s.NullOr(jsonscan.Object, key, "an object"); !ok {
 				return err
 			}
 			slots[1], err = geminiContent(s, tc, key, -1)
@@ -122,25 +125,25 @@ func (geminiDialect) parse(s *jsonScanner, tc *textCounter, path string, info *r
 		case "generationConfig", "generation_config":
 			err = geminiGenerationConfig(s, key, info)
 		default:
-			err = s.skip(nil)
+			err = s.Skip(nil)
 		}
 		return err
 	})
-	return sumParts(slots[:]), err
+	return costmodel.Sum(slots[:]), err
 }
 
 // geminiContents reads contents: an array of turns, one message each.
-func geminiContents(s *jsonScanner, tc *textCounter) (total part, err error) {
-	if ok, err := s.nullOr(jsonArray, "contents", "an array"); !ok {
-		return part{}, err
+func geminiContents(s *jsonscan.Scanner, tc *costmodel.Counter) (total costmodel.Part, err error) {
+	if ok, err := s.NullOr(jsonscan.Array, "contents", "an array"); !ok {
+		return costmodel.Part{}, err
 	}
-	err = s.array(func(i int) error {
-		if s.peek() != jsonObject {
-			return s.typeError(contentName("contents", i), "an object")
+	err = s.Array(func(i int) error {
+		if s.Peek() != jsonscan.Object {
+			return s.TypeError(contentName("contents", i), "an object")
 		}
 		p, err := geminiContent(s, tc, "contents", i)
-		p.messages++
-		total.add(p)
+		p.Messages++
+		total.Add(p)
 		return err
 	})
 	return total, err
@@ -158,30 +161,30 @@ func contentName(field string, i int) string {
 
 // geminiNullOr is s.nullOr for a member of a Content, whose name is
 // built (contentName + suffix) only for the error.
-func geminiNullOr(s *jsonScanner, want jsonKind, field string, i int, suffix, desc string) (present bool, err error) {
-	switch s.peek() {
+func geminiNullOr(s *jsonscan.Scanner, want jsonscan.Kind, field string, i int, suffix, desc string) (present bool, err error) {
+	switch s.Peek() {
 	case want:
 		return true, nil
-	case jsonNull:
-		_, err = s.literal()
+	case jsonscan.Null:
+		_, err = s.Literal()
 		return false, err
 	}
-	return false, s.typeError(contentName(field, i)+suffix, desc)
+	return false, s.TypeError(contentName(field, i)+suffix, desc)
 }
 
 // geminiContent reads one Content: {role, parts}; field and i name it in
 // errors (contentName).
-func geminiContent(s *jsonScanner, tc *textCounter, field string, i int) (p part, err error) {
-	err = s.object(geminiContentKeys, func(key string) (err error) {
+func geminiContent(s *jsonscan.Scanner, tc *costmodel.Counter, field string, i int) (p costmodel.Part, err error) {
+	err = s.Object(geminiContentKeys, func(key string) (err error) {
 		if key != "parts" {
-			return s.skip(nil)
+			return s.Skip(nil)
 		}
-		if ok, err := geminiNullOr(s, jsonArray, field, i, ".parts", "an array"); !ok {
+		if ok, err := geminiNullOr(s, jsonscan.Array, field, i, ".parts", "an array"); !ok {
 			return err
 		}
-		p, err = sumArray(s, tc, func(s *jsonScanner, tc *textCounter) (part, error) {
-			if s.peek() != jsonObject {
-				return part{}, s.typeError(contentName(field, i)+".parts[]", "an object")
+		p, err = sumArray(s, tc, func(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
+			if s.Peek() != jsonscan.Object {
+				return costmodel.Part{}, s.TypeError(contentName(field, i)+".parts[]", "an object")
 			}
 			return geminiPart(s, tc, field, i)
 		})
@@ -193,50 +196,50 @@ func geminiContent(s *jsonScanner, tc *textCounter, field string, i int) (p part
 // geminiPart reads one Part: text; a function call or response, executable
 // code or its result (as compact JSON); inline data or a file (one image
 // each, never by their size). Thought signatures are not text.
-func geminiPart(s *jsonScanner, tc *textCounter, field string, i int) (part, error) {
-	var slots [2]part // text, structured content
+func geminiPart(s *jsonscan.Scanner, tc *costmodel.Counter, field string, i int) (costmodel.Part, error) {
+	var slots [2]costmodel.Part // text, structured content
 	files := int64(0)
-	err := s.object(geminiPartKeys, func(key string) (err error) {
+	err := s.Object(geminiPartKeys, func(key string) (err error) {
 		switch key {
 		case "text":
-			if ok, err := geminiNullOr(s, jsonString, field, i, ".parts[].text", "a string"); !ok {
+			if ok, err := geminiNullOr(s, jsonscan.String, field, i, ".parts[].text", "a string"); !ok {
 				return err
 			}
 			slots[0], err = countString(s, tc)
 		case "functionCall", "function_call", "functionResponse", "function_response",
 			"executableCode", "executable_code", "codeExecutionResult", "code_execution_result":
-			var p part
+			var p costmodel.Part
 			p, err = countCompact(s, tc)
-			slots[1].add(p)
+			slots[1].Add(p)
 		case "inlineData", "inline_data", "fileData", "file_data":
 			files++
-			err = s.skip(nil)
+			err = s.Skip(nil)
 		default:
-			err = s.skip(nil)
+			err = s.Skip(nil)
 		}
 		return err
 	})
-	p := sumParts(slots[:])
-	p.images += files
+	p := costmodel.Sum(slots[:])
+	p.Images += files
 	return p, err
 }
 
 // geminiTools reads tools: the function declarations count as compact JSON;
 // built-in tools (search, code execution) are not text.
-func geminiTools(s *jsonScanner, tc *textCounter) (total part, err error) {
-	if ok, err := s.nullOr(jsonArray, "tools", "an array"); !ok {
-		return part{}, err
+func geminiTools(s *jsonscan.Scanner, tc *costmodel.Counter) (total costmodel.Part, err error) {
+	if ok, err := s.NullOr(jsonscan.Array, "tools", "an array"); !ok {
+		return costmodel.Part{}, err
 	}
-	err = s.array(func(i int) error {
-		if s.peek() != jsonObject {
-			return s.typeError(fmt.Sprintf("tools[%d]", i), "an object")
+	err = s.Array(func(i int) error {
+		if s.Peek() != jsonscan.Object {
+			return s.TypeError(fmt.Sprintf("tools[%d]", i), "an object")
 		}
-		return s.object(geminiToolKeys, func(key string) error {
+		return s.Object(geminiToolKeys, func(key string) error {
 			if key == "" {
-				return s.skip(nil)
+				return s.Skip(nil)
 			}
 			p, err := countCompact(s, tc)
-			total.add(p)
+			total.Add(p)
 			return err
 		})
 	})
@@ -272,21 +275,21 @@ func geminiConfigField(name, key string) string {
 
 // geminiGenerationConfig reads the output limit: maxOutputTokens ×
 // candidateCount.
-func geminiGenerationConfig(s *jsonScanner, name string, info *requestInfo) error {
-	if ok, err := s.nullOr(jsonObject, name, "an object"); !ok {
+func geminiGenerationConfig(s *jsonscan.Scanner, name string, info *requestInfo) error {
+	if ok, err := s.NullOr(jsonscan.Object, name, "an object"); !ok {
 		return err
 	}
 	maxOut, n := int64(-1), int64(1)
-	err := s.object(geminiGenConfigKeys, func(key string) (err error) {
+	err := s.Object(geminiGenConfigKeys, func(key string) (err error) {
 		// The field names of errors are constants: built per request, they
 		// would allocate.
 		switch key {
 		case "maxOutputTokens", "max_output_tokens":
-			maxOut, err = intField(s, geminiConfigField(name, key), 0, -1)
+			maxOut, err = s.IntField(geminiConfigField(name, key), 0, -1)
 		case "candidateCount", "candidate_count":
-			n, err = intField(s, geminiConfigField(name, key), 1, 1)
+			n, err = s.IntField(geminiConfigField(name, key), 1, 1)
 		default:
-			err = s.skip(nil)
+			err = s.Skip(nil)
 		}
 		return err
 	})
@@ -312,12 +315,12 @@ var (
 // spelling), adding what is missing.
 func (geminiDialect) clampOutput(_ string, body []byte, n int64) []byte {
 	cfg := []byte(`{"maxOutputTokens":` + strconv.FormatInt(n, 10) + `}`)
-	from, to, ok := memberSpan(body, []string{"generationConfig", "generation_config"})
+	from, to, ok := jsonscan.MemberSpan(body, []string{"generationConfig", "generation_config"})
 	if !ok {
-		return addMember(body, "generationConfig", cfg)
+		return jsonscan.AddMember(body, "generationConfig", cfg)
 	}
 	if body[from] == '{' {
-		cfg = setIntMember(body[from:to], []string{"maxOutputTokens", "max_output_tokens"}, "maxOutputTokens", n)
+		cfg = jsonscan.SetIntMember(body[from:to], []string{"maxOutputTokens", "max_output_tokens"}, "maxOutputTokens", n)
 	}
 	return append(append(append(make([]byte, 0, len(body)+len(cfg)), body[:from]...), cfg...), body[to:]...)
 }
@@ -344,7 +347,7 @@ func appendGeminiError(dst []byte, n errorName, e *apiError) []byte {
 	dst = append(dst, `{"error":{"code":`...)
 	dst = strconv.AppendInt(dst, int64(e.status()), 10)
 	dst = append(dst, `,"message":`...)
-	dst = appendJSONString(dst, e.msg)
+	dst = jsonscan.AppendString(dst, e.msg)
 	dst = append(dst, `,"status":"`...)
 	dst = append(dst, n.typ...)
 	dst = append(dst, '"')
@@ -370,7 +373,7 @@ func appendSeconds(dst []byte, d time.Duration) []byte {
 // bodyHint reads RetryInfo's retryDelay ("30s", "1.5s") from an error
 // body.
 func (geminiDialect) bodyHint(body []byte) (time.Duration, bool) {
-	v, ok := stringMember(body, "retryDelay")
+	v, ok := jsonscan.StringMember(body, "retryDelay")
 	if !ok || len(v) > 32 {
 		return 0, false
 	}

@@ -3,6 +3,8 @@ package llmratelimit
 import (
 	"bytes"
 	"strings"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
 )
 
 // This file (with openai_request.go, its body walk) knows OpenAI's wire
@@ -148,11 +150,11 @@ func (openAIDialect) isAddedUsageEvent(event []byte) bool { return isUsageOnlyCh
 func (openAIDialect) clampOutput(path string, body []byte, n int64) []byte {
 	switch ep, _, _ := openAIRoute(path); ep {
 	case openAIResponses:
-		return setIntMember(body, []string{"max_output_tokens"}, "max_output_tokens", n)
+		return jsonscan.SetIntMember(body, []string{"max_output_tokens"}, "max_output_tokens", n)
 	case openAIChat:
-		return setIntMember(body, []string{"max_completion_tokens", "max_tokens"}, "max_completion_tokens", n)
+		return jsonscan.SetIntMember(body, []string{"max_completion_tokens", "max_tokens"}, "max_completion_tokens", n)
 	}
-	return setIntMember(body, []string{"max_tokens"}, "max_tokens", n)
+	return jsonscan.SetIntMember(body, []string{"max_tokens"}, "max_tokens", n)
 }
 
 // needsIncludeUsage tells a streaming chat or completions request that did
@@ -184,7 +186,7 @@ func injectIncludeUsage(body []byte) []byte {
 	out := make([]byte, 0, len(body)+len(member)+1)
 	out = append(out, body[:i+1]...)
 	out = append(out, member...)
-	if j := skipSpace(body, i+1); j < len(body) && body[j] != '}' {
+	if j := jsonscan.SkipSpace(body, i+1); j < len(body) && body[j] != '}' {
 		out = append(out, ',')
 	}
 	return append(out, body[i+1:]...)
@@ -200,15 +202,15 @@ func isUsageOnlyChunk(event []byte) bool {
 	if i < 0 {
 		return false
 	}
-	j := skipSpace(event, i+len(`"choices"`))
+	j := jsonscan.SkipSpace(event, i+len(`"choices"`))
 	if j >= len(event) || event[j] != ':' {
 		return false
 	}
-	j = skipSpace(event, j+1)
+	j = jsonscan.SkipSpace(event, j+1)
 	if j >= len(event) || event[j] != '[' {
 		return false
 	}
-	j = skipSpace(event, j+1)
+	j = jsonscan.SkipSpace(event, j+1)
 	return j < len(event) && event[j] == ']'
 }
 
@@ -243,14 +245,14 @@ var openAILimitTypes = [dimCount]string{
 // written as null.
 func appendOpenAIError(dst []byte, typ, code, msg string) []byte {
 	dst = append(dst, `{"error":{"message":`...)
-	dst = appendJSONString(dst, msg)
+	dst = jsonscan.AppendString(dst, msg)
 	dst = append(dst, `,"type":`...)
-	dst = appendJSONString(dst, typ)
+	dst = jsonscan.AppendString(dst, typ)
 	dst = append(dst, `,"param":null,"code":`...)
 	if code == "" {
 		dst = append(dst, "null"...)
 	} else {
-		dst = appendJSONString(dst, code)
+		dst = jsonscan.AppendString(dst, code)
 	}
 	return append(dst, "}}"...)
 }

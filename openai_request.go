@@ -1,6 +1,11 @@
 package llmratelimit
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/costmodel"
+	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
+)
 
 // The OpenAI dialect's request side (see openai.go): the walk over the
 // bodies of chat completions, completions, Responses and embeddings that
@@ -8,7 +13,7 @@ import "fmt"
 
 // parse reads the body; on an Azure deployment path the model is the
 // body's, else the deployment's name.
-func (openAIDialect) parse(s *jsonScanner, tc *textCounter, path string, info *requestInfo) (part, error) {
+func (openAIDialect) parse(s *jsonscan.Scanner, tc *costmodel.Counter, path string, info *requestInfo) (costmodel.Part, error) {
 	ep, deployment, _ := openAIRoute(path)
 	info.NoOutput = ep == openAIEmbeddings
 	p, err := parseOpenAI(s, tc, info)
@@ -22,7 +27,7 @@ func (openAIDialect) parse(s *jsonScanner, tc *textCounter, path string, info *r
 // does not need to know the endpoint: messages (chat), prompt
 // (completions), input and instructions (Responses, embeddings) are each
 // read when present.
-func parseOpenAI(s *jsonScanner, tc *textCounter, info *requestInfo) (part, error) {
+func parseOpenAI(s *jsonscan.Scanner, tc *costmodel.Counter, info *requestInfo) (costmodel.Part, error) {
 	const (
 		slotMessages = iota
 		slotInput
@@ -32,14 +37,14 @@ func parseOpenAI(s *jsonScanner, tc *textCounter, info *requestInfo) (part, erro
 		slotFunctions
 		numSlots
 	)
-	var slots [numSlots]part
+	var slots [numSlots]costmodel.Part
 	// max_completion_tokens, max_output_tokens, max_tokens; -1 = absent.
 	maxes := [3]int64{-1, -1, -1}
 	prompts := int64(1)
-	err := s.object(openAITopKeys, func(key string) (err error) {
+	err := s.Object(openAITopKeys, func(key string) (err error) {
 		switch key {
 		case "model":
-			info.Model, err = stringValue(s)
+			info.Model, err = s.StringValue()
 		case "messages":
 			slots[slotMessages], err = openAIMessages(s, tc)
 		case "input":
@@ -53,24 +58,24 @@ func parseOpenAI(s *jsonScanner, tc *textCounter, info *requestInfo) (part, erro
 		case "functions": // legacy function definitions
 			slots[slotFunctions], err = countLoose(s, tc)
 		case "max_completion_tokens":
-			maxes[0], err = intField(s, "max_completion_tokens", 0, -1)
+			maxes[0], err = s.IntField("max_completion_tokens", 0, -1)
 		case "max_output_tokens":
-			maxes[1], err = intField(s, "max_output_tokens", 0, -1)
+			maxes[1], err = s.IntField("max_output_tokens", 0, -1)
 		case "max_tokens":
-			maxes[2], err = intField(s, "max_tokens", 0, -1)
+			maxes[2], err = s.IntField("max_tokens", 0, -1)
 		case "n":
-			info.N, err = intField(s, "n", 1, 1)
+			info.N, err = s.IntField("n", 1, 1)
 		case "stream":
-			info.Stream, err = boolField(s, "stream")
+			info.Stream, err = s.BoolField("stream")
 		case "stream_options":
 			err = openAIStreamOptions(s, info)
 		default:
-			err = s.skip(nil)
+			err = s.Skip(nil)
 		}
 		return err
 	})
 	if err != nil {
-		return part{}, err
+		return costmodel.Part{}, err
 	}
 	for _, v := range maxes {
 		if v >= 0 {
@@ -79,35 +84,35 @@ func parseOpenAI(s *jsonScanner, tc *textCounter, info *requestInfo) (part, erro
 			break
 		}
 	}
-	return sumParts(slots[:]), nil
+	return costmodel.Sum(slots[:]), nil
 }
 
-func openAIStreamOptions(s *jsonScanner, info *requestInfo) error {
-	if ok, err := s.nullOr(jsonObject, "stream_options", "an object"); !ok {
+func openAIStreamOptions(s *jsonscan.Scanner, info *requestInfo) error {
+	if ok, err := s.NullOr(jsonscan.Object, "stream_options", "an object"); !ok {
 		return err
 	}
 	info.StreamUsageSet = true
-	return s.object(streamOptionsKeys, func(key string) error {
+	return s.Object(streamOptionsKeys, func(key string) error {
 		if key != "include_usage" {
-			return s.skip(nil)
+			return s.Skip(nil)
 		}
-		_, err := boolField(s, "stream_options.include_usage")
+		_, err := s.BoolField("stream_options.include_usage")
 		return err
 	})
 }
 
 // openAIMessages reads chat "messages": each entry is one message.
-func openAIMessages(s *jsonScanner, tc *textCounter) (total part, err error) {
-	if ok, err := s.nullOr(jsonArray, "messages", "an array"); !ok {
-		return part{}, err
+func openAIMessages(s *jsonscan.Scanner, tc *costmodel.Counter) (total costmodel.Part, err error) {
+	if ok, err := s.NullOr(jsonscan.Array, "messages", "an array"); !ok {
+		return costmodel.Part{}, err
 	}
-	err = s.array(func(i int) error {
-		if s.peek() != jsonObject {
-			return s.typeError(fmt.Sprintf("messages[%d]", i), "an object")
+	err = s.Array(func(i int) error {
+		if s.Peek() != jsonscan.Object {
+			return s.TypeError(fmt.Sprintf("messages[%d]", i), "an object")
 		}
 		p, err := openAIEntry(s, tc, "messages", i)
-		p.messages++
-		total.add(p)
+		p.Messages++
+		total.Add(p)
 		return err
 	})
 	return total, err
@@ -118,37 +123,37 @@ func openAIMessages(s *jsonScanner, tc *textCounter) (total part, err error) {
 // token ids, or Responses input items (one message each). prompts is the
 // number of prompts: each string or token array is one, loose token ids
 // together are one.
-func openAIInputs(s *jsonScanner, tc *textCounter, name string) (total part, prompts int64, err error) {
-	switch s.peek() {
-	case jsonString:
+func openAIInputs(s *jsonscan.Scanner, tc *costmodel.Counter, name string) (total costmodel.Part, prompts int64, err error) {
+	switch s.Peek() {
+	case jsonscan.String:
 		total, err = countString(s, tc)
 		return total, 1, err
-	case jsonNull:
-		_, err = s.literal()
-		return part{}, 1, err
-	case jsonArray:
+	case jsonscan.Null:
+		_, err = s.Literal()
+		return costmodel.Part{}, 1, err
+	case jsonscan.Array:
 	default:
-		return part{}, 1, s.typeError(name, "a string or an array")
+		return costmodel.Part{}, 1, s.TypeError(name, "a string or an array")
 	}
-	err = s.array(func(i int) (err error) {
-		var p part
-		switch s.peek() {
-		case jsonString:
+	err = s.Array(func(i int) (err error) {
+		var p costmodel.Part
+		switch s.Peek() {
+		case jsonscan.String:
 			prompts++
 			p, err = countString(s, tc)
-		case jsonNumber:
-			p.tokens++
-			_, err = s.number()
-		case jsonArray:
+		case jsonscan.Number:
+			p.Tokens++
+			_, err = s.Number()
+		case jsonscan.Array:
 			prompts++
 			p, err = tokenIDs(s, tc)
-		case jsonObject: // a Responses input item
+		case jsonscan.Object: // a Responses input item
 			p, err = openAIEntry(s, tc, name, i)
-			p.messages++
+			p.Messages++
 		default:
-			return s.typeError(fmt.Sprintf("%s[%d]", name, i), "a string, a token id, an array of token ids or an object")
+			return s.TypeError(fmt.Sprintf("%s[%d]", name, i), "a string, a token id, an array of token ids or an object")
 		}
-		total.add(p)
+		total.Add(p)
 		return err
 	})
 	return total, max(prompts, 1), err
@@ -156,15 +161,15 @@ func openAIInputs(s *jsonScanner, tc *textCounter, name string) (total part, pro
 
 // tokenIDs reads an array of token ids: each number is one token; anything
 // else in it is counted as text.
-func tokenIDs(s *jsonScanner, tc *textCounter) (total part, err error) {
-	err = s.array(func(int) (err error) {
-		if s.peek() == jsonNumber {
-			total.tokens++
-			_, err = s.number()
+func tokenIDs(s *jsonscan.Scanner, tc *costmodel.Counter) (total costmodel.Part, err error) {
+	err = s.Array(func(int) (err error) {
+		if s.Peek() == jsonscan.Number {
+			total.Tokens++
+			_, err = s.Number()
 			return err
 		}
 		p, err := countCompact(s, tc)
-		total.add(p)
+		total.Add(p)
 		return err
 	})
 	return total, err
@@ -173,7 +178,7 @@ func tokenIDs(s *jsonScanner, tc *textCounter) (total part, err error) {
 // openAIEntry reads a chat message or a Responses input item: message
 // content, a participant or function name, tool calls (chat), function
 // call arguments, inputs and outputs (Responses items).
-func openAIEntry(s *jsonScanner, tc *textCounter, list string, idx int) (part, error) {
+func openAIEntry(s *jsonscan.Scanner, tc *costmodel.Counter, list string, idx int) (costmodel.Part, error) {
 	const (
 		slotContent = iota
 		slotName
@@ -184,22 +189,22 @@ func openAIEntry(s *jsonScanner, tc *textCounter, list string, idx int) (part, e
 		slotOutput
 		numSlots
 	)
-	var slots [numSlots]part
-	err := s.object(openAIEntryKeys, func(key string) (err error) {
+	var slots [numSlots]costmodel.Part
+	err := s.Object(openAIEntryKeys, func(key string) (err error) {
 		switch key {
 		case "content":
-			switch s.peek() {
-			case jsonString, jsonNull:
+			switch s.Peek() {
+			case jsonscan.String, jsonscan.Null:
 				slots[slotContent], err = countLoose(s, tc)
-			case jsonArray:
+			case jsonscan.Array:
 				slots[slotContent], err = openAIParts(s, tc)
 			default:
-				err = s.typeError(fmt.Sprintf("%s[%d].content", list, idx), "a string or an array")
+				err = s.TypeError(fmt.Sprintf("%s[%d].content", list, idx), "a string or an array")
 			}
 		case "name":
 			slots[slotName], err = countLoose(s, tc)
 		case "tool_calls": // [{id, type, function:{name, arguments}}]
-			if s.peek() == jsonArray {
+			if s.Peek() == jsonscan.Array {
 				slots[slotToolCalls], err = sumArray(s, tc, openAIFunction)
 			} else {
 				slots[slotToolCalls], err = countLoose(s, tc)
@@ -211,23 +216,23 @@ func openAIEntry(s *jsonScanner, tc *textCounter, list string, idx int) (part, e
 		case "input": // Responses custom_tool_call item
 			slots[slotInput], err = countLoose(s, tc)
 		case "output": // Responses function_call_output item
-			if s.peek() == jsonArray {
+			if s.Peek() == jsonscan.Array {
 				slots[slotOutput], err = openAIParts(s, tc)
 			} else {
 				slots[slotOutput], err = countLoose(s, tc)
 			}
 		default:
-			err = s.skip(nil)
+			err = s.Skip(nil)
 		}
 		return err
 	})
-	return sumParts(slots[:]), err
+	return costmodel.Sum(slots[:]), err
 }
 
 // openAIParts reads an array of content parts.
-func openAIParts(s *jsonScanner, tc *textCounter) (part, error) {
-	return sumArray(s, tc, func(s *jsonScanner, tc *textCounter) (part, error) {
-		if s.peek() == jsonObject {
+func openAIParts(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
+	return sumArray(s, tc, func(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
+		if s.Peek() == jsonscan.Object {
 			return openAIPart(s, tc)
 		}
 		return countLoose(s, tc)
@@ -238,47 +243,47 @@ func openAIParts(s *jsonScanner, tc *textCounter) (part, error) {
 // output_text, text}), a refusal, or an image ({type:image_url,
 // image_url:{url,detail}} in chat, {type:input_image, detail} in
 // Responses). An image counts by its detail, never by its URL or data.
-func openAIPart(s *jsonScanner, tc *textCounter) (part, error) {
-	var text [2]part // text, refusal
+func openAIPart(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
+	var text [2]costmodel.Part // text, refusal
 	var typ, detail [16]byte
 	var typN, detailN int
 	image := false
-	err := s.object(openAIPartKeys, func(key string) (err error) {
+	err := s.Object(openAIPartKeys, func(key string) (err error) {
 		switch key {
 		case "type":
-			typN, err = shortField(s, typ[:])
+			typN, err = s.ShortString(typ[:])
 		case "text":
 			text[0], err = countLoose(s, tc)
 		case "refusal":
 			text[1], err = countLoose(s, tc)
 		case "detail": // Responses input_image
-			detailN, err = shortField(s, detail[:])
+			detailN, err = s.ShortString(detail[:])
 		case "image_url":
 			image = true
-			if s.peek() != jsonObject {
-				return s.skip(nil) // a URL or base64 data is not text
+			if s.Peek() != jsonscan.Object {
+				return s.Skip(nil) // a URL or base64 data is not text
 			}
-			err = s.object(imageURLKeys, func(key string) (err error) {
+			err = s.Object(imageURLKeys, func(key string) (err error) {
 				if key == "detail" {
-					detailN, err = shortField(s, detail[:])
+					detailN, err = s.ShortString(detail[:])
 					return err
 				}
-				return s.skip(nil)
+				return s.Skip(nil)
 			})
 		default:
-			err = s.skip(nil)
+			err = s.Skip(nil)
 		}
 		return err
 	})
-	p := sumParts(text[:])
+	p := costmodel.Sum(text[:])
 	switch string(typ[:typN]) {
 	case "image_url", "input_image", "image":
 		image = true
 	}
 	if image && string(detail[:detailN]) == "low" {
-		p.imagesLow++
+		p.ImagesLow++
 	} else if image {
-		p.images++
+		p.Images++
 	}
 	return p, err
 }
@@ -286,12 +291,12 @@ func openAIPart(s *jsonScanner, tc *textCounter) (part, error) {
 // openAIFunction reads a function call: the text of its name, arguments
 // and input counts; {function:{…}} and {custom:{…}} wrappers of tool calls
 // are read through.
-func openAIFunction(s *jsonScanner, tc *textCounter) (part, error) {
-	if s.peek() != jsonObject {
+func openAIFunction(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
+	if s.Peek() != jsonscan.Object {
 		return countLoose(s, tc)
 	}
-	var fields [5]part
-	err := s.object(openAIFunctionKeys, func(key string) (err error) {
+	var fields [5]costmodel.Part
+	err := s.Object(openAIFunctionKeys, func(key string) (err error) {
 		switch key {
 		case "name":
 			fields[0], err = countLoose(s, tc)
@@ -304,11 +309,11 @@ func openAIFunction(s *jsonScanner, tc *textCounter) (part, error) {
 		case "custom":
 			fields[4], err = openAIFunction(s, tc)
 		default:
-			err = s.skip(nil)
+			err = s.Skip(nil)
 		}
 		return err
 	})
-	return sumParts(fields[:]), err
+	return costmodel.Sum(fields[:]), err
 }
 
 // The keys each object walker reads.

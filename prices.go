@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
 )
 
 // prices_file: the pricing table LiteLLM maintains and many tools share
@@ -19,7 +21,7 @@ import (
 // and the two token limits are kept. One row the reader cannot use is
 // skipped and reported, never the whole file: only a file that cannot be
 // read or is not a JSON object fails. The file is read in one pass by the
-// package's own JSON scanner (jsonscan.go), which validates it as it goes
+// plugin's own JSON scanner (internal/jsonscan), which validates it as it goes
 // and hands each price's text over without building a tree: LiteLLM's
 // 2,984 entries load in about 5 ms.
 
@@ -117,18 +119,19 @@ func loadPricesFile(path string) (t *priceTable, skipped []skippedRow, err error
 
 // parsePricesFile is loadPricesFile of a file's content.
 func parsePricesFile(path string, raw []byte) (t *priceTable, skipped []skippedRow, err error) {
-	s := &jsonScanner{data: raw}
-	if s.peek() != jsonObject {
-		return nil, nil, fmt.Errorf("%s is not a JSON object of model name → prices (%s)", path, startsWith(raw[s.pos:]))
+	sc := jsonscan.New(raw)
+	s := &sc
+	if s.Peek() != jsonscan.Object {
+		return nil, nil, fmt.Errorf("%s is not a JSON object of model name → prices (%s)", path, startsWith(raw[s.Pos():]))
 	}
 	entries := make(map[string]*filePrice, len(raw)/600+16) // LiteLLM's rows: about 550 bytes each
-	err = s.members(func(key []byte) error {
+	err = s.Members(func(key []byte) error {
 		name, err := memberName(key)
 		if err != nil {
 			return err
 		}
 		if name == "sample_spec" {
-			return s.skip(nil)
+			return s.Skip(nil)
 		}
 		fp, why, err := scanPriceRow(s)
 		switch {
@@ -143,8 +146,8 @@ func parsePricesFile(path string, raw []byte) (t *priceTable, skipped []skippedR
 		return nil
 	})
 	if err == nil {
-		if s.ws(); s.pos < len(s.data) {
-			err = s.syntaxError()
+		if s.Peek() != jsonscan.End {
+			err = s.SyntaxError()
 		}
 	}
 	if err != nil {
@@ -168,45 +171,6 @@ func startsWith(doc []byte) string {
 	return fmt.Sprintf("it starts with %q", doc[0])
 }
 
-// members reads the object at s.pos (its kind checked by the caller),
-// calling member with each member's key (raw, quotes included) and s.pos
-// at the value; member must consume the value. Unlike object, it hands the
-// key itself: reading a prices file is not the hot path.
-func (s *jsonScanner) members(member func(key []byte) error) error {
-	if err := s.open(); err != nil {
-		return err
-	}
-	for n := 0; ; n++ {
-		if s.ws(); s.pos < len(s.data) && s.data[s.pos] == '}' {
-			s.pos++
-			s.depth--
-			return nil
-		}
-		if n > 0 {
-			if s.pos >= len(s.data) || s.data[s.pos] != ',' {
-				return s.syntaxError()
-			}
-			s.pos++
-			s.ws()
-		}
-		if s.pos >= len(s.data) || s.data[s.pos] != '"' {
-			return s.syntaxError()
-		}
-		start := s.pos
-		if _, err := s.str(nil, nil); err != nil {
-			return err
-		}
-		key := s.data[start:s.pos]
-		if s.ws(); s.pos >= len(s.data) || s.data[s.pos] != ':' {
-			return s.syntaxError()
-		}
-		s.pos++
-		if err := member(key); err != nil {
-			return err
-		}
-	}
-}
-
 // memberName is a raw key as a string, its escapes decoded.
 func memberName(key []byte) (string, error) {
 	if bytes.IndexByte(key, '\\') < 0 {
@@ -221,28 +185,28 @@ func memberName(key []byte) (string, error) {
 // priced per token; why lists each field the reader cannot use (the row
 // is then skipped whole: a model priced without its tier would be
 // undercharged); err is the file's syntax error.
-func scanPriceRow(s *jsonScanner) (fp *filePrice, why []string, err error) {
-	if s.peek() != jsonObject {
-		return nil, []string{"is not an object"}, s.skip(nil)
+func scanPriceRow(s *jsonscan.Scanner) (fp *filePrice, why []string, err error) {
+	if s.Peek() != jsonscan.Object {
+		return nil, []string{"is not an object"}, s.Skip(nil)
 	}
 	var base rowPrices
 	var tiers map[int64]*rowPrices
 	var maxIn, maxOut []byte
-	err = s.members(func(key []byte) error {
+	err = s.Members(func(key []byte) error {
 		k := key[1 : len(key)-1]
 		f, above, isPrice := priceField(k)
 		if !isPrice {
 			switch string(k) {
 			case "max_input_tokens":
-				maxIn, err = s.value()
+				maxIn, err = s.Value()
 				return err
 			case "max_output_tokens":
-				maxOut, err = s.value()
+				maxOut, err = s.Value()
 				return err
 			}
-			return s.skip(nil)
+			return s.Skip(nil)
 		}
-		v, err := s.value()
+		v, err := s.Value()
 		if err != nil {
 			return err
 		}
@@ -305,20 +269,6 @@ func scanPriceRow(s *jsonScanner) (fp *filePrice, why []string, err error) {
 	}
 	fp.maxInput, fp.maxOutput = jsonCount(maxIn), jsonCount(maxOut)
 	return fp, nil, nil
-}
-
-// value is the raw text of the value at s.pos, which it consumes.
-func (s *jsonScanner) value() ([]byte, error) {
-	start := s.pos
-	switch k := s.peek(); k {
-	case jsonObject, jsonArray:
-		if err := s.skip(nil); err != nil {
-			return nil, err
-		}
-		return s.data[start:s.pos], nil
-	default:
-		return s.scalar(k)
-	}
 }
 
 // over is the price with the prices of r where it gives them, and those

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
 )
 
 // usageTailSize bounds what the handler keeps of a response to find its
@@ -200,7 +202,7 @@ func (uw *usageWriter) line(l []byte) {
 	case framingNDJSON:
 		data = bytes.TrimSpace(l)
 	default:
-		data, _ = sseData(l)
+		data, _ = jsonscan.SSEData(l)
 	}
 	if len(data) > 0 && streamEvent(uw.d, data, &uw.acc) {
 		uw.ended = true
@@ -315,11 +317,11 @@ func lastObjectAfterKey(b, key []byte) []byte {
 			return nil
 		}
 		end = i
-		j := skipSpace(b, i+len(key))
+		j := jsonscan.SkipSpace(b, i+len(key))
 		if j >= len(b) || b[j] != ':' {
 			continue
 		}
-		j = skipSpace(b, j+1)
+		j = jsonscan.SkipSpace(b, j+1)
 		if j >= len(b) || b[j] != '{' {
 			continue
 		}
@@ -328,13 +330,6 @@ func lastObjectAfterKey(b, key []byte) []byte {
 		}
 	}
 	return nil
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\r' || b[i] == '\t') {
-		i++
-	}
-	return i
 }
 
 // matchBrace returns the index of the '}' closing the '{' at b[i], or -1.

@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/costmodel"
+	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
 )
 
 func TestParseUsageJSON(t *testing.T) {
@@ -263,7 +266,8 @@ func TestDialectForPath(t *testing.T) {
 		}
 	}
 	info := requestInfo{N: 1}
-	if _, err := dGemini.parse(&jsonScanner{data: []byte(`{}`)}, &textCounter{}, "/v1beta/models/gemini-2.5-pro:streamGenerateContent", &info); err != nil || info.Model != "gemini-2.5-pro" || !info.Stream {
+	sc := jsonscan.New([]byte(`{}`))
+	if _, err := dGemini.parse(&sc, &costmodel.Counter{}, "/v1beta/models/gemini-2.5-pro:streamGenerateContent", &info); err != nil || info.Model != "gemini-2.5-pro" || !info.Stream {
 		t.Errorf("model and stream from the path: %+v %v", info, err)
 	}
 }

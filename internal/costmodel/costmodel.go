@@ -1,16 +1,9 @@
-package llmratelimit
-
-import (
-	"bytes"
-	"compress/gzip"
-	_ "embed"
-	"encoding/binary"
-	"fmt"
-	"io"
-)
-
-// The cost model of the estimator: how many tokens each byte of text adds,
-// given the classes of that byte and of the two bytes before it.
+// Package costmodel is the estimator's cost model: how many tokens each
+// byte of text adds, given the classes of that byte and of the two bytes
+// before it. A Counter counts text streamed through it (a JSON scanner
+// feeds it the strings of a body as it reads them), a Part is what one
+// piece of a request body adds to an estimate, and EstimateText is the
+// estimate of one text. It has no dependency beyond the standard library.
 //
 // The o200k/cl100k tokenizers cut text into pieces (a word with an optional
 // leading space or punctuation mark, up to 3 digits, a run of punctuation,
@@ -19,7 +12,7 @@ import (
 // a matter of what kind of byte it is and what came just before: the space
 // before a word starts one, the letters of a common word do not, random
 // letters start one every two or three, every third digit starts one, a
-// Chinese character starts most of one. costtable.bin holds, for every
+// Chinese character starts most of one. costtable.bin.gz (embedded) holds, for every
 // triple of byte classes, the expected number of o200k tokens that start
 // at a byte in that context, measured by tools/corpus on text of every
 // kind of its corpus (see its README). The byte classes are in the file
@@ -41,14 +34,24 @@ import (
 // Counting is one class lookup and one table lookup per byte, with no
 // branch; every cost is >= 0 and a deep charge is never below the normal
 // one, so appending text never lowers an estimate.
+package costmodel
 
-// costUnit is the fixed-point scale of the cost tables: costUnit = 1 token.
+import (
+	"bytes"
+	"compress/gzip"
+	_ "embed"
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// Unit is the fixed-point scale of the cost tables: Unit = 1 token.
 // A byte starts at most one token, so each cost fits a byte.
-const costUnit = 255
+const Unit = 255
 
 // The class of a byte takes classBits bits of a table index. In byteClass
 // and scanClass, flag bits mark what a block needs to know, far enough
-// above the class that no index of a textCounter's window reads them.
+// above the class that no index of a Counter's window reads them.
 const (
 	classBits = 6
 	tableSize = 1 << (3 * classBits)
@@ -81,7 +84,7 @@ var (
 	contClass  uint64 // the class of UTF-8 continuation bytes
 	classCount int    // the number of classes
 	// hanDelta corrects the charge of each ideograph U+4000-U+9FFF that
-	// follows a character of 2 bytes or more, in costUnit: the tables see
+	// follows a character of 2 bytes or more, in Unit: the tables see
 	// every ideograph alike, the tokenizer merges common ones with their
 	// neighbours and splits rare ones.
 	hanDelta [hanHi - hanLo]int16
@@ -89,7 +92,7 @@ var (
 
 // A block of four bytes is deep in a run of letters when it and the
 // deepBlocks-1 blocks before it are all lower-case, or all upper-case,
-// letters. runsMask keeps deepBlocks blocks of 2 bits in a textCounter's
+// letters. runsMask keeps deepBlocks blocks of 2 bits in a Counter's
 // runs; deepLowerRuns and deepUpperRuns are its values then.
 const (
 	deepBlocks    = 3
@@ -186,9 +189,10 @@ func loadCostTable(gz []byte) error {
 	return nil
 }
 
-// textCounter is the streaming estimator: begin a text, write its decoded
-// bytes in any number of pieces, read acc.
-type textCounter struct {
+// Counter is the streaming estimator: Begin a text, Write its decoded
+// bytes in any number of pieces, read Cost and Bytes. Its zero value is
+// ready once Begin is called; it does not allocate.
+type Counter struct {
 	// w holds the classes of the last bytes, the last one lowest, 6 bits
 	// each and with their flags far above: (w >> 6k) & tableMask is the
 	// index of the triple that ends k bytes back.
@@ -196,34 +200,43 @@ type textCounter struct {
 	// runs holds 2 bits per block for the last deepBlocks blocks: 1 for
 	// four lower-case letters, 2 for four upper-case letters, else 0.
 	runs  uint32
-	acc   int64 // cost in costUnit
+	acc   int64 // cost in Unit
 	bytes int64 // bytes written
 }
 
-// begin starts a new, separate text.
-func (t *textCounter) begin() {
+// Begin starts a new, separate text: what follows is charged as the
+// start of a text. Cost and Bytes go on adding up.
+func (t *Counter) Begin() {
 	t.w, t.runs = classStart<<classBits|classStart, 0
 }
 
-func (t *textCounter) write(p []byte) { t.count(p, &byteClass) }
+// Write counts p, the next bytes of the text.
+func (t *Counter) Write(p []byte) { t.count(p, &byteClass) }
 
-// Where count stopped.
-const (
-	countEnd    = iota // at the end of p
-	countQuote         // after the closing quote of a JSON string
-	countBadEsc        // at an escape it cannot decode
-	countCtrl          // at a control byte
-)
+// Cost is the cost of everything written since the zero Counter, in Unit.
+func (t *Counter) Cost() int64 { return t.acc }
+
+// Bytes is the number of text bytes written since the zero Counter.
+func (t *Counter) Bytes() int64 { return t.bytes }
+
+// CountJSONString counts p as the content of a JSON string (what follows
+// its opening quote), decoding the common escapes, and returns where in
+// p it stopped: at the closing quote, at a control byte, at an escape it
+// leaves to the caller (a surrogate pair, or one that is not valid), or
+// at the end of p. The caller decodes such an escape, Writes its bytes
+// and goes on after it. This is a JSON scanner's fast path: one pass that
+// finds the end of a string, decodes it and counts it.
+func (t *Counter) CountJSONString(p []byte) int { return t.count(p, &scanClass) }
 
 // count counts the text in p. With byteClass that is all of p. With
 // scanClass p is the content of a JSON string: count decodes its escapes
-// and stops after the closing quote, or at a byte that is not valid there.
-// It returns the bytes of p it read and where it stopped.
+// and stops at the closing quote, at an escape it does not decode or at a
+// control byte. It returns the index in p where it stopped.
 //
 // Everything is in one loop, with the counter's state in registers: text
 // goes a block of four bytes a round, and a block with a quote, a
 // backslash or a control byte goes a byte at a time.
-func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
+func (t *Counter) count(p []byte, cls *[256]uint64) int {
 	tab := costTable
 	w, runs := t.w, t.runs
 	acc, seen, w0 := t.acc, uint64(0), t.w
@@ -244,18 +257,8 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 			acc += int64(tab[w&m])
 			seen |= c0
 		}
-		if i >= len(p) {
-			stop = countEnd
-			break
-		}
-		if p[i] == '"' {
-			i++
-			stop = countQuote
-			break
-		}
-		if p[i] != '\\' {
-			stop = countCtrl
-			break
+		if i >= len(p) || p[i] != '\\' {
+			break // the end, a quote or a control byte
 		}
 		// Escapes, as many as follow each other: text that escapes every
 		// character goes here, not back through the block loop.
@@ -273,7 +276,7 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 			x0, x1, x2, x3 := hexVal[h[0]], hexVal[h[1]], hexVal[h[2]], hexVal[h[3]]
 			r := x0<<12 | x1<<8 | x2<<4 | x3
 			if (x0|x1|x2|x3)&0x10 != 0 || r >= 0xD800 && r < 0xE000 {
-				break // a surrogate pair, or not an escape: decodeEscape says
+				break // a surrogate pair, or not an escape: the caller's
 			}
 			switch {
 			case r < 0x80:
@@ -295,31 +298,16 @@ func (t *textCounter) count(p []byte, cls *[256]uint64) (read, stop int) {
 			}
 			i += 6
 		}
-		if i >= len(p) || p[i] != '\\' {
-			continue // back to plain text (or to the end)
+		if i < len(p) && p[i] == '\\' {
+			break // an escape left to the caller
 		}
-		var buf [4]byte
-		m, adv := decodeEscape(p[i:], &buf)
-		if m < 0 {
-			stop = countBadEsc
-			break
-		}
-		for _, b := range buf[:m] {
-			w, acc = chargeByte(tab, w, acc, b)
-		}
-		i += adv
-		escaped += adv - m
-	}
-	read = i
-	if stop == countQuote {
-		read-- // the closing quote is not text
 	}
 	if seen&hanBit != 0 {
-		acc += hanCorrection(p[:read], w0&(1<<classBits-1) == contClass)
+		acc += hanCorrection(p[:i], w0&(1<<classBits-1) == contClass)
 	}
 	t.w, t.runs, t.acc = w, runs, acc
-	t.bytes += int64(read - escaped)
-	return i, stop
+	t.bytes += int64(i - escaped)
+	return i
 }
 
 // blockState is what countBlocks carries from block to block.
@@ -400,30 +388,9 @@ func hanCorrection(p []byte, afterMB bool) (sum int64) {
 	return sum
 }
 
-// countStr is str into tc alone: one pass that finds the end of the
-// string, decodes it and counts it (textCounter.count).
-func (s *jsonScanner) countStr(tc *textCounter) (n int, err error) {
-	before := tc.bytes
-	read, stop := tc.count(s.data[s.pos+1:], &scanClass)
-	i := s.pos + 1 + read
-	n = int(tc.bytes - before)
-	switch stop {
-	case countQuote:
-		s.pos = i
-		return n, nil
-	case countBadEsc:
-		s.pos = i
-		return n, badRequestf("invalid JSON: invalid escape in string at offset %d", i)
-	case countCtrl:
-		s.pos = i
-		return n, badRequestf("invalid JSON: control character in string at offset %d", i)
-	}
-	s.pos = i
-	return n, s.syntaxError()
-}
-
-// writeByte writes one byte (a decoded escape), which ends a block.
-func (t *textCounter) writeByte(b byte) {
+// PutByte writes one byte, which ends a block of text: a JSON scanner
+// feeds the punctuation of compact JSON this way.
+func (t *Counter) PutByte(b byte) {
 	t.w = t.w<<classBits | byteClass[b]
 	t.acc += int64(costTable[t.w&tableMask])
 	t.runs = 0

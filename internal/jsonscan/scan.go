@@ -1,41 +1,50 @@
-package llmratelimit
-
-import (
-	"fmt"
-	"unicode/utf8"
-)
-
-// This file is a small JSON scanner: it validates a document as it walks it
-// and hands string contents to a textCounter, without building a tree and
-// without allocating. Nesting is bounded by maxJSONDepth and containers that
-// nobody reads are skipped iteratively, so a hostile body cannot make it
-// recurse deeply.
+// Package jsonscan is a small JSON scanner: it validates a document as it
+// walks it and hands the contents of the strings a caller asks for to a
+// costmodel.Counter, without building a tree and without allocating.
+// Nesting is bounded by MaxDepth and containers that nobody reads are
+// skipped iteratively, so a hostile body cannot make it recurse deeply.
+//
+// A walker reads a document top-down: Peek tells the kind of the next
+// value, Object and Array call back for each member or element, and every
+// value is consumed by one call (Str, Number, Literal, Skip, or a nested
+// Object or Array). Errors are *Error, with a message fit for the client.
+// The package also reads and writes single values in JSON text that is not
+// walked as a whole (value.go): integers, strings, members of an object,
+// the data of a server-sent event.
 //
 // Decisions:
 //   - Invalid UTF-8 inside strings is accepted (as most JSON decoders do)
 //     and counted byte by byte.
 //   - Keys are compared after decoding escapes (keys up to 64 bytes).
+package jsonscan
 
-// maxJSONDepth is the deepest nesting of objects and arrays accepted; the
+import (
+	"fmt"
+	"unicode/utf8"
+
+	"github.com/llmgate/caddy-llm-ratelimit/internal/costmodel"
+)
+
+// MaxDepth is the deepest nesting of objects and arrays accepted; the
 // top-level object is level 1.
-const maxJSONDepth = 128
+const MaxDepth = 128
 
-// jsonKind is the kind of the next value, judged from its first byte.
-type jsonKind uint8
+// Kind is the kind of the next value, judged from its first byte.
+type Kind uint8
 
 const (
-	jsonEnd jsonKind = iota // end of input
-	jsonString
-	jsonNumber
-	jsonObject
-	jsonArray
-	jsonBool
-	jsonNull
-	jsonBad // a byte that cannot start a value
+	End Kind = iota // end of input
+	String
+	Number
+	Object
+	Array
+	Bool
+	Null
+	Bad // a byte that cannot start a value
 )
 
 // kindName is the kind as it appears in "must be" error messages.
-func (k jsonKind) kindName() string {
+func (k Kind) kindName() string {
 	return [...]string{"nothing", "a string", "a number", "an object", "an array", "a boolean", "null", "invalid"}[k]
 }
 
@@ -48,36 +57,58 @@ var strStop = func() (t [256]bool) {
 	return t
 }()
 
-type jsonScanner struct {
+// Scanner reads one JSON document. Its zero value reads an empty one; New
+// makes one that reads data. A Scanner is a value with no pointer to
+// itself, so a caller can keep one in a pool or on the stack.
+type Scanner struct {
 	data   []byte
 	pos    int
 	depth  int
 	keyBuf [64]byte
 }
 
-func badRequestf(format string, args ...any) error {
-	return &badRequestError{msg: fmt.Sprintf(format, args...)}
+// New is a Scanner at the start of data.
+func New(data []byte) Scanner { return Scanner{data: data} }
+
+// At is a Scanner of the same document at pos (an offset that Pos gave),
+// outside any container: to read again a value read or skipped before.
+func (s *Scanner) At(pos int) Scanner { return Scanner{data: s.data, pos: pos} }
+
+// Pos is the offset of the scanner in its document: where the next value
+// starts, once Peek has skipped white space.
+func (s *Scanner) Pos() int { return s.pos }
+
+// Error is what the scanner finds wrong with a document: invalid JSON, or
+// a value of the wrong kind. Its message names the offset or the field and
+// is fit for the client.
+type Error struct{ msg string }
+
+func (e *Error) Error() string { return e.msg }
+
+// Errorf is an *Error with the message format gives.
+func Errorf(format string, args ...any) error {
+	return &Error{msg: fmt.Sprintf(format, args...)}
 }
 
-// syntaxError describes the byte at s.pos as unexpected.
-func (s *jsonScanner) syntaxError() error {
+// SyntaxError describes the byte at the scanner's position as unexpected.
+func (s *Scanner) SyntaxError() error {
 	if s.pos >= len(s.data) {
-		return badRequestf("invalid JSON: unexpected end of input at offset %d", s.pos)
+		return Errorf("invalid JSON: unexpected end of input at offset %d", s.pos)
 	}
-	return badRequestf("invalid JSON: unexpected character %q at offset %d", s.data[s.pos], s.pos)
+	return Errorf("invalid JSON: unexpected character %q at offset %d", s.data[s.pos], s.pos)
 }
 
-// typeError skips the offending value (so that a syntax error in it wins)
-// and reports that field name must be want.
-func (s *jsonScanner) typeError(name, want string) error {
-	k := s.peek()
-	if err := s.skip(nil); err != nil {
+// TypeError skips the value at the scanner's position (so that a syntax
+// error in it wins) and reports that field name must be want.
+func (s *Scanner) TypeError(name, want string) error {
+	k := s.Peek()
+	if err := s.Skip(nil); err != nil {
 		return err
 	}
-	return badRequestf("%s must be %s, not %s", name, want, k.kindName())
+	return Errorf("%s must be %s, not %s", name, want, k.kindName())
 }
 
-func (s *jsonScanner) ws() {
+func (s *Scanner) ws() {
 	d, i := s.data, s.pos
 	for i < len(d) && (d[i] == ' ' || d[i] == '\n' || d[i] == '\r' || d[i] == '\t') {
 		i++
@@ -85,45 +116,46 @@ func (s *jsonScanner) ws() {
 	s.pos = i
 }
 
-// peek skips white space and tells the kind of the next value.
-func (s *jsonScanner) peek() jsonKind {
+// Peek skips white space and tells the kind of the next value (End at the
+// end of the document).
+func (s *Scanner) Peek() Kind {
 	s.ws()
 	if s.pos >= len(s.data) {
-		return jsonEnd
+		return End
 	}
 	switch c := s.data[s.pos]; {
 	case c == '"':
-		return jsonString
+		return String
 	case c == '{':
-		return jsonObject
+		return Object
 	case c == '[':
-		return jsonArray
+		return Array
 	case c == 't' || c == 'f':
-		return jsonBool
+		return Bool
 	case c == 'n':
-		return jsonNull
+		return Null
 	case c == '-' || (c >= '0' && c <= '9'):
-		return jsonNumber
+		return Number
 	}
-	return jsonBad
+	return Bad
 }
 
 // open consumes the '{' or '[' at s.pos and enters one level.
-func (s *jsonScanner) open() error {
-	if s.depth >= maxJSONDepth {
-		return badRequestf("invalid JSON: nesting deeper than %d levels at offset %d", maxJSONDepth, s.pos)
+func (s *Scanner) open() error {
+	if s.depth >= MaxDepth {
+		return Errorf("invalid JSON: nesting deeper than %d levels at offset %d", MaxDepth, s.pos)
 	}
 	s.depth++
 	s.pos++
 	return nil
 }
 
-// object reads the object at s.pos (its kind checked by the caller),
+// Object reads the object at s.pos (its kind checked by the caller),
 // calling member for each member with s.pos at the value; member must
 // consume the value. key is the entry of known that the member's key
 // equals (after decoding escapes), or "" for any other key. Handing member
 // a slice of the key instead would make the scanner escape to the heap.
-func (s *jsonScanner) object(known []string, member func(key string) error) error {
+func (s *Scanner) Object(known []string, member func(key string) error) error {
 	if err := s.open(); err != nil {
 		return err
 	}
@@ -135,20 +167,20 @@ func (s *jsonScanner) object(known []string, member func(key string) error) erro
 		}
 		if n > 0 {
 			if s.pos >= len(s.data) || s.data[s.pos] != ',' {
-				return s.syntaxError()
+				return s.SyntaxError()
 			}
 			s.pos++
 			s.ws()
 		}
 		if s.pos >= len(s.data) || s.data[s.pos] != '"' {
-			return s.syntaxError()
+			return s.SyntaxError()
 		}
 		k, err := s.key()
 		if err != nil {
 			return err
 		}
 		if s.ws(); s.pos >= len(s.data) || s.data[s.pos] != ':' {
-			return s.syntaxError()
+			return s.SyntaxError()
 		}
 		s.pos++
 		key := ""
@@ -166,7 +198,7 @@ func (s *jsonScanner) object(known []string, member func(key string) error) erro
 
 // key reads the object key at s.pos (a quote): the raw bytes of a key
 // without escapes, else its decoded form as far as keyBuf holds it.
-func (s *jsonScanner) key() ([]byte, error) {
+func (s *Scanner) key() ([]byte, error) {
 	d, start := s.data, s.pos
 	i := start + 1
 	for i < len(d) && !strStop[d[i]] {
@@ -176,16 +208,16 @@ func (s *jsonScanner) key() ([]byte, error) {
 		s.pos = i + 1
 		return d[start+1 : i], nil
 	}
-	m, err := s.str(nil, s.keyBuf[:])
+	m, err := s.Str(nil, s.keyBuf[:])
 	if err != nil {
 		return nil, err
 	}
 	return s.keyBuf[:min(m, len(s.keyBuf))], nil
 }
 
-// array reads the array at s.pos (its kind checked by the caller), calling
+// Array reads the array at s.pos (its kind checked by the caller), calling
 // elem for each element with s.pos at it; elem must consume it.
-func (s *jsonScanner) array(elem func(i int) error) error {
+func (s *Scanner) Array(elem func(i int) error) error {
 	if err := s.open(); err != nil {
 		return err
 	}
@@ -197,7 +229,7 @@ func (s *jsonScanner) array(elem func(i int) error) error {
 		}
 		if n > 0 {
 			if s.pos >= len(s.data) || s.data[s.pos] != ',' {
-				return s.syntaxError()
+				return s.SyntaxError()
 			}
 			s.pos++
 		}
@@ -207,23 +239,23 @@ func (s *jsonScanner) array(elem func(i int) error) error {
 	}
 }
 
-// nullOr checks the kind of field name: present is false for null (which
+// NullOr checks the kind of field name: present is false for null (which
 // it consumes); a kind other than want or null is an error saying that
 // name must be desc.
-func (s *jsonScanner) nullOr(want jsonKind, name, desc string) (present bool, err error) {
-	switch s.peek() {
+func (s *Scanner) NullOr(want Kind, name, desc string) (present bool, err error) {
+	switch s.Peek() {
 	case want:
 		return true, nil
-	case jsonNull:
-		_, err = s.literal()
+	case Null:
+		_, err = s.Literal()
 		return false, err
 	}
-	return false, s.typeError(name, desc)
+	return false, s.TypeError(name, desc)
 }
 
-// str scans the string at s.pos, validating it. Its decoded text goes to
+// Str scans the string at s.pos, validating it. Its decoded text goes to
 // tc (when not nil) and into dst as far as it fits; n is the decoded length.
-func (s *jsonScanner) str(tc *textCounter, dst []byte) (n int, err error) {
+func (s *Scanner) Str(tc *costmodel.Counter, dst []byte) (n int, err error) {
 	if tc != nil && dst == nil {
 		return s.countStr(tc)
 	}
@@ -239,7 +271,7 @@ func (s *jsonScanner) str(tc *textCounter, dst []byte) (n int, err error) {
 		}
 		if i >= len(d) {
 			s.pos = i
-			return n, s.syntaxError()
+			return n, s.SyntaxError()
 		}
 		switch d[i] {
 		case '"':
@@ -250,20 +282,53 @@ func (s *jsonScanner) str(tc *textCounter, dst []byte) (n int, err error) {
 			m, adv := decodeEscape(d[i:], &buf)
 			if m < 0 {
 				s.pos = i
-				return n, badRequestf("invalid JSON: invalid escape in string at offset %d", i)
+				return n, Errorf("invalid JSON: invalid escape in string at offset %d", i)
 			}
 			n = emit(tc, dst, n, buf[:m])
 			i += adv
 		default:
 			s.pos = i
-			return n, badRequestf("invalid JSON: control character in string at offset %d", i)
+			return n, Errorf("invalid JSON: control character in string at offset %d", i)
 		}
 	}
 }
 
-func emit(tc *textCounter, dst []byte, n int, p []byte) int {
+// countStr is Str into tc alone: the counter's one pass finds the end of
+// the string, decodes it and counts it; the escapes it leaves (surrogate
+// pairs, invalid ones) are decoded here.
+func (s *Scanner) countStr(tc *costmodel.Counter) (n int, err error) {
+	before := tc.Bytes()
+	d := s.data
+	i := s.pos + 1
+	for {
+		i += tc.CountJSONString(d[i:])
+		if i >= len(d) {
+			s.pos = i
+			return int(tc.Bytes() - before), s.SyntaxError()
+		}
+		switch d[i] {
+		case '"':
+			s.pos = i + 1
+			return int(tc.Bytes() - before), nil
+		case '\\':
+			var buf [4]byte
+			m, adv := decodeEscape(d[i:], &buf)
+			if m < 0 {
+				s.pos = i
+				return int(tc.Bytes() - before), Errorf("invalid JSON: invalid escape in string at offset %d", i)
+			}
+			tc.Write(buf[:m])
+			i += adv
+		default:
+			s.pos = i
+			return int(tc.Bytes() - before), Errorf("invalid JSON: control character in string at offset %d", i)
+		}
+	}
+}
+
+func emit(tc *costmodel.Counter, dst []byte, n int, p []byte) int {
 	if tc != nil {
-		tc.write(p)
+		tc.Write(p)
 	}
 	if n < len(dst) {
 		copy(dst[n:], p)
@@ -336,8 +401,8 @@ func hex4(p []byte) (rune, bool) {
 	return r, true
 }
 
-// number scans the number at s.pos and returns its text.
-func (s *jsonScanner) number() ([]byte, error) {
+// Number scans the number at s.pos and returns its text.
+func (s *Scanner) Number() ([]byte, error) {
 	d, i, start := s.data, s.pos, s.pos
 	digits := func() bool {
 		j := i
@@ -354,13 +419,13 @@ func (s *jsonScanner) number() ([]byte, error) {
 		i++
 	case !digits():
 		s.pos = i
-		return nil, s.syntaxError()
+		return nil, s.SyntaxError()
 	}
 	if i < len(d) && d[i] == '.' {
 		i++
 		if !digits() {
 			s.pos = i
-			return nil, s.syntaxError()
+			return nil, s.SyntaxError()
 		}
 	}
 	if i < len(d) && (d[i] == 'e' || d[i] == 'E') {
@@ -370,15 +435,15 @@ func (s *jsonScanner) number() ([]byte, error) {
 		}
 		if !digits() {
 			s.pos = i
-			return nil, s.syntaxError()
+			return nil, s.SyntaxError()
 		}
 	}
 	s.pos = i
 	return d[start:i], nil
 }
 
-// literal scans true, false or null at s.pos.
-func (s *jsonScanner) literal() ([]byte, error) {
+// Literal scans true, false or null at s.pos and returns its text.
+func (s *Scanner) Literal() ([]byte, error) {
 	d, i := s.data, s.pos
 	for _, lit := range [...]string{"true", "false", "null"} {
 		if len(d)-i >= len(lit) && string(d[i:i+len(lit)]) == lit {
@@ -387,25 +452,25 @@ func (s *jsonScanner) literal() ([]byte, error) {
 		}
 	}
 	if len(d)-i < 5 {
-		return nil, badRequestf("invalid JSON: unexpected end of input or invalid literal at offset %d", i)
+		return nil, Errorf("invalid JSON: unexpected end of input or invalid literal at offset %d", i)
 	}
-	return nil, badRequestf("invalid JSON: invalid literal at offset %d", i)
+	return nil, Errorf("invalid JSON: invalid literal at offset %d", i)
 }
 
 // scalar scans the string, number or literal at s.pos and returns its
 // raw text.
-func (s *jsonScanner) scalar(k jsonKind) ([]byte, error) {
+func (s *Scanner) scalar(k Kind) ([]byte, error) {
 	start := s.pos
 	switch k {
-	case jsonString:
-		if _, err := s.str(nil, nil); err != nil {
+	case String:
+		if _, err := s.Str(nil, nil); err != nil {
 			return nil, err
 		}
 		return s.data[start:s.pos], nil
-	case jsonNumber:
-		return s.number()
-	case jsonBool, jsonNull:
-		return s.literal()
+	case Number:
+		return s.Number()
+	case Bool, Null:
+		return s.Literal()
 	}
-	return nil, s.syntaxError()
+	return nil, s.SyntaxError()
 }

@@ -1,26 +1,28 @@
-package llmratelimit
+package jsonscan
 
-// skip validates the value at s.pos and moves past it, iteratively. When tc
+import "github.com/llmgate/caddy-llm-ratelimit/internal/costmodel"
+
+// Skip validates the value at s.pos and moves past it, iteratively. When tc
 // is not nil it is fed the value's compact JSON: the source text without
 // white space outside strings (strings as written, escapes included).
-func (s *jsonScanner) skip(tc *textCounter) error {
-	var stack [maxJSONDepth/64 + 1]uint64 // bit set: object at that level
+func (s *Scanner) Skip(tc *costmodel.Counter) error {
+	var stack [MaxDepth/64 + 1]uint64 // bit set: object at that level
 	level := 0
 	put := func(c byte) {
 		if tc != nil {
-			tc.writeByte(c)
+			tc.PutByte(c)
 		}
 	}
 	for {
 		// A value is expected at s.pos.
-		k := s.peek()
-		if k == jsonObject || k == jsonArray {
+		k := s.Peek()
+		if k == Object || k == Array {
 			c := s.data[s.pos]
 			if err := s.open(); err != nil {
 				return err
 			}
 			put(c)
-			if k == jsonObject {
+			if k == Object {
 				stack[level/64] |= 1 << (level % 64)
 			} else {
 				stack[level/64] &^= 1 << (level % 64)
@@ -29,7 +31,7 @@ func (s *jsonScanner) skip(tc *textCounter) error {
 			s.ws()
 			if s.pos < len(s.data) && s.data[s.pos] == c+2 { // '{'+2 == '}', '['+2 == ']'
 				// Empty container: fall through to the closing logic.
-			} else if k == jsonObject {
+			} else if k == Object {
 				if err := s.skipKey(tc); err != nil {
 					return err
 				}
@@ -43,7 +45,7 @@ func (s *jsonScanner) skip(tc *textCounter) error {
 				return err
 			}
 			if tc != nil {
-				tc.write(raw)
+				tc.Write(raw)
 			}
 		}
 		// After a value (or at an empty container's close): a separator
@@ -54,7 +56,7 @@ func (s *jsonScanner) skip(tc *textCounter) error {
 			}
 			s.ws()
 			if s.pos >= len(s.data) {
-				return s.syntaxError()
+				return s.SyntaxError()
 			}
 			c := s.data[s.pos]
 			obj := stack[(level-1)/64]&(1<<((level-1)%64)) != 0
@@ -66,7 +68,7 @@ func (s *jsonScanner) skip(tc *textCounter) error {
 				continue
 			}
 			if c != ',' {
-				return s.syntaxError()
+				return s.SyntaxError()
 			}
 			s.pos++
 			put(c)
@@ -82,24 +84,24 @@ func (s *jsonScanner) skip(tc *textCounter) error {
 }
 
 // skipKey scans `"key":` at s.pos (after white space), feeding tc.
-func (s *jsonScanner) skipKey(tc *textCounter) error {
+func (s *Scanner) skipKey(tc *costmodel.Counter) error {
 	if s.pos >= len(s.data) || s.data[s.pos] != '"' {
-		return s.syntaxError()
+		return s.SyntaxError()
 	}
 	start := s.pos
 	if _, err := s.key(); err != nil {
 		return err
 	}
 	if tc != nil {
-		tc.write(s.data[start:s.pos])
+		tc.Write(s.data[start:s.pos])
 	}
 	s.ws()
 	if s.pos >= len(s.data) || s.data[s.pos] != ':' {
-		return s.syntaxError()
+		return s.SyntaxError()
 	}
 	s.pos++
 	if tc != nil {
-		tc.writeByte(':')
+		tc.PutByte(':')
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package llmratelimit
+package jsonscan
 
 import (
 	"bytes"
@@ -12,10 +12,10 @@ import (
 // handler's own error bodies, and the integer members of one object (the
 // usage block of a response).
 
-// parseJSONInt converts a JSON number to an int64. It accepts any number
+// ParseInt converts a JSON number to an int64. It accepts any number
 // whose value is an integer within range ("12", "1.0", "1e3") and rejects
 // fractions and numbers out of range.
-func parseJSONInt(raw []byte) (int64, bool) {
+func ParseInt(raw []byte) (int64, bool) {
 	neg := len(raw) > 0 && raw[0] == '-'
 	digits := raw
 	if neg {
@@ -45,9 +45,9 @@ func parseJSONInt(raw []byte) (int64, bool) {
 	return int64(u), true
 }
 
-// appendJSONString appends s as a JSON string literal. Invalid UTF-8
+// AppendString appends s as a JSON string literal. Invalid UTF-8
 // becomes U+FFFD so that the output is always valid JSON.
-func appendJSONString(dst []byte, s string) []byte {
+func AppendString(dst []byte, s string) []byte {
 	const hexDigits = "0123456789abcdef"
 	dst = append(dst, '"')
 	for i := 0; i < len(s); {
@@ -81,13 +81,13 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// objectInts reads the JSON object obj and stores its integer members named
+// ObjectInts reads the JSON object obj and stores its integer members named
 // in names into out: bit i of found is set when names[i] is present as a
 // non-negative integer. Other members, nested objects included, are
 // skipped. ok is false when obj is not a valid object.
-func objectInts(obj []byte, names []string, out []int64) (found uint32, ok bool) {
-	s := jsonScanner{data: obj}
-	if s.peek() != jsonObject {
+func ObjectInts(obj []byte, names []string, out []int64) (found uint32, ok bool) {
+	s := Scanner{data: obj}
+	if s.Peek() != Object {
 		return 0, false
 	}
 	err := s.objectInts(names, "", out, &found)
@@ -97,7 +97,7 @@ func objectInts(obj []byte, names []string, out []int64) (found uint32, ok bool)
 // objectInts reads the integer members names of the object at s.pos; a
 // name "a.b" is member b of the object member a. prefix is the path of
 // this object ("" at the top, "a." one level down).
-func (s *jsonScanner) objectInts(names []string, prefix string, out []int64, found *uint32) error {
+func (s *Scanner) objectInts(names []string, prefix string, out []int64, found *uint32) error {
 	// The keys to look at: this level's part of each name.
 	var buf [8]string
 	known := buf[:0]
@@ -113,20 +113,20 @@ func (s *jsonScanner) objectInts(names []string, prefix string, out []int64, fou
 			known = append(known, n)
 		}
 	}
-	return s.object(known, func(k string) error {
-		switch s.peek() {
-		case jsonNumber:
+	return s.Object(known, func(k string) error {
+		switch s.Peek() {
+		case Number:
 			for i, n := range names {
 				if len(n) == len(prefix)+len(k) && n[:len(prefix)] == prefix && n[len(prefix):] == k {
-					raw, err := s.number()
-					if v, isInt := parseJSONInt(raw); err == nil && isInt && v >= 0 {
+					raw, err := s.Number()
+					if v, isInt := ParseInt(raw); err == nil && isInt && v >= 0 {
 						out[i] = v
 						*found |= 1 << i
 					}
 					return err
 				}
 			}
-		case jsonObject:
+		case Object:
 			if prefix == "" { // one level down at most
 				for _, n := range names {
 					if len(n) > len(k) && n[:len(k)] == k && n[len(k)] == '.' {
@@ -135,7 +135,7 @@ func (s *jsonScanner) objectInts(names []string, prefix string, out []int64, fou
 				}
 			}
 		}
-		return s.skip(nil)
+		return s.Skip(nil)
 	})
 }
 
@@ -144,10 +144,10 @@ func (s *jsonScanner) objectInts(names []string, prefix string, out []int64, fou
 // that JSON allows around the colon: `"type":"message_stop"` and
 // `"type": "message_stop"` are the same member.
 
-// sseData is the payload of an event stream's data line ("data:" and one
+// SSEData is the payload of an event stream's data line ("data:" and one
 // optional space stripped, the line end trimmed); ok is false for any
 // other line.
-func sseData(line []byte) (data []byte, ok bool) {
+func SSEData(line []byte) (data []byte, ok bool) {
 	data, ok = bytes.CutPrefix(line, []byte("data:"))
 	if !ok {
 		return nil, false
@@ -165,18 +165,18 @@ func memberValue(b []byte, key string, from int) int {
 		if j < 0 {
 			return -1
 		}
-		k := skipSpace(b, i+j+len(pat))
+		k := SkipSpace(b, i+j+len(pat))
 		if k < len(b) && b[k] == ':' {
-			return skipSpace(b, k+1)
+			return SkipSpace(b, k+1)
 		}
 		i += j + 1
 	}
 	return -1
 }
 
-// hasStringMember tells whether b holds the member "key": "value" (value
+// HasStringMember tells whether b holds the member "key": "value" (value
 // without escapes).
-func hasStringMember(b []byte, key, value string) bool {
+func HasStringMember(b []byte, key, value string) bool {
 	for i := 0; ; {
 		v := memberValue(b, key, i)
 		if v < 0 {
@@ -189,9 +189,9 @@ func hasStringMember(b []byte, key, value string) bool {
 	}
 }
 
-// stringMember is the raw text of the first string member named key in b
+// StringMember is the raw text of the first string member named key in b
 // (escapes left as written).
-func stringMember(b []byte, key string) ([]byte, bool) {
+func StringMember(b []byte, key string) ([]byte, bool) {
 	v := memberValue(b, key, 0)
 	if v < 0 || v >= len(b) || b[v] != '"' {
 		return nil, false
@@ -203,17 +203,17 @@ func stringMember(b []byte, key string) ([]byte, bool) {
 	return b[v+1 : v+1+end], true
 }
 
-// setIntMember sets the integer members names of the object obj (valid
+// SetIntMember sets the integer members names of the object obj (valid
 // JSON) to v: every member of those names is rewritten; when none is
 // there, a member add is added first in the object. It returns the new
 // object.
-func setIntMember(obj []byte, names []string, add string, v int64) []byte {
+func SetIntMember(obj []byte, names []string, add string, v int64) []byte {
 	type span struct{ from, to int }
 	var spans []span
-	s := jsonScanner{data: obj}
-	_ = s.object(names, func(k string) error {
+	s := Scanner{data: obj}
+	_ = s.Object(names, func(k string) error {
 		from := s.pos
-		err := s.skip(nil)
+		err := s.Skip(nil)
 		if k != "" {
 			spans = append(spans, span{from, s.pos})
 		}
@@ -221,7 +221,7 @@ func setIntMember(obj []byte, names []string, add string, v int64) []byte {
 	})
 	num := strconv.AppendInt(nil, v, 10)
 	if len(spans) == 0 {
-		return addMember(obj, add, num)
+		return AddMember(obj, add, num)
 	}
 	out := make([]byte, 0, len(obj)+8*len(spans))
 	last := 0
@@ -232,9 +232,9 @@ func setIntMember(obj []byte, names []string, add string, v int64) []byte {
 	return append(out, obj[last:]...)
 }
 
-// addMember adds the member name with the raw JSON value first in the
+// AddMember adds the member name with the raw JSON value first in the
 // object obj.
-func addMember(obj []byte, name string, value []byte) []byte {
+func AddMember(obj []byte, name string, value []byte) []byte {
 	i := bytes.IndexByte(obj, '{') + 1
 	member := append(append(append([]byte{'"'}, name...), `":`...), value...)
 	if j := bytes.IndexFunc(obj[i:], func(r rune) bool { return !isJSONSpace(r) }); j >= 0 && obj[i+j] != '}' {
@@ -243,13 +243,13 @@ func addMember(obj []byte, name string, value []byte) []byte {
 	return append(append(append(make([]byte, 0, len(obj)+len(member)), obj[:i]...), member...), obj[i:]...)
 }
 
-// memberSpan is where the value of the top-level member of one of names
+// MemberSpan is where the value of the top-level member of one of names
 // is in obj (the last such member), or ok false.
-func memberSpan(obj []byte, names []string) (from, to int, ok bool) {
-	s := jsonScanner{data: obj}
-	_ = s.object(names, func(k string) error {
+func MemberSpan(obj []byte, names []string) (from, to int, ok bool) {
+	s := Scanner{data: obj}
+	_ = s.Object(names, func(k string) error {
 		f := s.pos
-		err := s.skip(nil)
+		err := s.Skip(nil)
 		if k != "" {
 			from, to, ok = f, s.pos, true
 		}
@@ -259,3 +259,12 @@ func memberSpan(obj []byte, names []string) (from, to int, ok bool) {
 }
 
 func isJSONSpace(r rune) bool { return r == ' ' || r == '\t' || r == '\n' || r == '\r' }
+
+// SkipSpace is the index of the first byte at or after i in b that is not
+// JSON white space, or len(b).
+func SkipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\r' || b[i] == '\t') {
+		i++
+	}
+	return i
+}

@@ -87,11 +87,11 @@ func pickStyle(r *rand.Rand) Style {
 func main() {
 	out := flag.String("out", "", "output directory (e.g. ../../testdata/corpus)")
 	vim := flag.String("vim", "/usr/share/vim/vim*", "glob of the vim runtime directory holding tutor/")
-	table := flag.String("table", "", "also measure the estimator's cost table into this file (e.g. ../../costtable.bin.gz)")
+	table := flag.String("table", "", "also measure the estimator's cost table into this file (e.g. ../../internal/costmodel/costtable.bin.gz)")
 	quiet := flag.Bool("q", false, "do not print the summary")
 	flag.Parse()
 	if *out == "" && *table == "" {
-		fmt.Fprintln(os.Stderr, "usage: go run . -out ../../testdata/corpus -table ../../costtable.bin.gz")
+		fmt.Fprintln(os.Stderr, "usage: go run . -out ../../testdata/corpus -table ../../internal/costmodel/costtable.bin.gz")
 		os.Exit(2)
 	}
 	if err := run(*out, *table, *vim, *quiet); err != nil {
