@@ -146,8 +146,9 @@ type Handler struct {
 	Key string `json:"key,omitempty"`
 
 	// Format of request bodies and of the handler's own error responses:
-	// "auto" (default: the path decides) or a dialect's name ("openai",
-	// "anthropic", "gemini").
+	// "auto" (default: the path decides) or a registered dialect's name
+	// ("openai", "anthropic", "gemini", …: docs/configuration.md lists
+	// them).
 	Format string `json:"format,omitempty"`
 
 	// MaxBody is the largest request body read, in bytes; larger → 413.
