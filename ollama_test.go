@@ -2,6 +2,7 @@ package llmratelimit
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -351,4 +352,50 @@ func TestOllamaBodiesAsTheClientsWriteThem(t *testing.T) {
 	if _, ok := jsonUsage(dOllama, []byte(`{"model":"m","message":{"content":"\"eval_count\": 5"},"done":false}`)); ok {
 		t.Error("a count inside the content was read")
 	}
+}
+
+// FuzzOllamaStream: any NDJSON answer, written in any pieces, passes
+// through unchanged, the writer's tail stays bounded, and the usage read
+// is never negative; any body parses without a panic, and an accepted one
+// reserves no negative output.
+func FuzzOllamaStream(f *testing.F) {
+	stream := ollamaLine("The sky ", false, 0, 0) + "\n" + ollamaLine("", true, 26, 298) + "\n"
+	f.Add([]byte(stream), []byte{3, 40}, false, []byte(ollamaGoChat))
+	f.Add([]byte(stream[:len(stream)-1]), []byte{0}, false, []byte(ollamaGoEmbed))
+	f.Add([]byte(strings.ReplaceAll(stream, "\n", "\r\n")), []byte{7}, false, []byte(ollamaJSChat))
+	f.Add([]byte(`{"error":"boom"}`+"\n"), []byte{1}, false, []byte(`{"options":{"num_predict":-2}}`))
+	f.Add([]byte(ollamaLine("x", true, 8, 9)), []byte{2, 200}, true, []byte(ollamaGoGenerate))
+	f.Fuzz(func(t *testing.T, answer, sizes []byte, whole bool, body []byte) {
+		var info requestInfo
+		if err := parseRequest(dOllama, "/api/chat", body, &info); err == nil && (info.MaxOutput < 0 || info.TextTokens < 0) {
+			t.Fatalf("accepted %q with %+v", body, info)
+		}
+		ct := "application/x-ndjson"
+		if whole {
+			ct = "application/json"
+		}
+		rw := &recordingWriter{h: http.Header{"Content-Type": {ct}}}
+		uw := usageWriter{ResponseWriter: rw, h: fuzzHandler, d: dOllama}
+		uw.WriteHeader(200)
+		for i, p := 0, answer; len(p) > 0; i++ {
+			n := len(p)
+			if len(sizes) > 0 {
+				n = min(n, 1+int(sizes[i%len(sizes)]))
+			}
+			if w, err := uw.Write(p[:n]); w != n || err != nil {
+				t.Fatalf("Write of %d bytes gave %d, %v", n, w, err)
+			}
+			p = p[n:]
+			if len(uw.tail) > usageTailSize {
+				t.Fatalf("tail of %d bytes", len(uw.tail))
+			}
+		}
+		if u, ok := uw.usage(); u.Input < 0 || u.Output < 0 || (!ok && u != usage{}) {
+			t.Fatalf("usage %+v, %v", u, ok)
+		}
+		if !bytes.Equal(rw.out.Bytes(), answer) {
+			t.Fatalf("pass-through changed the answer:\n in %q\nout %q", answer, rw.out.Bytes())
+		}
+		uw.release()
+	})
 }
