@@ -23,15 +23,19 @@ type docProvider struct {
 	value  string
 	body   string
 	answer string // in the mock provider's answer, so that it came through
+	// reply is how the mock provider answers a request whose path ends in
+	// path; nil: as OpenAI or Anthropic does. A dialect's test file can
+	// add its provider's row in an init function.
+	reply http.HandlerFunc
 }
 
 var docProviders = []docProvider{
 	{"openai", regexp.MustCompile(`https://api\.openai\.com`), "/v1/chat/completions", "Authorization", "Bearer " + docClient,
-		`{"model":"gpt-4o","max_tokens":50,"messages":[{"role":"user","content":"Say hi."}]}`, `"object":"chat.completion"`},
+		`{"model":"gpt-4o","max_tokens":50,"messages":[{"role":"user","content":"Say hi."}]}`, `"object":"chat.completion"`, nil},
 	{"anthropic", regexp.MustCompile(`https://api\.anthropic\.com`), "/v1/messages", "X-Api-Key", docClient,
-		`{"model":"claude-sonnet-4-5","max_tokens":50,"messages":[{"role":"user","content":"Say hi."}]}`, `"type":"message"`},
+		`{"model":"claude-sonnet-4-5","max_tokens":50,"messages":[{"role":"user","content":"Say hi."}]}`, `"type":"message"`, nil},
 	{"azure", regexp.MustCompile(`https://[a-z0-9-]+\.openai\.azure\.com`), "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", "Api-Key", docClient,
-		`{"max_tokens":50,"messages":[{"role":"user","content":"Say hi."}]}`, `"object":"chat.completion"`},
+		`{"max_tokens":50,"messages":[{"role":"user","content":"Say hi."}]}`, `"object":"chat.completion"`, nil},
 }
 
 var stripPrefixRE = regexp.MustCompile(`uri strip_prefix (\S+)`)
@@ -65,6 +69,12 @@ func TestDocCaddyfilesServeARequest(t *testing.T) {
 				mu.Lock()
 				leaked = append(leaked, r.URL.Path+" "+h)
 				mu.Unlock()
+			}
+		}
+		for _, p := range docProviders {
+			if p.reply != nil && strings.HasSuffix(r.URL.Path, p.path) {
+				p.reply(w, r)
+				return
 			}
 		}
 		if strings.HasPrefix(r.URL.Path, "/v1/messages") {
