@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -398,4 +399,12 @@ func FuzzOllamaStream(f *testing.F) {
 		}
 		uw.release()
 	})
+}
+
+// The documented Caddyfiles that proxy to an Ollama server are sent a
+// chat request as the Go client writes it (docs_recipes_test.go).
+func init() {
+	docProviders = append(docProviders, docProvider{name: "ollama", host: regexp.MustCompile(`http://[a-z0-9.-]+:11434`),
+		path: "/api/chat", header: "Authorization", value: "Bearer " + docClient, body: ollamaGoChatOnce,
+		answer: `"done":true`, reply: ollamaUpstream(12, 3)})
 }
