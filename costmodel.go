@@ -19,7 +19,7 @@ import (
 // a matter of what kind of byte it is and what came just before: the space
 // before a word starts one, the letters of a common word do not, random
 // letters start one every two or three, every third digit starts one, a
-// Chinese character starts most of one. costtable.bin holds, for every
+// Chinese character starts most of one. costtable.bin.gz holds, for every
 // triple of byte classes, the expected number of o200k tokens that start
 // at a byte in that context, measured by tools/corpus on text of every
 // kind of its corpus (see its README). The byte classes are in the file
