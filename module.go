@@ -123,7 +123,7 @@ type Model struct {
 	// tokenizer counts ~30 % more tokens than o200k). Default 1.0.
 	TokenRatio float64 `json:"token_ratio,omitempty"`
 	// ImageTokens is what one image costs. Default: the format's own image
-	// cost (see README).
+	// cost (docs/configuration.md, "Formats").
 	ImageTokens int64 `json:"image_tokens,omitempty"`
 	// Price is what the model costs (USD per million tokens); it wins over
 	// prices_file.
