@@ -5,7 +5,6 @@ import (
 	"path"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -434,62 +433,4 @@ func (c *choice) headroom(i int) *[2]float64 {
 		c.known |= 1 << i
 	}
 	return &c.room[i]
-}
-
-// coolDownLocal puts the ticket's pool account in cooldown for cool after
-// it answered 429 or 529, without moving the request (its answer goes to
-// the client as it is).
-func (t *ticket) coolDownLocal(nowNs int64, cool time.Duration) {
-	if t.acct == nil || !t.acfg.pool {
-		return
-	}
-	t.z.upMu.Lock()
-	defer t.z.upMu.Unlock()
-	t.coolLocked(nowNs, cool)
-}
-
-// coolLocked counts the 429 and lengthens the account's cooldown to
-// nowNs+cool, never shortening it. The caller holds z.upMu.
-func (t *ticket) coolLocked(nowNs int64, cool time.Duration) {
-	st := t.acct
-	st.rateLimited++
-	if until := nowNs + int64(min(max(cool, 0), maxDuration)); until > st.cooldownUntil {
-		t.z.m.cooldown(t.acfg.name, float64(until-max(st.cooldownUntil, nowNs))/1e9)
-		st.cooldownUntil = until
-	}
-}
-
-// failoverLocal cools the ticket's account down for cool (a later hint may
-// lengthen a cooldown, never shorten it) and moves the request to another
-// account that can take it now: the failed attempt's tokens go back to the
-// first account, whose request still counts, and the new account is
-// charged a request and the reservation. false: no other account can take
-// it now, and the request stays where it is.
-func (t *ticket) failoverLocal(nowNs int64, cool time.Duration) bool {
-	if t.acct == nil || !t.acfg.pool {
-		return false
-	}
-	t.s.mu.Lock()
-	defer t.s.mu.Unlock()
-	t.z.upMu.Lock()
-	defer t.z.upMu.Unlock()
-	st := t.acct
-	t.coolLocked(nowNs, cool)
-	var a admission
-	ac, next, _ := t.z.chooseAccount(&a, t.a.accts, t.a.d, nil, st, nowNs, !t.debited)
-	if next == nil {
-		return false
-	}
-	if t.debited {
-		var learned Limits
-		st.settle(st.limitsOf(&t.acfg.lim, &learned), nowNs, t.a.d.in, t.a.d.out)
-		next.learned.count(1, t.a.d)
-	}
-	st.inflight--
-	next.inflight++
-	next.calls++
-	t.acct, t.acfg = next, ac
-	t.sent = next.learned.snapshot(nowNs)
-	t.ks.lastAccount = next
-	return true
 }

@@ -152,7 +152,7 @@ func anthropicBlocks(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part
 // (a string or blocks, recursively); a document's title, context and
 // plain-text source. An image block is one image; base64 data, URLs and
 // thinking blocks are not counted. Recursion through nested content is
-// bounded by maxJSONDepth.
+// bounded by jsonscan.MaxDepth.
 func anthropicBlock(s *jsonscan.Scanner, tc *costmodel.Counter) (costmodel.Part, error) {
 	var slots [7]costmodel.Part
 	var typ [16]byte

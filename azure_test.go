@@ -180,27 +180,16 @@ func newFakeRegion(t *testing.T, busy bool) *fakeRegion {
 	return f
 }
 
-// readmeSite is the README's one Caddyfile block that contains marker,
-// made to run here: its site on the harness's next gateway with the
-// harness's global options, each https://<name>.openai.azure.com the fake
-// region of that name, keys_file the given file, Redis the test's.
-func readmeSite(t *testing.T, marker string, regions map[string]*fakeRegion, keysFile, redisAddr string) string {
+// docAzureSite is the one Caddyfile of README.md and docs/ that contains
+// marker, made to run here: its site on the harness's next gateway with
+// the harness's global options, each https://<name>.openai.azure.com the
+// fake region of that name, keys_file the given file, Redis the test's.
+func docAzureSite(t *testing.T, marker string, regions map[string]*fakeRegion, keysFile, redisAddr string) string {
 	t.Helper()
-	raw, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg string
-	for _, b := range regexp.MustCompile("(?s)```caddyfile\n(.*?)```").FindAllStringSubmatch(string(raw), -1) {
-		if strings.Contains(b[1], marker) {
-			if cfg != "" {
-				t.Fatalf("README has more than one Caddyfile with %q", marker)
-			}
-			cfg = b[1]
-		}
-	}
+	b := docCaddyfileWith(t, marker)
+	cfg := b.text
 	if !strings.HasPrefix(cfg, ":8080 {") {
-		t.Fatalf("README has no Caddyfile site :8080 with %q", marker)
+		t.Fatalf("%s: the Caddyfile with %q is not a site :8080", b.where, marker)
 	}
 	cfg = fmt.Sprintf("{\n\tadmin %s\n\tauto_https off\n\tpersist_config off\n\tstorage file_system %s\n}\nhttp://%s {",
 		testAdmin, testStorage, nextGateway()) + strings.TrimPrefix(cfg, ":8080 {")
@@ -212,15 +201,15 @@ func readmeSite(t *testing.T, marker string, regions map[string]*fakeRegion, key
 		}
 		return "http://" + f.srv.Listener.Addr().String()
 	})
-	cfg = regexp.MustCompile(`keys_file \S+`).ReplaceAllString(cfg, "keys_file "+keysFile)
+	cfg = keysFileRE.ReplaceAllString(cfg, "keys_file "+keysFile)
 	return regexp.MustCompile(`url rediss://\S+`).ReplaceAllString(cfg, "url redis://"+redisAddr)
 }
 
-// The README's two Azure recipes, as written, in front of fake regions:
+// The documented two Azure recipes, as written, in front of fake regions:
 // an Azure client (its gateway key in api-key, a deployment path) is
 // admitted, its tokens count against the region's quota, and each region
 // gets its own key, never the client's.
-func TestReadmeAzureRecipesWorkEndToEnd(t *testing.T) {
+func TestDocAzureRecipesWorkEndToEnd(t *testing.T) {
 	const client = "sk-gateway-client-azure"
 	keys := filepath.Join(t.TempDir(), "gateway-keys.txt")
 	if err := os.WriteFile(keys, []byte(client+" team\n"), 0o600); err != nil {
@@ -254,7 +243,7 @@ func TestReadmeAzureRecipesWorkEndToEnd(t *testing.T) {
 
 	t.Run("a second region", func(t *testing.T) {
 		eastus, westeurope := newFakeRegion(t, true), newFakeRegion(t, false)
-		if err := load(t, readmeSite(t, "zone regions", map[string]*fakeRegion{"my-eastus": eastus, "my-westeurope": westeurope}, keys, "")); err != nil {
+		if err := load(t, docAzureSite(t, "zone regions", map[string]*fakeRegion{"my-eastus": eastus, "my-westeurope": westeurope}, keys, "")); err != nil {
 			t.Fatal(err)
 		}
 		r := sendReq(t, azureReq(t, path, client, body))
@@ -278,7 +267,7 @@ func TestReadmeAzureRecipesWorkEndToEnd(t *testing.T) {
 	t.Run("several regions", func(t *testing.T) {
 		rs := startRedis(t)
 		eastus, westeurope := newFakeRegion(t, false), newFakeRegion(t, false)
-		if err := load(t, readmeSite(t, "zone azure-westeurope", map[string]*fakeRegion{"example-eastus": eastus, "example-westeurope": westeurope}, keys, rs.addr)); err != nil {
+		if err := load(t, docAzureSite(t, "zone azure-westeurope", map[string]*fakeRegion{"example-eastus": eastus, "example-westeurope": westeurope}, keys, rs.addr)); err != nil {
 			t.Fatal(err)
 		}
 		for _, region := range []string{"eu", "us"} {

@@ -107,19 +107,6 @@ func (s *shard) spill(kp keyPrefix, tier string, u *keyUsage) {
 	*u = keyUsage{}
 }
 
-// countUsage counts a request that settles on the zone's own buckets in
-// its key's usage. The caller holds the key's shard lock.
-func (t *ticket) countUsage(day int32, c *counted, cost int64) {
-	u := &t.ks.use
-	if u.day != day {
-		if u.requests != 0 {
-			t.s.spill(t.a.kh.prefix(), t.a.tier, u)
-		}
-		u.day = day
-	}
-	u.add(c, cost)
-}
-
 // countSharedUsage counts a request settled on Redis in its key's usage,
 // under the key's shard lock.
 func (z *zone) countSharedUsage(t *ticket, nowNs int64, u *usage, refund bool, cost int64) {

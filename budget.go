@@ -57,28 +57,6 @@ func (z *zone) fitBudget(s *shard, q *ask, dec *decision, nowNs int64) (sp *keyS
 	return nil, 0, false
 }
 
-// clampToBuckets lets a request that the token buckets cannot serve at its
-// full output reservation through with a smaller one (clamp_max_tokens),
-// if its input and clampMin output tokens per choice fit.
-func (t *ticket) clampToBuckets(a *admission, dec *decision, nowNs int64) {
-	n := max(t.a.choices, 1)
-	out, ok := a.clampOutput(nowNs, t.a.d.in, t.a.d.out, float64(t.a.clampMin*n))
-	if !ok {
-		return
-	}
-	perChoice := int64(out) / n
-	out = float64(perChoice * n)
-	a.clampOutput(nowNs, t.a.d.in, out, out) // whole choices
-	saved := dec.clamped
-	if v := a.try(nowNs); v.ok {
-		dec.verdict = v
-		t.a.d.out = out
-		dec.clamped = perChoice
-		return
-	}
-	dec.clamped = saved
-}
-
 // settleCost replaces a finished request's worst-case reservation with
 // what it cost: its usage at its price; nothing for an answer that was not
 // a success; the worst case when no usage came (a stream cut short). It

@@ -82,7 +82,7 @@ func parseBudget(d *caddyfile.Dispenser, where string) (*Budget, error) {
 }
 
 // parseClamp reads "clamp_max_tokens [<min>]".
-func parseClamp(d *caddyfile.Dispenser) (int64, error) {
+func parseClamp(d *caddyfile.Dispenser, what string) (int64, error) {
 	args := d.RemainingArgs()
 	switch len(args) {
 	case 0:
@@ -90,30 +90,30 @@ func parseClamp(d *caddyfile.Dispenser) (int64, error) {
 	case 1:
 		n, err := strconv.ParseInt(args[0], 10, 64)
 		if err != nil || n < 1 {
-			return 0, d.Errf("clamp_max_tokens: <min> must be a positive integer, got %q", args[0])
+			return 0, d.Errf("%s: <min> must be a positive integer, got %q", what, args[0])
 		}
 		return n, nil
 	}
-	return 0, d.Errf("clamp_max_tokens: want at most one argument, <min>")
+	return 0, d.Errf("%s: want at most one argument, <min>", what)
 }
 
 // parseBudgetAlert reads "budget_alert <percent>..."; the cursor is on
 // budget_alert.
-func parseBudgetAlert(d *caddyfile.Dispenser) ([]float64, error) {
-	args := d.RemainingArgs()
-	if len(args) == 0 {
-		return nil, d.Errf("budget_alert: want one or more percents of the budget, e.g. budget_alert 50 80 100")
+func parseBudgetAlert(d *caddyfile.Dispenser, what string) ([]float64, error) {
+	args, err := listArgs(d, what, "one or more percents of the budget, e.g. budget_alert 50 80 100")
+	if err != nil {
+		return nil, err
 	}
 	percents := make([]float64, len(args))
 	for i, a := range args {
 		v, err := strconv.ParseFloat(strings.TrimSuffix(a, "%"), 64)
 		if err != nil {
-			return nil, d.Errf("budget_alert: %q is not a percent", a)
+			return nil, d.Errf("%s: %q is not a percent", what, a)
 		}
 		percents[i] = v
 	}
 	if err := checkBudgetAlert(percents); err != nil {
-		return nil, d.Errf("budget_alert: %v", err)
+		return nil, d.Errf("%s: %v", what, err)
 	}
 	return percents, nil
 }

@@ -457,7 +457,7 @@ func TestRejectsBadConfigsWithLine(t *testing.T) {
 		{name: "zero size", block: "max_body 0MB",
 			want: []string{"max_body: must be a positive size", "Caddyfile:3"}},
 		{name: "bad format", block: "format cohere",
-			want: []string{"format: must be auto or one of anthropic, gemini, openai", `"cohere"`, "Caddyfile:3"}},
+			want: []string{"format: must be auto or one of " + strings.Join(dialectNames(), ", "), `"cohere"`, "Caddyfile:3"}},
 		{name: "headers neither on nor off", block: "headers yes",
 			want: []string{"headers: must be on or off", `"yes"`, "Caddyfile:3"}},
 		{name: "dry_run with an argument", block: "dry_run yes",

@@ -14,8 +14,8 @@ import (
 
 // parseUsageRetention reads usage_retention's argument: a number of days,
 // or off (-1 in JSON); the cursor is on the subdirective.
-func parseUsageRetention(d *caddyfile.Dispenser) (int, error) {
-	v, err := oneArg(d, "usage_retention")
+func parseUsageRetention(d *caddyfile.Dispenser, what string) (int, error) {
+	v, err := oneArg(d, what)
 	if err != nil {
 		return 0, err
 	}
@@ -24,7 +24,7 @@ func parseUsageRetention(d *caddyfile.Dispenser) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n == 0 {
-		return 0, d.Errf("usage_retention: want a number of days or off, got %q", v)
+		return 0, d.Errf("%s: want a number of days or off, got %q", what, v)
 	}
 	if err := checkUsageRetention(n); err != nil {
 		return 0, d.Errf("%w", err)

@@ -48,8 +48,8 @@ func usageUpstream(t *testing.T, ratio float64, stream bool, calls *atomic.Int32
 	}
 }
 
-// estimateOf is what the gateway estimated for its last request: the
-// growth of tokens_total{kind="estimated_input"}.
+// estimateMeter reads what the gateway estimated for its last request:
+// next is the growth of tokens_total{kind="estimated_input"}.
 type estimateMeter struct {
 	zone string
 	last float64

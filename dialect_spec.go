@@ -44,6 +44,9 @@ type dialectSpec struct {
 	// errorBody appends the format's error body for one of the handler's
 	// own answers, named n.
 	errorBody func(dst []byte, n errorName, e *apiError) []byte
+	// busy are the provider's statuses besides 429 and 529 that say it is
+	// too busy now: the retry loop treats them as a 429 (retry.go).
+	busy []int
 	// fatal429 are markers of an upstream 429 body that no wait will cure
 	// (a quota or spend limit used up).
 	fatal429 [][]byte

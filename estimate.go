@@ -7,20 +7,31 @@ import (
 	"github.com/llmgate/caddy-llm-ratelimit/internal/jsonscan"
 )
 
-// This file turns text into an estimated token count without a tokenizer,
-// and holds the entry points that read request and response bodies.
+// This file is the estimator's front end: parseRequest, which reads a
+// request body, and the helpers with which the dialects' body walkers
+// (dialect.parse, in each dialect's file) count its fields.
 //
-// The estimate imitates how BPE tokenizers of the o200k/cl100k family work:
-// text is first cut into pieces (words with an optional leading space or
-// punctuation mark, groups of up to 3 digits, punctuation runs, newline
-// runs, runs of indentation), then each piece becomes one token or, if rare
-// or long, a few. So instead of dividing bytes by 4 the counter charges each
-// byte by what it does to that segmentation: starting a word costs about one
-// token, further letters of the word cost a little (long words split), a
-// space before a word costs nothing, and so on. The charge of a byte
-// depends on its class and the classes of the two bytes before it, so the
-// whole model is one 4096-entry table built from the few constants in
-// defaultCostParams, and counting is one table lookup per byte.
+// A walker goes over the body once with the JSON scanner
+// (internal/jsonscan). Every string the model reads as text is decoded
+// straight into a costmodel.Counter, the token counter of
+// internal/costmodel, without building the string. The counter has no
+// tokenizer: its cost model is measured. costtable.bin.gz, embedded in
+// internal/costmodel and read at init by loadCostTable, holds the class of
+// each byte value and, for every triple of byte classes, the expected
+// number of o200k tokens that start at a byte in that context, as
+// tools/corpus measured them on its corpus. Two more tables charge long
+// runs of letters (random letters, base64 or DNA split more often than
+// words do), and a correction for each CJK ideograph ends the file.
+// Counting is a class lookup and a table lookup per byte; the package
+// comment of internal/costmodel tells the model in full.
+//
+// What a walker finds is summed in costmodel.Parts (text cost, text bytes,
+// token ids given as numbers, messages, images), which parseRequest turns
+// into requestInfo's TextTokens, Messages and Images. demandFor
+// (handler.go) makes the request's input of them: text tokens, 3 per
+// message, and each image's cost, times the model's token_ratio, or, under
+// calibrate, the factors learned for the model and the key
+// (calibrate.go).
 
 // The readers below join the scanner (internal/jsonscan) and the counter
 // (internal/costmodel) for the dialects' walkers: each consumes the value

@@ -44,7 +44,7 @@ func TestExampleServesThroughTheMockUpstream(t *testing.T) {
 	if st.RequestsTotal != 4 || st.OutputTokensTotal != 13+14+13+13 {
 		t.Fatalf("the example's key after 4 answers with usage: %+v", st)
 	}
-	// README "For your customers: key info": the key's own quota.
+	// docs/customers.md "Key info": the key's own quota.
 	ki := keyInfoOf(t, getKeyInfo(t, "/v1/llm_ratelimit/key", "sk-demo-pro"))
 	if ki.Tier != "pro" || *ki.Limits.RPM != 600 || *ki.Remaining.Requests != 596 || ki.UsageToday.Requests != 4 || ki.UsageToday.OutputTokens != 13+14+13+13 || ki.Budget != nil {
 		t.Fatalf("key_info of the example's key after 4 answers: %+v", ki)

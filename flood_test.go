@@ -51,7 +51,7 @@ func TestKeyFloodIsBoundedAndKnownKeysAreServed(t *testing.T) {
 	if n := z.keyCount(); n > defaultMaxKeys {
 		t.Errorf("zone holds %d keys, max_keys is %d", n, defaultMaxKeys)
 	}
-	const bound = 40 << 20 // README: ~25 MB per zone at the default max_keys
+	const bound = 40 << 20 // docs/operating.md "Guarantees": ~25 MB per zone at the default max_keys
 	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > bound {
 		t.Errorf("heap grew by %d MB under the flood, bound %d MB", grown>>20, bound>>20)
 	}

@@ -123,15 +123,15 @@ const (
 	// The high 3 bits of mode place the long event's text within the stream.
 )
 
+// fuzzHandler holds the zone whose metrics a fuzzed writer's settle
+// counts into.
+var fuzzHandler = &Handler{zone: newZone("fuzz")}
+
 // FuzzSSEUsageReader drives the usageWriter with a stream cut at fuzzed
 // chunk sizes: the tail and the held event stay bounded, the usage is
 // never negative, a stream passes byte for byte unless stripping, and
 // stripping removes only whole usage-only events (all of them, unless the
 // writer gave up on an over-long event).
-// fuzzHandler holds the zone whose metrics a fuzzed writer's settle
-// counts into.
-var fuzzHandler = &Handler{zone: newZone("fuzz")}
-
 func FuzzSSEUsageReader(f *testing.F) {
 	chat := "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n" +
 		"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":2}}\n\n" +

@@ -340,7 +340,7 @@ var geminiStatus = [errKindCount]errorName{
 	errModelNotPriced: {typ: "INVALID_ARGUMENT"},
 }
 
-// appendError appends Google's error body:
+// appendGeminiError appends Google's error body:
 // {"error":{"code":429,"message":…,"status":"RESOURCE_EXHAUSTED"}}; a 429
 // that may be retried adds a RetryInfo detail with the wait in seconds.
 func appendGeminiError(dst []byte, n errorName, e *apiError) []byte {

@@ -225,8 +225,9 @@ func chatCompletion(w http.ResponseWriter, r *http.Request, prompt, completion i
 		prompt, completion, prompt+completion)
 }
 
-// siteConfig is a Caddyfile with the gateway site on testGateway:
-// llm_ratelimit with the given body, then reverse_proxy to the upstream.
+// siteConfig is a Caddyfile with the gateway site on the next gateway port
+// (nextGateway): llm_ratelimit with the given body, then reverse_proxy to
+// the upstream.
 func siteConfig(directiveBody string) string {
 	return siteConfigWith("", directiveBody)
 }

@@ -311,30 +311,3 @@ func (ls *learnedState) stats(nowNs int64) *LearnedStats {
 	}
 	return out
 }
-
-// learnLocal takes what an attempt's answer said about its quota: into
-// its account's state, or, for a key that went upstream itself, the key's.
-func (t *ticket) learnLocal(nowNs int64, status int, h http.Header) {
-	if !t.a.learn || (t.acct == nil && !t.a.learnKey) || t.s == nil {
-		return
-	}
-	r, ok := rateLimitsOf(h, time.Unix(0, nowNs))
-	if !ok && status != http.StatusTooManyRequests {
-		return
-	}
-	// An account's state is guarded by the zone's upMu, a key's by its
-	// shard's lock.
-	state, lb, cfg, mu := &t.ks.learned, &t.ks.limitBuckets, t.a.lim, &t.s.mu
-	if t.acct != nil {
-		state, lb, cfg, mu = &t.acct.learned, &t.acct.limitBuckets, t.acfg.lim, &t.z.upMu
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if *state == nil {
-		if !ok {
-			return // a 429 without headers, before anything was learned
-		}
-		*state = newLearnedState(nowNs)
-	}
-	(*state).observe(&r, status, t.sent, lb, cfg, nowNs)
-}

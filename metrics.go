@@ -15,7 +15,7 @@ import (
 var (
 	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "requests_total",
-		Help: "Requests decided by llm_ratelimit, by outcome: allowed, queued (admitted after waiting), rejected, dry_run_rejected, unauthorized, invalid.",
+		Help: "Requests decided by llm_ratelimit, by outcome: allowed, queued (admitted after waiting), rejected, budget_exceeded, dry_run_rejected, unauthorized, invalid.",
 	}, []string{"zone", "outcome"})
 	metricTokens = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "llm_ratelimit", Name: "tokens_total",

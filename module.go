@@ -123,7 +123,7 @@ type Model struct {
 	// tokenizer counts ~30 % more tokens than o200k). Default 1.0.
 	TokenRatio float64 `json:"token_ratio,omitempty"`
 	// ImageTokens is what one image costs. Default: the format's own image
-	// cost (see README).
+	// cost (docs/configuration.md, "Formats").
 	ImageTokens int64 `json:"image_tokens,omitempty"`
 	// Price is what the model costs (USD per million tokens); it wins over
 	// prices_file.
@@ -146,8 +146,9 @@ type Handler struct {
 	Key string `json:"key,omitempty"`
 
 	// Format of request bodies and of the handler's own error responses:
-	// "auto" (default: the path decides) or a dialect's name ("openai",
-	// "anthropic", "gemini").
+	// "auto" (default: the path decides) or a registered dialect's name
+	// ("openai", "anthropic", "gemini", …: docs/configuration.md lists
+	// them).
 	Format string `json:"format,omitempty"`
 
 	// MaxBody is the largest request body read, in bytes; larger → 413.

@@ -15,7 +15,7 @@ import (
 // body and its rate-limit headers.
 
 // openAIDialect is the dialect of OpenAI's API and of the many servers that copy
-// it (vLLM, Ollama, other gateways).
+// it (vLLM, other gateways, local model servers' /v1 endpoints).
 type openAIDialect struct{}
 
 func init() { registerDialect(openAIDialect{}) }

@@ -66,7 +66,7 @@ func TestUpstreamBucketIsSharedAndKeyLimitsStillApply(t *testing.T) {
 	}
 }
 
-// queueWaiter runs admitOrWait in a goroutine and reports its outcome.
+// queueResult is a waiter's outcome.
 type queueResult struct {
 	key    string
 	dec    decision
@@ -74,6 +74,8 @@ type queueResult struct {
 	err    error
 }
 
+// startWaiter runs admitOrWait in a goroutine and reports its outcome on
+// out.
 func startWaiter(z *zone, ctx context.Context, key string, lim, up Limits, maxWait time.Duration, maxQueue int, out chan<- queueResult) {
 	go func() {
 		tk, dec, waited, err := z.admitOrWait(ctx, ask{kh: hashKey(key), lim: lim, accts: unnamed(up)}, maxWait, maxQueue, false)

@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -167,7 +168,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	p := h.retry
 	if p == nil || !req.canRetry {
 		err := next.ServeHTTP(w, r)
-		h.finalAttempt(t, statusOf(w, err), w.Header(), p)
+		h.finalAttempt(t, req.parsed, statusOf(w, err), w.Header(), p)
 		return err
 	}
 	start := now()
@@ -220,7 +221,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 			// The proxy failed before answering (e.g. 502 dial error).
 			status = handlerErrorStatus(err)
 		default:
-			h.finalAttempt(t, statusOf(rec, err), rec.Header(), p)
+			h.finalAttempt(t, req.parsed, statusOf(rec, err), rec.Header(), p)
 			return err // streamed through, or not retryable
 		}
 		h.countCall(t, status)
@@ -232,11 +233,11 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		}
 		t.learn(now().UnixNano(), status, rec.Header())
 		backoff := p.backoff(attempt - 1)
-		// A pool account that answers 429 or 529 cools down for the hint
-		// (or the backoff), and the retry goes at once to another account
-		// that can take the request.
+		// A pool account that answers 429, 529 or its format's busy status
+		// cools down for the hint (or the backoff), and the retry goes at
+		// once to another account that can take the request.
 		moved = false
-		if h.pool && (status == http.StatusTooManyRequests || status == 529) {
+		if h.pool && overloaded(req.parsed, status) {
 			cool := backoff
 			if hinted {
 				cool = hint
@@ -304,11 +305,19 @@ func (h *Handler) attemptOn(w http.ResponseWriter, r *http.Request, x *exchange,
 	}
 }
 
+// overloaded tells an answer that says the upstream is too busy now,
+// which the retry loop treats as a 429: a 429, a 529 (overloaded), or a
+// status that the request's format names busy (dialectSpec.busy).
+func overloaded(d dialect, status int) bool {
+	return status == http.StatusTooManyRequests || status == 529 || d != nil && slices.Contains(d.spec().busy, status)
+}
+
 // finalAttempt counts the attempt whose answer goes to the client, and
-// cools its pool account down when that answer is a 429 or 529.
-func (h *Handler) finalAttempt(t *ticket, status int, hdr http.Header, p *retryPolicy) {
+// cools its pool account down when that answer is overloaded (d is the
+// request's format, nil for none).
+func (h *Handler) finalAttempt(t *ticket, d dialect, status int, hdr http.Header, p *retryPolicy) {
 	h.countCall(t, status)
-	if !h.pool || (status != http.StatusTooManyRequests && status != 529) {
+	if !h.pool || !overloaded(d, status) {
 		return
 	}
 	cool, ok := retryHint(hdr, nil, now())

@@ -80,7 +80,7 @@ max_wait 1s`)
 	}
 	// Every line of the handler's own logger. (Caddy's reverse_proxy, at
 	// DEBUG, logs the upstream request's headers, x-api-key included: see
-	// README "Guarantees" for the log filter that removes it.)
+	// docs/operating.md "Guarantees" for the log filter that removes it.)
 	for _, line := range strings.Split(string(logs), "\n") {
 		if strings.Contains(line, `"logger":"http.handlers.llm_ratelimit"`) {
 			produced.WriteString(line + "\n")

@@ -236,7 +236,7 @@ func (rt *redisTicket) chargeRetry() {
 	}
 }
 
-// redisAdmit decides a request on Redis. The error is a store failure.
+// admit decides a request on Redis. The error is a store failure.
 func (rs *redisStore) admit(ctx context.Context, zoneName string, q ask) (ticket, decision, error) {
 	base := rs.zoneBase(zoneName)
 	// Room for every bucket (3 scopes × 4 kinds), the 2 lease sets, the

@@ -15,7 +15,7 @@ import (
 // them in one write. A lone call goes alone, at once; under load the
 // round trips, and Redis's system calls per command, are shared. Measured
 // on this project's 2-core machine (64 clients, one redis-server): see
-// README "Running several instances".
+// docs/redis.md.
 
 // batchSenders is how many pipelines may be in flight at once.
 const batchSenders = 2

@@ -161,8 +161,8 @@ func (rt *redisTicket) poolSettle(keys []string, args []any, dIn, dOut float64) 
 	return keys, args
 }
 
-// learnShared reads an answer's rate-limit headers for the pool account
-// that served it.
+// learn reads an answer's rate-limit headers for the pool account that
+// served it.
 func (s sharedHold) learn(t *ticket, nowNs int64, status int, h http.Header) {
 	if s.rt.acct == nil {
 		return

@@ -8,6 +8,11 @@ import (
 // ticket is an admitted (or dry-run-forwarded) request's hold on its key
 // and on the upstream quota: what it reserved, and the concurrency slots it
 // must give back.
+//
+// All of its methods are in this file. finish, chargeRetry, learn,
+// coolDown and failover go through t.h, the hold (admission.go): a
+// localHold calls the methods named *Local here and settle, which work on
+// the zone's own buckets; a sharedHold works in the shared store.
 type ticket struct {
 	h       hold // where the reservation lives; nil: nothing is held
 	z       *zone
@@ -34,6 +39,28 @@ func (t *ticket) keyLimits(nowNs int64, scratch *Limits) *Limits {
 	t.ks.learned.rise(nowNs)
 	*scratch = t.ks.learned.limits(t.a.lim)
 	return scratch
+}
+
+// clampToBuckets lets a request that the token buckets cannot serve at its
+// full output reservation through with a smaller one (clamp_max_tokens),
+// if its input and clampMin output tokens per choice fit.
+func (t *ticket) clampToBuckets(a *admission, dec *decision, nowNs int64) {
+	n := max(t.a.choices, 1)
+	out, ok := a.clampOutput(nowNs, t.a.d.in, t.a.d.out, float64(t.a.clampMin*n))
+	if !ok {
+		return
+	}
+	perChoice := int64(out) / n
+	out = float64(perChoice * n)
+	a.clampOutput(nowNs, t.a.d.in, out, out) // whole choices
+	saved := dec.clamped
+	if v := a.try(nowNs); v.ok {
+		dec.verdict = v
+		t.a.d.out = out
+		dec.clamped = perChoice
+		return
+	}
+	dec.clamped = saved
 }
 
 // finish settles a ticket and gives its slots back, once: later calls do
@@ -106,6 +133,19 @@ func (t *ticket) settle(nowNs int64, u *usage, refund bool) {
 	t.ks.touch(lim, t.mb, ml)
 }
 
+// countUsage counts a request that settles on the zone's own buckets in
+// its key's usage. The caller holds the key's shard lock.
+func (t *ticket) countUsage(day int32, c *counted, cost int64) {
+	u := &t.ks.use
+	if u.day != day {
+		if u.requests != 0 {
+			t.s.spill(t.a.kh.prefix(), t.a.tier, u)
+		}
+		u.day = day
+	}
+	u.add(c, cost)
+}
+
 // chargeRetry counts one more upstream call against the upstream's request
 // bucket: a retry is a new call. Its tokens are the ones already reserved.
 func (t *ticket) chargeRetry(nowNs int64) {
@@ -151,6 +191,91 @@ func (t *ticket) chargeRetryLocal(nowNs int64) {
 	}
 	t.sent = t.acct.learned.snapshot(nowNs)
 	t.z.upMu.Unlock()
+}
+
+// learnLocal takes what an attempt's answer said about its quota: into
+// its account's state, or, for a key that went upstream itself, the key's.
+func (t *ticket) learnLocal(nowNs int64, status int, h http.Header) {
+	if !t.a.learn || (t.acct == nil && !t.a.learnKey) || t.s == nil {
+		return
+	}
+	r, ok := rateLimitsOf(h, time.Unix(0, nowNs))
+	if !ok && status != http.StatusTooManyRequests {
+		return
+	}
+	// An account's state is guarded by the zone's upMu, a key's by its
+	// shard's lock.
+	state, lb, cfg, mu := &t.ks.learned, &t.ks.limitBuckets, t.a.lim, &t.s.mu
+	if t.acct != nil {
+		state, lb, cfg, mu = &t.acct.learned, &t.acct.limitBuckets, t.acfg.lim, &t.z.upMu
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if *state == nil {
+		if !ok {
+			return // a 429 without headers, before anything was learned
+		}
+		*state = newLearnedState(nowNs)
+	}
+	(*state).observe(&r, status, t.sent, lb, cfg, nowNs)
+}
+
+// coolDownLocal puts the ticket's pool account in cooldown for cool after
+// it answered 429 or 529, without moving the request (its answer goes to
+// the client as it is).
+func (t *ticket) coolDownLocal(nowNs int64, cool time.Duration) {
+	if t.acct == nil || !t.acfg.pool {
+		return
+	}
+	t.z.upMu.Lock()
+	defer t.z.upMu.Unlock()
+	t.coolLocked(nowNs, cool)
+}
+
+// coolLocked counts the 429 and lengthens the account's cooldown to
+// nowNs+cool, never shortening it. The caller holds z.upMu.
+func (t *ticket) coolLocked(nowNs int64, cool time.Duration) {
+	st := t.acct
+	st.rateLimited++
+	if until := nowNs + int64(min(max(cool, 0), maxDuration)); until > st.cooldownUntil {
+		t.z.m.cooldown(t.acfg.name, float64(until-max(st.cooldownUntil, nowNs))/1e9)
+		st.cooldownUntil = until
+	}
+}
+
+// failoverLocal cools the ticket's account down for cool (a later hint may
+// lengthen a cooldown, never shorten it) and moves the request to another
+// account that can take it now: the failed attempt's tokens go back to the
+// first account, whose request still counts, and the new account is
+// charged a request and the reservation. false: no other account can take
+// it now, and the request stays where it is.
+func (t *ticket) failoverLocal(nowNs int64, cool time.Duration) bool {
+	if t.acct == nil || !t.acfg.pool {
+		return false
+	}
+	t.s.mu.Lock()
+	defer t.s.mu.Unlock()
+	t.z.upMu.Lock()
+	defer t.z.upMu.Unlock()
+	st := t.acct
+	t.coolLocked(nowNs, cool)
+	var a admission
+	ac, next, _ := t.z.chooseAccount(&a, t.a.accts, t.a.d, nil, st, nowNs, !t.debited)
+	if next == nil {
+		return false
+	}
+	if t.debited {
+		var learned Limits
+		st.settle(st.limitsOf(&t.acfg.lim, &learned), nowNs, t.a.d.in, t.a.d.out)
+		next.learned.count(1, t.a.d)
+	}
+	st.inflight--
+	next.inflight++
+	next.calls++
+	t.acct, t.acfg = next, ac
+	t.sent = next.learned.snapshot(nowNs)
+	t.ks.lastAccount = next
+	return true
 }
 
 // touch records when the key's buckets will all be full again, for the

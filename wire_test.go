@@ -167,7 +167,7 @@ func BenchmarkParseUsageJSON(b *testing.B) {
 }
 
 // Stream events are read whatever JSON white space they use: servers that
-// copy a provider's format (vLLM, Ollama, other gateways) write
+// copy a provider's format (vLLM, local model servers, other gateways) write
 // "type": "message_stop" with a space.
 func TestStreamLinesAreReadWithAnyJSONSpacing(t *testing.T) {
 	for _, c := range []struct {

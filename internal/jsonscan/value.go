@@ -155,9 +155,9 @@ func SSEData(line []byte) (data []byte, ok bool) {
 	return bytes.TrimSpace(data), true
 }
 
-// memberValue is the index in b just past `"key"`, white space, ':' and
+// MemberValue is the index in b just past `"key"`, white space, ':' and
 // white space, for the first occurrence of key at or after from, or -1.
-func memberValue(b []byte, key string, from int) int {
+func MemberValue(b []byte, key string, from int) int {
 	var buf [64]byte
 	pat := append(append(append(buf[:0], '"'), key...), '"')
 	for i := from; i < len(b); {
@@ -178,7 +178,7 @@ func memberValue(b []byte, key string, from int) int {
 // without escapes).
 func HasStringMember(b []byte, key, value string) bool {
 	for i := 0; ; {
-		v := memberValue(b, key, i)
+		v := MemberValue(b, key, i)
 		if v < 0 {
 			return false
 		}
@@ -192,7 +192,7 @@ func HasStringMember(b []byte, key, value string) bool {
 // StringMember is the raw text of the first string member named key in b
 // (escapes left as written).
 func StringMember(b []byte, key string) ([]byte, bool) {
-	v := memberValue(b, key, 0)
+	v := MemberValue(b, key, 0)
 	if v < 0 || v >= len(b) || b[v] != '"' {
 		return nil, false
 	}

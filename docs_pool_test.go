@@ -13,37 +13,37 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// TestReadmePoolOnRedisServes loads README's "Running several instances"
-// pool on Redis — the block as it is written, only its keys file, Redis
-// address and upstream made local — into the in-process Caddy with a real
+// TestDocPoolOnRedisServes loads the documented pool on Redis (the one
+// Caddyfile of README.md and docs/ with "zone relay" and "store redis") —
+// the block as it is written, only its keys file, Redis address and
+// upstream made local — into the in-process Caddy with a real
 // redis-server, and sends requests through it: a customer key of the keys
 // file is served by one of the pool's accounts with that account's own
 // credentials, an unknown key is refused, and the pool's state is in
 // Redis under the block's prefix.
-func TestReadmePoolOnRedisServes(t *testing.T) {
+func TestDocPoolOnRedisServes(t *testing.T) {
 	setClock(nil)
 	t.Cleanup(func() { setClock(clk) })
 	srv := startRedis(t)
-	raw, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var block string
-	for _, b := range regexp.MustCompile("(?s)```caddyfile\n(.*?)```").FindAllStringSubmatch(string(raw), -1) {
-		if strings.Contains(b[1], "zone relay") && strings.Contains(b[1], "store redis") {
-			block = b[1]
+	for _, b := range docCaddyfiles(t) {
+		if strings.Contains(b.text, "zone relay") && strings.Contains(b.text, "store redis") {
+			if block != "" {
+				t.Fatalf("more than one pool-on-Redis Caddyfile (zone relay, store redis); the test wants one, at %s", b.where)
+			}
+			block = b.text
 		}
 	}
 	start, end := strings.Index(block, "\tllm_ratelimit {\n"), strings.Index(block, "\n\t}\n\treverse_proxy")
 	if block == "" || start < 0 || end < 0 {
-		t.Fatal("README has no pool-on-Redis Caddyfile (zone relay, store redis)")
+		t.Fatal("README.md and docs/ have no pool-on-Redis Caddyfile (zone relay, store redis)")
 	}
 	body := block[start+len("\tllm_ratelimit {\n") : end]
 	keys := filepath.Join(t.TempDir(), "gateway-keys.txt")
 	if err := os.WriteFile(keys, []byte("sk-relay-acme standard  # a customer\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	body = regexp.MustCompile(`keys_file \S+`).ReplaceAllString(body, "keys_file "+keys)
+	body = keysFileRE.ReplaceAllString(body, "keys_file "+keys)
 	body = regexp.MustCompile(`address \S+`).ReplaceAllString(body, "address "+srv.addr)
 	for i, k := range []string{"OPENAI_KEY_1", "OPENAI_KEY_2", "OPENAI_KEY_3"} {
 		t.Setenv(k, "sk-provider-org-"+string(rune('1'+i)))
