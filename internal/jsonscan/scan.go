@@ -32,15 +32,16 @@ const MaxDepth = 128
 // Kind is the kind of the next value, judged from its first byte.
 type Kind uint8
 
+// The kinds Peek tells.
 const (
-	End Kind = iota // end of input
-	String
-	Number
-	Object
-	Array
-	Bool
-	Null
-	Bad // a byte that cannot start a value
+	End    Kind = iota // end of input
+	String             // a string
+	Number             // a number
+	Object             // an object
+	Array              // an array
+	Bool               // true or false
+	Null               // null
+	Bad                // a byte that cannot start a value
 )
 
 // kindName is the kind as it appears in "must be" error messages.
@@ -83,6 +84,7 @@ func (s *Scanner) Pos() int { return s.pos }
 // is fit for the client.
 type Error struct{ msg string }
 
+// Error is the message.
 func (e *Error) Error() string { return e.msg }
 
 // Errorf is an *Error with the message format gives.
@@ -150,11 +152,12 @@ func (s *Scanner) open() error {
 	return nil
 }
 
-// Object reads the object at s.pos (its kind checked by the caller),
-// calling member for each member with s.pos at the value; member must
-// consume the value. key is the entry of known that the member's key
-// equals (after decoding escapes), or "" for any other key. Handing member
-// a slice of the key instead would make the scanner escape to the heap.
+// Object reads the object at the scanner's position (its kind checked by
+// the caller), calling member for each member with the scanner at the
+// value; member must consume the value. key is the entry of known that
+// the member's key equals (after decoding escapes), or "" for any other
+// key. Handing member a slice of the key instead would make the scanner
+// escape to the heap.
 func (s *Scanner) Object(known []string, member func(key string) error) error {
 	if err := s.open(); err != nil {
 		return err
@@ -215,8 +218,9 @@ func (s *Scanner) key() ([]byte, error) {
 	return s.keyBuf[:min(m, len(s.keyBuf))], nil
 }
 
-// Array reads the array at s.pos (its kind checked by the caller), calling
-// elem for each element with s.pos at it; elem must consume it.
+// Array reads the array at the scanner's position (its kind checked by the
+// caller), calling elem for each element with the scanner at it; elem must
+// consume it.
 func (s *Scanner) Array(elem func(i int) error) error {
 	if err := s.open(); err != nil {
 		return err
@@ -253,7 +257,7 @@ func (s *Scanner) NullOr(want Kind, name, desc string) (present bool, err error)
 	return false, s.TypeError(name, desc)
 }
 
-// Str scans the string at s.pos, validating it. Its decoded text goes to
+// Str scans the string at the scanner's position, validating it. Its decoded text goes to
 // tc (when not nil) and into dst as far as it fits; n is the decoded length.
 func (s *Scanner) Str(tc *costmodel.Counter, dst []byte) (n int, err error) {
 	if tc != nil && dst == nil {
@@ -401,7 +405,7 @@ func hex4(p []byte) (rune, bool) {
 	return r, true
 }
 
-// Number scans the number at s.pos and returns its text.
+// Number scans the number at the scanner's position and returns its text.
 func (s *Scanner) Number() ([]byte, error) {
 	d, i, start := s.data, s.pos, s.pos
 	digits := func() bool {
@@ -442,7 +446,8 @@ func (s *Scanner) Number() ([]byte, error) {
 	return d[start:i], nil
 }
 
-// Literal scans true, false or null at s.pos and returns its text.
+// Literal scans true, false or null at the scanner's position and returns
+// its text.
 func (s *Scanner) Literal() ([]byte, error) {
 	d, i := s.data, s.pos
 	for _, lit := range [...]string{"true", "false", "null"} {

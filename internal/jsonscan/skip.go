@@ -2,9 +2,10 @@ package jsonscan
 
 import "github.com/llmgate/caddy-llm-ratelimit/internal/costmodel"
 
-// Skip validates the value at s.pos and moves past it, iteratively. When tc
-// is not nil it is fed the value's compact JSON: the source text without
-// white space outside strings (strings as written, escapes included).
+// Skip validates the value at the scanner's position and moves past it,
+// iteratively. When tc is not nil it is fed the value's compact JSON: the
+// source text without white space outside strings (strings as written,
+// escapes included).
 func (s *Scanner) Skip(tc *costmodel.Counter) error {
 	var stack [MaxDepth/64 + 1]uint64 // bit set: object at that level
 	level := 0
