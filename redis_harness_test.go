@@ -213,19 +213,32 @@ func refilled(limit int64, d time.Duration) float64 {
 	return float64(limit) * d.Seconds() / 60
 }
 
+// luaTimeSlack is how far a bucket's time can be off after one write: the
+// scripts store it with Lua's tostring, 14 digits, which is to 100 µs. So
+// each write may add or take up to 50 µs of refill; a bound on a level or
+// a count allows that per write. (A bound from below needs no such slack
+// as long as the writes are further apart than that, as requests through
+// the handler are.)
+const luaTimeSlack = 50 * time.Microsecond
+
+// slack is luaTimeSlack for n writes.
+func slack(n int) time.Duration { return time.Duration(n) * luaTimeSlack }
+
 // refillBound is how many whole units (requests) a bucket of limit a
 // minute can refill over d.
 func refillBound(limit int64, d time.Duration) int64 {
 	return int64(math.Floor(refilled(limit, d) + 1e-9))
 }
 
-// levelIn checks a bucket level read from Redis: what was left, base, plus
-// at most what a bucket of limit a minute refills between from and to,
-// Redis's TIME before the bucket's first use and after its last.
-func levelIn(t testing.TB, what string, level, base float64, limit int64, from, to time.Time) {
+// levelIn checks a bucket level read from Redis after writes writes: what
+// was left, base, plus at most what a bucket of limit a minute refills
+// between from and to, Redis's TIME before the bucket's first use and
+// after its last.
+func levelIn(t testing.TB, what string, level, base float64, limit int64, from, to time.Time, writes int) {
 	t.Helper()
-	if most := base + refilled(limit, to.Sub(from)); level < base || level > most+1e-9 {
-		t.Errorf("%s: level %v, want %v plus what %d a minute refills in %v (at most %v)", what, level, base, limit, to.Sub(from), most)
+	least, most := base-refilled(limit, slack(writes)), base+refilled(limit, to.Sub(from)+slack(writes))
+	if level < least || level > most {
+		t.Errorf("%s: level %v, want %v plus what %d a minute refills in %v (%v to %v)", what, level, base, limit, to.Sub(from), least, most)
 	}
 }
 
@@ -266,7 +279,7 @@ func untilRefused(t testing.TB, c redis.Cmdable, what string, level float64, sin
 			return code, served
 		}
 		end := redisNow(t, c)
-		if most := math.Floor((level+refilled(limit, end.Sub(since)))/need + 1e-9); float64(served+1) > most {
+		if most := math.Floor((level+refilled(limit, end.Sub(since)+slack(served+2)))/need + 1e-9); float64(served+1) > most {
 			t.Fatalf("%s: %d served, but the bucket (%v at %v, %d a minute, %v a request) holds at most %v by %v",
 				what, served+1, level, since, limit, need, most, end)
 		}

@@ -80,15 +80,16 @@ func TestTwoInstancesShareOneLimitThroughRedis(t *testing.T) {
 	c := srv.client(t)
 	a := redisHandler(t, srv.addr, "open", Limits{RPM: 60})
 	b := redisHandler(t, srv.addr, "open", Limits{RPM: 60})
+	errorsBefore := testutil.ToFloat64(a.zone.m.storeErrors) // the zone's, over -count runs
 	from := redisNow(t, c)
 	ok, _ := admitAcross(t, 200, "sk-shared", chatBody, nil, a, b)
 	to := redisNow(t, c)
 	// A full bucket of 60, and what it refilled (one a second) on Redis's
 	// clock while the 200 were decided.
-	if most := 60 + refillBound(60, to.Sub(from)); ok < 60 || ok > most {
+	if most := 60 + refillBound(60, to.Sub(from)+slack(200)); ok < 60 || ok > most {
 		t.Fatalf("two instances admitted %d of 200 with rpm 60, want 60 to %d (%v on Redis's clock)", ok, most, to.Sub(from))
 	}
-	if e := testutil.ToFloat64(a.zone.m.storeErrors); e != 0 {
+	if e := testutil.ToFloat64(a.zone.m.storeErrors) - errorsBefore; e != 0 {
 		t.Fatalf("%v store errors: some requests were decided by one instance alone (fail open)", e)
 	}
 }
@@ -113,7 +114,7 @@ func TestRedisAdmissionIsAllOrNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	levelIn(t, "rpm in Redis after two requests", level, 8, 10, from, to)
+	levelIn(t, "rpm in Redis after two requests", level, 8, 10, from, to, 2)
 	// 1000 - 2 × 269 tokens are left, less than a third 600 needs: it is
 	// refused on tpm, and must leave the rpm bucket as it was. (Should the
 	// machine be so slow that tpm refilled 600 meanwhile, the request
