@@ -26,12 +26,15 @@ import (
 //     test binary's Redis before ours binds it; then we take another port);
 //   - a bucket refills on Redis's clock between two calls, so a level or a
 //     count is asserted within what Redis's TIME, read before and after,
-//     makes certain (refillBound), never within a fixed margin;
+//     makes certain (levelIn, refillBound), never within a fixed margin;
+//   - a request that a fast run would see refused is sent again until it
+//     is, each one served before being one the refill explains
+//     (untilRefused);
 //   - a TTL is waited out on Redis's clock (waitRedisPast), not slept;
 //   - a handler's calls to Redis get testRedisTimeout, so that a loaded
 //     machine does not turn a slow call into fail open's local decision
-//     or fail closed's 503. A stopped Redis still fails at once: the dial
-//     is refused.
+//     or fail closed's 503. A stopped Redis still fails fast: its dial is
+//     refused (go-redis tries it 5 times, 100 ms apart).
 
 // testRedisTimeout is the store's timeout in the tests' handlers.
 const testRedisTimeout = caddy.Duration(10 * time.Second)
