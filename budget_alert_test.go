@@ -216,11 +216,12 @@ func TestBudgetAlertFiresOnceAcrossTwoInstancesThroughRedis(t *testing.T) {
 			address %s
 			prefix %s
 			fail closed
+			timeout %s
 		}
 	}
 	reverse_proxy %s
 }
-`, nextGateway(), zoneName, srv.addr, prefix, upstream.Listener.Addr().String())
+`, nextGateway(), zoneName, srv.addr, prefix, time.Duration(testRedisTimeout), upstream.Listener.Addr().String())
 	}
 	zoneA := alertZone("twoinst")
 	zoneB := strings.TrimPrefix(zoneA, "two")

@@ -399,7 +399,7 @@ func TestBudgetIsSharedByTwoInstancesThroughRedis(t *testing.T) {
 	mk := func() *Handler {
 		h := provisioned(t, &Handler{Zone: "redis-budget", Calibrate: &off, DefaultPrice: &p,
 			Budget: &Budget{USD: usd(budget), Period: "daily"},
-			Store:  &StoreConfig{Redis: &RedisConfig{Address: srv.addr, Fail: "closed", Prefix: "t:budget:"}}})
+			Store:  &StoreConfig{Redis: &RedisConfig{Address: srv.addr, Fail: "closed", Prefix: "t:budget:", Timeout: testRedisTimeout}}})
 		return h
 	}
 	a, b := mk(), mk()

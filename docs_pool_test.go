@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -45,6 +46,9 @@ func TestDocPoolOnRedisServes(t *testing.T) {
 	}
 	body = keysFileRE.ReplaceAllString(body, "keys_file "+keys)
 	body = regexp.MustCompile(`address \S+`).ReplaceAllString(body, "address "+srv.addr)
+	// The tests' Redis timeout: a slow call on a loaded machine must not
+	// make an instance decide alone (fail open) on another account.
+	body = regexp.MustCompile(`timeout \S+`).ReplaceAllString(body, "timeout "+time.Duration(testRedisTimeout).String())
 	for i, k := range []string{"OPENAI_KEY_1", "OPENAI_KEY_2", "OPENAI_KEY_3"} {
 		t.Setenv(k, "sk-provider-org-"+string(rune('1'+i)))
 	}

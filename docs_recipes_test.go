@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // docProvider is how a documented Caddyfile that proxies to a provider is
@@ -166,11 +167,13 @@ func docSite(t *testing.T, b docCaddyfile, i int, redisAddr string) string {
 	cfg = pricesRE.ReplaceAllString(cfg, "prices_file testdata/prices/model_prices_sample.json")
 	cfg = regexp.MustCompile(`(?m)^(\s*)address .*$`).ReplaceAllString(cfg, "${1}address "+redisAddr)
 	cfg = regexp.MustCompile(`url rediss?://\S+`).ReplaceAllString(cfg, "url redis://"+redisAddr)
-	cfg = regexp.MustCompile(`(?m)^\s*(cluster|tls|sentinel \S+|username \S+|password \S+|prefix \S+)\s*$\n`).ReplaceAllString(cfg, "")
+	cfg = regexp.MustCompile(`(?m)^\s*(cluster|tls|sentinel \S+|username \S+|password \S+|prefix \S+|timeout \S+)\s*$\n`).ReplaceAllString(cfg, "")
 	// Each Caddyfile gets zones and a Redis prefix of its own, so that
-	// what a request left in one is never taken for another's.
+	// what a request left in one is never taken for another's, and the
+	// tests' Redis timeout: a loaded machine must not turn a slow call
+	// into fail closed's 503.
 	cfg = zoneLineRE.ReplaceAllString(cfg, "${1}zone "+docZone(i)+"${2}")
-	return strings.ReplaceAll(cfg, "store redis {", fmt.Sprintf("store redis {\n\t\t\tprefix docs%d:", i))
+	return strings.ReplaceAll(cfg, "store redis {", fmt.Sprintf("store redis {\n\t\t\tprefix docs%d:\n\t\t\ttimeout %v", i, time.Duration(testRedisTimeout)))
 }
 
 var zoneLineRE = regexp.MustCompile(`(?m)^(\s*)zone (\S+)`)

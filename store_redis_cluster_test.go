@@ -74,19 +74,6 @@ func startProcess(t testing.TB, name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-func waitPing(t testing.TB, addr string) {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: addr})
-	defer c.Close()
-	for range 300 {
-		if c.Ping(context.Background()).Err() == nil {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("redis at %s did not start", addr)
-}
-
 // startCluster starts a Redis Cluster of 3 masters on loopback and returns
 // their addresses.
 func startCluster(t testing.TB) []string {
@@ -95,14 +82,13 @@ func startCluster(t testing.TB) []string {
 	needTool(t, "redis-cli", "redis-tools")
 	var addrs []string
 	for range 3 {
-		p := clusterPort(t)
 		dir := t.TempDir()
-		startProcess(t, "redis-server", "--port", strconv.Itoa(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-			"--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--cluster-node-timeout", "2000",
-			"--save", "", "--appendonly", "no", "--dir", dir)
-		addr := fmt.Sprintf("127.0.0.1:%d", p)
-		waitPing(t, addr)
-		addrs = append(addrs, addr)
+		_, p := launchOnFreePort(t, func() int { return clusterPort(t) }, "redis-server", func(p int) []string {
+			return []string{"--port", strconv.Itoa(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+				"--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--cluster-node-timeout", "2000",
+				"--save", "", "--appendonly", "no", "--dir", dir}
+		})
+		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", p))
 	}
 	args := append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", "0", "--cluster-yes")
 	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
@@ -145,20 +131,22 @@ func TestTwoInstancesShareOneLimitThroughARedisCluster(t *testing.T) {
 			Models:   []Model{{Name: "gpt-4o", Limits: Limits{RPM: 100000, TPM: 1 << 40}}},
 			Upstream: &Account{Limits: Limits{RPM: 100000, TPM: 1 << 40}},
 			Store: &StoreConfig{Redis: &RedisConfig{Address: addrs[0], Addresses: addrs[1:], Cluster: true,
-				Fail: "closed", Timeout: caddy.Duration(2 * time.Second), Prefix: "t:cluster:"}}})
+				Fail: "closed", Timeout: testRedisTimeout, Prefix: "t:cluster:"}}})
 		h.logger = zap.NewNop()
 		return h
 	}
 	a, b := mk(), mk()
-	start := time.Now()
-	ok, _ := admitAcross(t, 200, "sk-cluster", chatBody, nil, a, b)
-	refill := int64(time.Since(start).Seconds()) + 1
-	if ok < 60 || ok > 60+refill {
-		t.Fatalf("two instances admitted %d of 200 with rpm 60 on the cluster (refill allowance %d)", ok, refill)
-	}
-	// Every key of the zone is in one slot.
 	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
 	defer c.Close()
+	// The zone's keys are in one slot, so on one master; every master's
+	// TIME is this machine's clock.
+	from := redisNow(t, c)
+	ok, _ := admitAcross(t, 200, "sk-cluster", chatBody, nil, a, b)
+	to := redisNow(t, c)
+	if most := 60 + refillBound(60, to.Sub(from)+slack(200)); ok < 60 || ok > most {
+		t.Fatalf("two instances admitted %d of 200 with rpm 60 on the cluster, want 60 to %d (%v on Redis's clock)", ok, most, to.Sub(from))
+	}
+	// Every key of the zone is in one slot.
 	slots := map[int64]bool{}
 	err := c.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
 		keys, err := m.Keys(ctx, "*").Result()
@@ -175,8 +163,15 @@ func TestTwoInstancesShareOneLimitThroughARedisCluster(t *testing.T) {
 		t.Fatalf("the zone's keys are in %d slots (%v), want 1", len(slots), err)
 	}
 	// The stats read the key's shared counters off the cluster (Redis's
-	// TIME and the key's hash in one pipeline).
-	if k, found := a.zone.keyStats(hashKey("sk-cluster").id(), now().UnixNano()); !found || k.RequestsTotal != ok || k.RequestsLastMinute != ok {
+	// TIME and the key's hash in one pipeline). The requests count in the
+	// last minute while the ring's slots that hold them are in it: for
+	// 55 s at least.
+	k, found := a.zone.keyStats(hashKey("sk-cluster").id(), now().UnixNano())
+	lastMinute := ok
+	if !inLastMinute(t, c, from) {
+		lastMinute = k.RequestsLastMinute // too late to tell: the total still counts
+	}
+	if !found || k.RequestsTotal != ok || k.RequestsLastMinute != lastMinute {
 		t.Errorf("the key's stats: %+v (found %v), want %d requests, all in the last minute", k, found, ok)
 	}
 	t.Logf("%d of 200 admitted across two instances on a 3-master cluster", ok)
@@ -186,7 +181,7 @@ func TestTwoInstancesShareOneLimitThroughARedisCluster(t *testing.T) {
 // as "mymaster", on loopback.
 type sentinelSetup struct {
 	primary, replica, sentinel string
-	primaryCmd                 *exec.Cmd
+	primaryProc                *redisProc
 }
 
 func startSentinel(t testing.TB) *sentinelSetup {
@@ -194,34 +189,43 @@ func startSentinel(t testing.TB) *sentinelSetup {
 	needTool(t, "redis-server", "redis-server")
 	needTool(t, "redis-sentinel", "redis-sentinel")
 	s := &sentinelSetup{}
-	pp, rp, sp := freePortTB(t), freePortTB(t), freePortTB(t)
-	s.primary, s.replica, s.sentinel = fmt.Sprintf("127.0.0.1:%d", pp), fmt.Sprintf("127.0.0.1:%d", rp), fmt.Sprintf("127.0.0.1:%d", sp)
-	s.primaryCmd = startProcess(t, "redis-server", "--port", strconv.Itoa(pp), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	waitPing(t, s.primary)
-	startProcess(t, "redis-server", "--port", strconv.Itoa(rp), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", t.TempDir(), "--replicaof", "127.0.0.1", strconv.Itoa(pp))
-	waitPing(t, s.replica)
+	free := func() int { return freePortTB(t) }
+	// No delay before the replica's first sync (Redis waits 5 s for
+	// more replicas by default).
+	pdir := t.TempDir()
+	var pp int
+	s.primaryProc, pp = launchOnFreePort(t, free, "redis-server", func(p int) []string {
+		return []string{"--port", strconv.Itoa(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", pdir,
+			"--repl-diskless-sync-delay", "0"}
+	})
+	rdir := t.TempDir()
+	_, rp := launchOnFreePort(t, free, "redis-server", func(p int) []string {
+		return []string{"--port", strconv.Itoa(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			"--dir", rdir, "--replicaof", "127.0.0.1", strconv.Itoa(pp)}
+	})
+	s.primary, s.replica = fmt.Sprintf("127.0.0.1:%d", pp), fmt.Sprintf("127.0.0.1:%d", rp)
 	rc := redis.NewClient(&redis.Options{Addr: s.replica})
 	defer rc.Close()
-	for i := 0; ; i++ {
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
 		info, _ := rc.Info(context.Background(), "replication").Result()
 		if strings.Contains(info, "master_link_status:up") {
 			break
 		}
-		if i > 3000 {
-			t.Fatal("the replica did not sync within 30 s")
+		if time.Now().After(deadline) {
+			t.Fatal("the replica did not sync within a minute")
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	dir := t.TempDir()
-	conf := filepath.Join(dir, "sentinel.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n"+
-		"sentinel monitor mymaster 127.0.0.1 %d 1\nsentinel down-after-milliseconds mymaster 1000\n"+
-		"sentinel failover-timeout mymaster 3000\nsentinel parallel-syncs mymaster 1\n", sp, dir, pp)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	startProcess(t, "redis-sentinel", conf)
-	waitPing(t, s.sentinel)
+	_, sp := launchOnFreePort(t, free, "redis-sentinel", func(p int) []string {
+		conf := filepath.Join(dir, "sentinel.conf")
+		if err := os.WriteFile(conf, []byte(fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\n"+
+			"sentinel monitor mymaster 127.0.0.1 %d 1\nsentinel down-after-milliseconds mymaster 1000\n"+
+			"sentinel failover-timeout mymaster 3000\nsentinel parallel-syncs mymaster 1\n", p, dir, pp)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return []string{conf}
+	})
+	s.sentinel = fmt.Sprintf("127.0.0.1:%d", sp)
 	if got := s.master(t); got != s.primary {
 		t.Fatalf("the sentinel names %q as master, want %s", got, s.primary)
 	}
@@ -261,7 +265,7 @@ func TestSentinelFailoverIsFollowed(t *testing.T) {
 	mk := func(fail, zone string) *Handler {
 		h := provisioned(t, &Handler{Zone: zone, Limits: Limits{RPM: 20}, Upstreams: poolAccounts(Limits{RPM: 1000, Concurrent: 50}, "a", "b"),
 			Store: &StoreConfig{Redis: &RedisConfig{Address: s.sentinel, Sentinel: "mymaster", Fail: fail,
-				Timeout: caddy.Duration(2 * time.Second), Prefix: "t:sentinel:"}}})
+				Timeout: testRedisTimeout, Prefix: "t:sentinel:"}}})
 		h.logger = zap.NewNop()
 		return h
 	}
@@ -291,7 +295,7 @@ func TestSentinelFailoverIsFollowed(t *testing.T) {
 		}
 	}()
 
-	_ = s.primaryCmd.Process.Kill()
+	s.primaryProc.stop()
 	var promoted time.Time
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if s.master(t) == s.replica {
@@ -319,9 +323,15 @@ func TestSentinelFailoverIsFollowed(t *testing.T) {
 	if v := openBad.Load(); v != nil {
 		t.Fatalf("fail open: a client saw %v during the failover", v)
 	}
-	// The limit is still shared through the new primary: rpm 20 over both.
-	if ok, _ := admitAcross(t, 60, "sk-after", chatBody, nil, a, b); ok < 20 || ok > 21 {
-		t.Fatalf("after the failover two instances admitted %d of 60 with rpm 20", ok)
+	// The limit is still shared through the new primary: rpm 20 over both,
+	// and what it refilled on Redis's clock meanwhile.
+	c := redis.NewClient(&redis.Options{Addr: s.replica})
+	defer c.Close()
+	from := redisNow(t, c)
+	ok, _ := admitAcross(t, 60, "sk-after", chatBody, nil, a, b)
+	to := redisNow(t, c)
+	if most := 20 + refillBound(20, to.Sub(from)+slack(60)); ok < 20 || ok > most {
+		t.Fatalf("after the failover two instances admitted %d of 60 with rpm 20, want 20 to %d (%v on Redis's clock)", ok, most, to.Sub(from))
 	}
 	t.Logf("promoted, then served again after %v", served.Sub(promoted).Round(time.Millisecond))
 }
@@ -349,21 +359,23 @@ func TestRedisRetriesChargeTheSharedUpstream(t *testing.T) {
 	zero := 0.0
 	h := provisioned(t, &Handler{Zone: "redis-retry", Upstream: &Account{Limits: Limits{RPM: 10}},
 		Retry: &RetryConfig{Base: caddy.Duration(time.Millisecond), Max: caddy.Duration(5 * time.Millisecond), Jitter: &zero},
-		Store: &StoreConfig{Redis: &RedisConfig{Address: srv.addr, Fail: "closed", Prefix: "t:retry:"}}})
+		Store: &StoreConfig{Redis: &RedisConfig{Address: srv.addr, Fail: "closed", Prefix: "t:retry:", Timeout: testRedisTimeout}}})
 	h.logger = zap.NewNop()
+	c := srv.client(t)
 	next := &flaky429{}
 	r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", bytes.NewBufferString(chatBody))
 	r.Header.Set("Authorization", "Bearer sk-retry")
 	w := httptest.NewRecorder()
+	from := redisNow(t, c)
 	if err := h.ServeHTTP(w, r, next); err != nil || w.Code != 200 || next.calls.Load() != 2 {
 		t.Fatalf("%v %d after %d calls: %s", err, w.Code, next.calls.Load(), w.Body)
 	}
-	c := redis.NewClient(&redis.Options{Addr: srv.addr})
-	defer c.Close()
+	to := redisNow(t, c)
 	level, err := c.HGet(context.Background(), h.rs.zoneBase(h.Zone)+"upstream:rpm", "l").Float64()
-	if err != nil || level < 8 || level > 8.1 {
-		t.Fatalf("upstream rpm level in Redis %v (%v): want 8 (two calls) plus refill", level, err)
+	if err != nil {
+		t.Fatal(err)
 	}
+	levelIn(t, "upstream rpm in Redis after two calls", level, 8, 10, from, to, 2)
 }
 
 // The stats of a shared zone come from Redis: the levels of the keys this
@@ -372,13 +384,15 @@ func TestSharedZoneStatsReadRedis(t *testing.T) {
 	setClock(nil)
 	t.Cleanup(func() { setClock(clk) })
 	srv := startRedis(t)
+	c := srv.client(t)
 	mk := func() *Handler {
 		h := provisioned(t, &Handler{Zone: "redis-stats", Limits: Limits{RPM: 10}, Upstream: &Account{Limits: Limits{RPM: 100}},
-			Store: &StoreConfig{Redis: &RedisConfig{Address: srv.addr, Fail: "closed", Prefix: "t:stats:"}}})
+			Store: &StoreConfig{Redis: &RedisConfig{Address: srv.addr, Fail: "closed", Prefix: "t:stats:", Timeout: testRedisTimeout}}})
 		h.logger = zap.NewNop()
 		return h
 	}
 	a, b := mk(), mk()
+	from := redisNow(t, c)
 	for i := range 5 {
 		h := a
 		if i%2 == 1 {
@@ -389,19 +403,29 @@ func TestSharedZoneStatsReadRedis(t *testing.T) {
 		}
 	}
 	st := a.zone.stats(now().UnixNano())
+	one, found := a.zone.keyStats(hashKey("sk-stats").id(), now().UnixNano())
+	to := redisNow(t, c)
+	// 5 of 10 and 95 of 100 are left, and what the buckets refilled on
+	// Redis's clock between the first request and the reads.
+	availableIn := func(what string, got *int64, left, limit int64) {
+		t.Helper()
+		if most := min(limit, left+refillBound(limit, to.Sub(from)+slack(5))); got == nil || *got < left || *got > most {
+			t.Fatalf("%s: rpm_available %v, want %d to %d from Redis (%v on its clock)", what, got, left, most, to.Sub(from))
+		}
+	}
 	var k *KeyStats
 	for i := range st.Keys {
 		if st.Keys[i].KeyID == hashKey("sk-stats").id() {
 			k = &st.Keys[i]
 		}
 	}
-	if k == nil || k.RPMAvailable == nil || *k.RPMAvailable != 5 {
-		t.Fatalf("key stats %+v, want rpm_available 5 from Redis", k)
+	if k == nil {
+		t.Fatalf("zone stats %+v, without the key", st)
 	}
-	if st.Upstream.RPMAvailable == nil || *st.Upstream.RPMAvailable != 95 {
-		t.Fatalf("upstream stats %+v, want rpm_available 95 from Redis", st.Upstream)
+	availableIn("the key in the zone's stats", k.RPMAvailable, 5, 10)
+	availableIn("the upstream", st.Upstream.RPMAvailable, 95, 100)
+	if !found {
+		t.Fatal("one key's stats: not found")
 	}
-	if one, ok := a.zone.keyStats(hashKey("sk-stats").id(), now().UnixNano()); !ok || *one.RPMAvailable != 5 {
-		t.Fatalf("one key's stats: %+v %v", one, ok)
-	}
+	availableIn("one key's stats", one.RPMAvailable, 5, 10)
 }

@@ -14,7 +14,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/redis/go-redis/v9"
 )
 
 // poolProvider is a provider behind several accounts, as the gateway's
@@ -73,28 +72,35 @@ func sendTo(t *testing.T, h *Handler, key string, next *poolProvider) *httptest.
 
 // A 429 that instance 1 sees cools its account on every instance until
 // the hint passes: instances 2 and 3 send nothing to it meanwhile, and
-// instance 1's request moves to another account at once.
+// instance 1's request moves to another account at once. (The hint is an
+// hour, so that no machine is slow enough to see it pass.)
 func TestRedisPoolA429KeepsEveryInstanceOffTheAccount(t *testing.T) {
 	setClock(nil)
 	t.Cleanup(func() { setClock(clk) })
 	srv := startRedis(t)
+	c := srv.client(t)
 	zero := 0.0
 	accts := poolAccounts(Limits{RPM: 1000, TPM: 1 << 30}, "a", "b", "c")
 	accts[0].Priority = -1 // a goes first while it can
 	hs := gatewayInstances(t, srv.addr, 3, Handler{Limits: Limits{RPM: 1000}, Upstreams: accts,
 		Retry: &RetryConfig{Base: caddy.Duration(time.Millisecond), Max: caddy.Duration(5 * time.Millisecond), Jitter: &zero}})
+	const hint = time.Hour
 	next := &poolProvider{answer: func(acct string, call int, w http.ResponseWriter) bool {
 		if acct != "a" || call > 1 {
 			return false
 		}
-		w.Header().Set("Retry-After", "30")
+		w.Header().Set("Retry-After", strconv.Itoa(int(hint.Seconds())))
 		w.WriteHeader(http.StatusTooManyRequests)
 		_, _ = io.WriteString(w, `{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}`)
 		return true
 	}}
+	cooled := metricUpstreamCooldown.WithLabelValues(hs[0].Zone, "a")
+	cooledBefore := testutil.ToFloat64(cooled)
+	from := redisNow(t, c)
 	if w := sendTo(t, hs[0], "sk-first", next); w.Code != 200 || w.Header().Get("x-llm-ratelimit-upstream") == "a" {
 		t.Fatalf("instance 1: %d from %q, want 200 from another account after a's 429: %s", w.Code, w.Header().Get("x-llm-ratelimit-upstream"), w.Body)
 	}
+	to := redisNow(t, c)
 	for i := range 12 {
 		key := "sk-other-" + strconv.Itoa(i)
 		if w := sendTo(t, hs[1+i%2], key, next); w.Code != 200 {
@@ -102,19 +108,16 @@ func TestRedisPoolA429KeepsEveryInstanceOffTheAccount(t *testing.T) {
 		}
 	}
 	if n := next.callsOf("a"); n != 1 {
-		t.Fatalf("account a got %d calls, want only the one that answered 429 (its 30 s cooldown is shared)", n)
+		t.Fatalf("account a got %d calls, want only the one that answered 429 (its cooldown is shared)", n)
 	}
 	if next.callsOf("b")+next.callsOf("c") != 13 {
 		t.Fatalf("b and c got %d and %d calls, want 13 together", next.callsOf("b"), next.callsOf("c"))
 	}
-	// The cooldown is in Redis, until about 30 s from now.
-	c := redis.NewClient(&redis.Options{Addr: srv.addr})
-	defer c.Close()
-	ctx := context.Background()
-	cool, err := c.HGet(ctx, hs[0].rs.zoneBase(hs[0].Zone)+"a:a", "cool").Float64()
-	tm, _ := c.Time(ctx).Result()
-	if left := time.Duration(cool-float64(tm.UnixMicro())) * time.Microsecond; err != nil || left < 20*time.Second || left > 31*time.Second {
-		t.Fatalf("account a cools down for %v more (%v), want about 30 s", left, err)
+	// The cooldown is in Redis: until the hint after the 429, on Redis's
+	// clock.
+	cool, err := c.HGet(context.Background(), hs[0].rs.zoneBase(hs[0].Zone)+"a:a", "cool").Int64()
+	if until := time.UnixMicro(cool); err != nil || until.Before(from.Add(hint)) || until.After(to.Add(hint)) {
+		t.Fatalf("account a cools down until %v (%v), want %v after the 429: between %v and %v", until, err, hint, from.Add(hint), to.Add(hint))
 	}
 	// Every instance's stats show the pool as Redis holds it.
 	for i, h := range hs {
@@ -125,8 +128,8 @@ func TestRedisPoolA429KeepsEveryInstanceOffTheAccount(t *testing.T) {
 		}
 	}
 	// Instance 1 counted the cooldown in its metrics.
-	if v := testutil.ToFloat64(metricUpstreamCooldown.WithLabelValues(hs[0].Zone, "a")); v < 29 {
-		t.Fatalf("cooldown seconds of a on instance 1: %v, want 30", v)
+	if v := testutil.ToFloat64(cooled) - cooledBefore; v != hint.Seconds() {
+		t.Fatalf("cooldown seconds of a on instance 1: %v, want %v", v, hint.Seconds())
 	}
 }
 
@@ -137,10 +140,14 @@ func TestRedisPoolAffinityHoldsAcrossInstances(t *testing.T) {
 	setClock(nil)
 	t.Cleanup(func() { setClock(clk) })
 	srv := startRedis(t)
+	c := srv.client(t)
+	// 10 a minute an account: a key's 9 requests leave its account less
+	// headroom than the others for the 54 s it takes to refill them.
 	hs := gatewayInstances(t, srv.addr, 3, Handler{Limits: Limits{RPM: 1000},
-		Upstreams: poolAccounts(Limits{RPM: 1000, TPM: 1 << 30, Concurrent: 10}, "a", "b", "c")})
+		Upstreams: poolAccounts(Limits{RPM: 10, TPM: 1 << 30, Concurrent: 10}, "a", "b", "c")})
 	next := &poolProvider{}
 	served := map[string]map[string]int{}
+	from := redisNow(t, c)
 	for _, key := range []string{"sk-x", "sk-y", "sk-z"} {
 		served[key] = map[string]int{}
 		for i := range 9 {
@@ -154,15 +161,17 @@ func TestRedisPoolAffinityHoldsAcrossInstances(t *testing.T) {
 			t.Errorf("%s was served by %v over three instances, want one account", key, served[key])
 		}
 	}
-	// The keys spread over the accounts: the most headroom goes first.
+	// The keys spread over the accounts: the most headroom goes first, as
+	// long as the account that served a key had not refilled since (on
+	// Redis's clock).
 	used := map[string]bool{}
 	for _, m := range served {
 		for a := range m {
 			used[a] = true
 		}
 	}
-	if len(used) < 2 {
-		t.Errorf("three keys all went to %v: the headroom order did not spread them", used)
+	if took := redisNow(t, c).Sub(from); len(used) < 3 && took < 54*time.Second {
+		t.Errorf("three keys went to %v in %v: the headroom order did not spread them", used, took)
 	}
 	for i, h := range hs {
 		_, one := statsOf(t, h, hashKey("sk-x").id())
@@ -174,8 +183,6 @@ func TestRedisPoolAffinityHoldsAcrossInstances(t *testing.T) {
 		}
 	}
 	// Every lease came back.
-	c := redis.NewClient(&redis.Options{Addr: srv.addr})
-	defer c.Close()
 	for _, a := range []string{"a", "b", "c"} {
 		if n, err := c.ZCard(context.Background(), hs[0].rs.zoneBase(hs[0].Zone)+"a:"+a+":leases").Result(); err != nil || n != 0 {
 			t.Errorf("account %s holds %d leases (%v) with nothing in flight", a, n, err)
@@ -190,6 +197,7 @@ func TestRedisPoolLearnedLimitAppliesOnAllInstances(t *testing.T) {
 	setClock(nil)
 	t.Cleanup(func() { setClock(clk) })
 	srv := startRedis(t)
+	c := srv.client(t)
 	hs := gatewayInstances(t, srv.addr, 2, Handler{Limits: Limits{RPM: 1000}, Upstreams: poolAccounts(Limits{}, "a")})
 	next := &poolProvider{answer: func(acct string, call int, w http.ResponseWriter) bool {
 		// The provider says: 3 requests a minute, none left.
@@ -197,24 +205,28 @@ func TestRedisPoolLearnedLimitAppliesOnAllInstances(t *testing.T) {
 		w.Header().Set("x-ratelimit-remaining-requests", "0")
 		return false
 	}}
+	from := redisNow(t, c)
 	if w := sendTo(t, hs[0], "sk-learn", next); w.Code != 200 {
 		t.Fatalf("%d %s", w.Code, w.Body)
 	}
-	// Instance 2 never saw an answer, yet knows the account is spent.
-	w := sendTo(t, hs[1], "sk-learn-2", next)
-	if w.Code != 429 {
+	// Instance 2 never saw an answer, yet knows the account is spent: empty
+	// when it was learned, it refills 3 a minute on Redis's clock.
+	var w *httptest.ResponseRecorder
+	code, served := untilRefused(t, c, "the learned 3 rpm", 0, from, 3, 1, func() int {
+		w = sendTo(t, hs[1], "sk-learn-2", next)
+		return w.Code
+	})
+	if code != 429 {
 		t.Fatalf("instance 2 after instance 1 learned 3 rpm with none left: %d, want 429: %s", w.Code, w.Body)
 	}
 	if ra, _ := strconv.Atoi(w.Header().Get("Retry-After")); ra < 1 || ra > 21 {
 		t.Fatalf("Retry-After %q, want the time one request takes to refill at 3 rpm (20 s)", w.Header().Get("Retry-After"))
 	}
-	c := redis.NewClient(&redis.Options{Addr: srv.addr})
-	defer c.Close()
 	if l, err := c.HGet(context.Background(), hs[0].rs.zoneBase(hs[0].Zone)+"a:a", "L1").Int(); err != nil || l != 3 {
 		t.Fatalf("learned requests limit in Redis %d (%v), want 3", l, err)
 	}
-	if next.callsOf("a") != 1 {
-		t.Fatalf("the provider got %d calls, want 1", next.callsOf("a"))
+	if next.callsOf("a") != 1+served {
+		t.Fatalf("the provider got %d calls, want %d", next.callsOf("a"), 1+served)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
@@ -35,7 +35,7 @@ func gatewayInstances(t *testing.T, addr string, n int, h Handler) []*Handler {
 		inst := h
 		inst.Zone = joined[cut:]
 		inst.Store = &StoreConfig{Redis: &RedisConfig{Address: addr, Fail: "closed", Prefix: joined[:cut],
-			Timeout: caddy.Duration(2 * time.Second)}}
+			Timeout: testRedisTimeout}}
 		p := provisioned(t, &inst)
 		p.logger = zap.NewNop()
 		hs = append(hs, p)
@@ -78,7 +78,10 @@ func TestSharedStatsAgreeAcrossInstances(t *testing.T) {
 	t.Cleanup(func() { setClock(clk) })
 	srv := startRedis(t)
 	hs := gatewayInstances(t, srv.addr, 3, Handler{Limits: Limits{RPM: 1000, TPM: 1 << 30, Concurrent: 100}})
+	c := srv.client(t)
+	ctx := context.Background()
 	const n = 9
+	from := redisNow(t, c)
 	if ok, _ := admitAcross(t, n, "sk-agree", chatBody, nil, hs...); ok != n {
 		t.Fatalf("%d of %d admitted", ok, n)
 	}
@@ -87,7 +90,11 @@ func TestSharedStatsAgreeAcrossInstances(t *testing.T) {
 		InputTokensTotal: n * 260, OutputTokensTotal: n * 9, TokensLastMinute: n * 269}
 	for i, h := range hs {
 		inZone, one := statsOf(t, h, want.KeyID)
+		lastMinute := inLastMinute(t, c, from)
 		for _, got := range []KeyStats{inZone, one} {
+			if !lastMinute { // too late to tell: the totals still count
+				want.RequestsLastMinute, want.TokensLastMinute = got.RequestsLastMinute, got.TokensLastMinute
+			}
 			if got.KeyID != want.KeyID || got.RequestsTotal != want.RequestsTotal || got.RequestsLastMinute != want.RequestsLastMinute ||
 				got.InputTokensTotal != want.InputTokensTotal || got.OutputTokensTotal != want.OutputTokensTotal ||
 				got.TokensLastMinute != want.TokensLastMinute || got.InFlight != 0 {
@@ -118,20 +125,21 @@ func TestSharedStatsAgreeAcrossInstances(t *testing.T) {
 			t.Errorf("instance %d while one request is in flight on instance 0: in_flight %d, requests_total %d; want 1, %d", i, one.InFlight, one.RequestsTotal, n+1)
 		}
 	}
+	settling := redisNow(t, c) // before the last write: the in-flight request's settle
 	close(release)
 	<-done
 
 	// The counters are one hash in the zone's slot, named by key_id, that
 	// an idle key loses.
-	c := redis.NewClient(&redis.Options{Addr: srv.addr})
-	defer c.Close()
-	ctx := context.Background()
 	statsKey := hs[0].rs.zoneBase(hs[0].Zone) + want.KeyID + ":stats"
 	ttl, err := c.PTTL(ctx, statsKey).Result()
-	// It lives at least statsTTL after its last write, and at most the
-	// scripts' slack more (they set a TTL only when it would come sooner).
-	if max := statsTTL + luaSlackMs*time.Millisecond; err != nil || ttl <= statsTTL-time.Minute || ttl > max {
-		t.Errorf("%s expires in %v (%v), want within %v", statsKey, ttl, err, max)
+	to := redisNow(t, c)
+	// It lives at least statsTTL after its last write, less what passed
+	// since on Redis's clock (and a millisecond PTTL rounds off), and at
+	// most the scripts' slack more (they set a TTL only when it would come
+	// sooner).
+	if least, most := statsTTL-to.Sub(settling)-time.Millisecond, statsTTL+luaSlackMs*time.Millisecond; err != nil || ttl < least || ttl > most {
+		t.Errorf("%s expires in %v (%v), want %v to %v", statsKey, ttl, err, least, most)
 	}
 	keys, err := c.Keys(ctx, "*").Result()
 	if err != nil {
@@ -185,45 +193,126 @@ func TestSharedLastMinuteCountsOnlyTheLastMinute(t *testing.T) {
 	}
 }
 
-// histogramCount is how many observations o (a histogram child) holds.
-func histogramCount(t *testing.T, o prometheus.Observer) uint64 {
+// histogramOf is the sample count and sum of o, a histogram child.
+func histogramOf(t *testing.T, o prometheus.Observer) (uint64, float64) {
 	t.Helper()
 	var m dto.Metric
 	if err := o.(prometheus.Metric).Write(&m); err != nil {
 		t.Fatal(err)
 	}
-	return m.GetHistogram().GetSampleCount()
+	return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+}
+
+// sleepRecorder is the real clock that records, for every sleep the
+// package asks of it, how long it had left to sleep when asked.
+type sleepRecorder struct {
+	mu     sync.Mutex
+	sleeps []time.Duration
+}
+
+func (r *sleepRecorder) Now() time.Time { return time.Now() }
+
+func (r *sleepRecorder) SleepUntil(ctx context.Context, wake time.Time) error {
+	d := time.Until(wake)
+	r.mu.Lock()
+	r.sleeps = append(r.sleeps, d)
+	r.mu.Unlock()
+	if d <= 0 {
+		return ctx.Err()
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// take returns the sleeps recorded since the last take.
+func (r *sleepRecorder) take() []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.sleeps
+	r.sleeps = nil
+	return s
 }
 
 // Through Redis, a request admitted on its first try is allowed, with no
 // queue_wait observation, however long the round trip took; one that
 // waited for the bucket to refill (max_wait) is queued, and its wait
-// observed.
+// observed: at least the sleeps it asked for, at most the time it took.
 func TestSharedAdmissionsQueueOnlyWhenTheyWaited(t *testing.T) {
-	setClock(nil) // the round trips take real time, as in production
+	rec := &sleepRecorder{}
+	setClock(rec) // the real clock: the round trips take real time, as in production
 	t.Cleanup(func() { setClock(clk) })
 	srv := startRedis(t)
+	c := srv.client(t)
 	// rpm 60: a full bucket holds 60 requests and refills one a second.
-	h := gatewayInstances(t, srv.addr, 1, Handler{Limits: Limits{RPM: 60}, MaxWait: caddy.Duration(5 * time.Second)})[0]
+	// max_wait bounds the round trips too: a minute, which no loaded
+	// machine's round trips exhaust.
+	h := gatewayInstances(t, srv.addr, 1, Handler{Limits: Limits{RPM: 60}, MaxWait: caddy.Duration(time.Minute)})[0]
 	m := h.zone.m
+	// The zone's counters outlive a test run (-count): count from here.
+	type counts struct {
+		allowed, queued, observedSum float64
+		observed                     uint64
+	}
+	read := func() counts {
+		n, sum := histogramOf(t, m.queueWait)
+		return counts{testutil.ToFloat64(m.outcomes[outcomeAllowed]), testutil.ToFloat64(m.outcomes[outcomeQueued]), sum, n}
+	}
+	zero := read()
+	from := redisNow(t, c)
 	for i := range 60 {
 		if w := serveOnce(t, h, "sk-queued", chatBody); w.Code != 200 {
 			t.Fatalf("request %d: %d %s", i, w.Code, w.Body)
 		}
 	}
-	if a, q, n := testutil.ToFloat64(m.outcomes[outcomeAllowed]), testutil.ToFloat64(m.outcomes[outcomeQueued]), histogramCount(t, m.queueWait); a != 60 || q != 0 || n != 0 {
-		t.Fatalf("60 requests admitted at once: allowed %v, queued %v, queue_wait observations %d; want 60, 0, 0", a, q, n)
+	if got := read(); got.allowed-zero.allowed != 60 || got.queued != zero.queued || got.observed != zero.observed {
+		t.Fatalf("60 requests admitted at once: allowed %v, queued %v, queue_wait observations %d; want 60, 0, 0",
+			got.allowed-zero.allowed, got.queued-zero.queued, got.observed-zero.observed)
 	}
-	// The bucket is empty: the next request waits about a second for it.
-	if w := serveOnce(t, h, "sk-queued", chatBody); w.Code != 200 {
-		t.Fatalf("the request that waits: %d %s", w.Code, w.Body)
+	if s := rec.take(); len(s) != 0 {
+		t.Fatalf("a full bucket of 60 made requests sleep %v", s)
 	}
-	if a, q, n := testutil.ToFloat64(m.outcomes[outcomeAllowed]), testutil.ToFloat64(m.outcomes[outcomeQueued]), histogramCount(t, m.queueWait); a != 60 || q != 1 || n != 1 {
-		t.Fatalf("after a request that waited: allowed %v, queued %v, queue_wait observations %d; want 60, 1, 1", a, q, n)
-	}
-	var dm dto.Metric
-	_ = m.queueWait.(prometheus.Metric).Write(&dm)
-	if s := dm.GetHistogram().GetSampleSum(); s < 0.3 || s > 1.5 {
-		t.Errorf("queue_wait observed %vs, want about the 1 s the refill took", s)
+	// The bucket is empty, but for what it refilled on Redis's clock:
+	// requests it refilled for are served at once, then one waits for it.
+	for extra := 1; ; extra++ {
+		before := read()
+		start := time.Now()
+		if w := serveOnce(t, h, "sk-queued", chatBody); w.Code != 200 {
+			t.Fatalf("request %d after the 60: %d %s", extra, w.Code, w.Body)
+		}
+		took := time.Since(start)
+		after, slept := read(), rec.take()
+		if len(slept) == 0 {
+			if most := refillBound(60, redisNow(t, c).Sub(from)+slack(60+extra)); int64(extra) > most {
+				t.Fatalf("%d served at once after the 60, but the bucket refilled %d at most", extra, most)
+			}
+			if after.allowed-before.allowed != 1 || after.queued != before.queued || after.observed != before.observed {
+				t.Fatalf("a request served at once: allowed +%v, queued +%v, queue_wait observations +%d; want 1, 0, 0",
+					after.allowed-before.allowed, after.queued-before.queued, after.observed-before.observed)
+			}
+			continue
+		}
+		if after.allowed != before.allowed || after.queued-before.queued != 1 || after.observed-before.observed != 1 {
+			t.Fatalf("a request that slept %v: allowed +%v, queued +%v, queue_wait observations +%d; want 0, 1, 1",
+				slept, after.allowed-before.allowed, after.queued-before.queued, after.observed-before.observed)
+		}
+		// It slept for what the bucket lacked of one request: a second at
+		// most. Its wait observed is at least those sleeps, at most the
+		// time the request took.
+		var total time.Duration
+		for _, d := range slept {
+			total += d
+		}
+		waited := time.Duration((after.observedSum - before.observedSum) * float64(time.Second))
+		if slept[0] > time.Second || waited < total-time.Microsecond || waited > took {
+			t.Errorf("queue_wait observed %v; the request slept %v and took %v: want at least the sleeps (the first at most 1 s), at most %v",
+				waited, slept, took, took)
+		}
+		return
 	}
 }

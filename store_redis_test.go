@@ -5,11 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
+	"maps"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -20,75 +18,14 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
-
-// redisServer is a real redis-server process on a free port, with its own
-// temporary directory.
-type redisServer struct {
-	addr string
-	dir  string
-	cmd  *exec.Cmd
-}
-
-// startRedis starts redis-server for one test. Without the binary the test
-// is skipped, except in CI (CI set to anything), where it fails: CI
-// installs redis-server, so a missing one is a defect there.
-func startRedis(t testing.TB) *redisServer {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("redis-server is not on PATH under CI (CI=%q): .ci/run installs it: %v", os.Getenv("CI"), err)
-		}
-		t.Skip("redis-server is not on PATH: install it (Debian: apt-get install redis-server) to run the Redis tests")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	rs := &redisServer{addr: addr, dir: t.TempDir()}
-	rs.start(t)
-	t.Cleanup(rs.stop)
-	return rs
-}
-
-func (s *redisServer) start(t testing.TB) {
-	t.Helper()
-	_, port, err := net.SplitHostPort(s.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.cmd = exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", s.dir)
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := redis.NewClient(&redis.Options{Addr: s.addr})
-	defer c.Close()
-	for i := 0; i < 200; i++ {
-		if c.Ping(context.Background()).Err() == nil {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("redis-server did not start")
-}
-
-func (s *redisServer) stop() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		_ = s.cmd.Process.Kill()
-		_ = s.cmd.Wait()
-		s.cmd = nil
-	}
-}
 
 // redisHandler is a handler instance provisioned on its own, as a second
 // gateway instance would be, using the Redis store.
 func redisHandler(t testing.TB, addr, fail string, lim Limits) *Handler {
 	h := provisioned(t, &Handler{Zone: "redis-" + t.Name(), Limits: lim,
-		Store: &StoreConfig{Redis: &RedisConfig{Address: addr, Fail: fail, Prefix: "t:" + t.Name() + ":"}}})
+		Store: &StoreConfig{Redis: &RedisConfig{Address: addr, Fail: fail, Prefix: "t:" + t.Name() + ":", Timeout: testRedisTimeout}}})
 	h.logger = zap.NewNop()
 	return h
 }
@@ -140,20 +77,31 @@ func TestTwoInstancesShareOneLimitThroughRedis(t *testing.T) {
 	setClock(nil)
 	t.Cleanup(func() { setClock(clk) })
 	srv := startRedis(t)
+	c := srv.client(t)
 	a := redisHandler(t, srv.addr, "open", Limits{RPM: 60})
 	b := redisHandler(t, srv.addr, "open", Limits{RPM: 60})
-	start := time.Now()
+	errorsBefore := testutil.ToFloat64(a.zone.m.storeErrors) // the zone's, over -count runs
+	from := redisNow(t, c)
 	ok, _ := admitAcross(t, 200, "sk-shared", chatBody, nil, a, b)
-	refill := int64(time.Since(start).Seconds()) + 1 // rpm 60 refills one a second
-	if ok < 60 || ok > 60+refill {
-		t.Fatalf("two instances admitted %d of 200 with rpm 60 (refill allowance %d)", ok, refill)
+	to := redisNow(t, c)
+	// A full bucket of 60, and what it refilled (one a second) on Redis's
+	// clock while the 200 were decided.
+	if most := 60 + refillBound(60, to.Sub(from)+slack(200)); ok < 60 || ok > most {
+		t.Fatalf("two instances admitted %d of 200 with rpm 60, want 60 to %d (%v on Redis's clock)", ok, most, to.Sub(from))
+	}
+	if e := testutil.ToFloat64(a.zone.m.storeErrors) - errorsBefore; e != 0 {
+		t.Fatalf("%v store errors: some requests were decided by one instance alone (fail open)", e)
 	}
 }
 
 func TestRedisAdmissionIsAllOrNothing(t *testing.T) {
 	srv := startRedis(t)
+	c := srv.client(t)
+	ctx := context.Background()
 	h := redisHandler(t, srv.addr, "open", Limits{RPM: 10, TPM: 1000})
+	kb := h.rs.zoneBase(h.Zone) + hashKey("sk-atomic").id() + ":"
 	body := `{"messages":[{"role":"user","content":"hi"}],"max_tokens":600}`
+	from := redisNow(t, c)
 	if w := serveOnce(t, h, "sk-atomic", body); w.Code != 200 {
 		t.Fatalf("first: %d", w.Code)
 	}
@@ -161,20 +109,32 @@ func TestRedisAdmissionIsAllOrNothing(t *testing.T) {
 	if w := serveOnce(t, h, "sk-atomic", body); w.Code != 200 {
 		t.Fatalf("second: %d %s", w.Code, w.Body)
 	}
-	w := serveOnce(t, h, "sk-atomic", body)
-	if w.Code != 429 || !bytes.Contains(w.Body.Bytes(), []byte("tokens per min")) {
-		t.Fatalf("third: %d %s", w.Code, w.Body)
-	}
-	c := redis.NewClient(&redis.Options{Addr: srv.addr})
-	defer c.Close()
-	level, err := c.HGet(context.Background(), h.rs.zoneBase(h.Zone)+hashKey("sk-atomic").id()+":rpm", "l").Float64()
+	to := redisNow(t, c)
+	level, err := c.HGet(ctx, kb+"rpm", "l").Float64()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if level < 8 || level > 8.1 {
-		t.Errorf("rpm level in Redis %v: the TPM rejection must not have taken a request (want 8 + refill)", level)
+	levelIn(t, "rpm in Redis after two requests", level, 8, 10, from, to, 2)
+	// 1000 - 2 × 269 tokens are left, less than a third 600 needs: it is
+	// refused on tpm, and must leave the rpm bucket as it was. (Should the
+	// machine be so slow that tpm refilled 600 meanwhile, the request
+	// after it is refused instead.)
+	var rpmBefore map[string]string
+	var w *httptest.ResponseRecorder
+	untilRefused(t, c, "600 more tokens", bucketLevel(t, c, kb+"tpm", 1000, to), to, 1000, 600, func() int {
+		if rpmBefore, err = c.HGetAll(ctx, kb+"rpm").Result(); err != nil {
+			t.Fatal(err)
+		}
+		w = serveOnce(t, h, "sk-atomic", body)
+		return w.Code
+	})
+	if w.Code != 429 || !bytes.Contains(w.Body.Bytes(), []byte("tokens per min")) {
+		t.Fatalf("third: %d %s", w.Code, w.Body)
 	}
-	keys, err := c.Keys(context.Background(), "*").Result()
+	if rpmAfter, err := c.HGetAll(ctx, kb+"rpm").Result(); err != nil || !maps.Equal(rpmBefore, rpmAfter) {
+		t.Errorf("the rpm bucket in Redis went from %v to %v (%v): the TPM rejection must not have taken a request", rpmBefore, rpmAfter, err)
+	}
+	keys, err := c.Keys(ctx, "*").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,35 +145,63 @@ func TestRedisAdmissionIsAllOrNothing(t *testing.T) {
 	}
 }
 
+// A slot held by an instance that died comes back when its lease's TTL has
+// passed on Redis's clock; one given back comes back at once.
 func TestRedisLeasesComeBackAfterTheirTTL(t *testing.T) {
 	srv := startRedis(t)
+	c := srv.client(t)
+	ctx := context.Background()
 	old := leaseTTL
-	leaseTTL = 300 * time.Millisecond
 	t.Cleanup(func() { leaseTTL = old })
 	h := redisHandler(t, srv.addr, "open", Limits{Concurrent: 1})
-	q := ask{kh: hashKey("sk-lease"), lim: h.Limits}
-	ctx := context.Background()
-	held, dec, err := h.rs.admit(ctx, h.Zone, q)
-	if err != nil || !dec.ok {
-		t.Fatalf("first: %v %+v", err, dec)
+	// The second admission below must be decided before the lease
+	// expires: a machine too slow for the TTL tries again with a longer
+	// one, on a fresh key.
+	for try, ttl := 0, 500*time.Millisecond; ; try, ttl = try+1, 4*ttl {
+		leaseTTL = ttl
+		key := fmt.Sprintf("sk-lease-%d", try)
+		q := ask{kh: hashKey(key), lim: h.Limits}
+		from := redisNow(t, c)
+		_, dec, err := h.rs.admit(ctx, h.Zone, q)
+		if err != nil || !dec.ok {
+			t.Fatalf("first: %v %+v", err, dec)
+		}
+		mid := redisNow(t, c)
+		// This instance "dies" holding the slot: it never finishes. Its
+		// lease expires ttl after the admission, on Redis's clock.
+		leases, err := c.ZRangeWithScores(ctx, h.rs.zoneBase(h.Zone)+hashKey(key).id()+":leases", 0, -1).Result()
+		if err != nil || len(leases) != 1 {
+			t.Fatalf("leases %v (%v), want the one held", leases, err)
+		}
+		expiry := time.UnixMicro(int64(leases[0].Score))
+		if expiry.Before(from.Add(ttl)) || expiry.After(mid.Add(ttl)) {
+			t.Fatalf("the lease expires at %v, want %v after the admission (between %v and %v)", expiry, ttl, from.Add(ttl), mid.Add(ttl))
+		}
+		_, dec, err = h.rs.admit(ctx, h.Zone, q)
+		if to := redisNow(t, c); !to.Before(from.Add(ttl)) {
+			if try < 4 {
+				t.Logf("the second admission ended %v after the first began, past the lease's %v: again with a longer TTL", to.Sub(from), ttl)
+				continue
+			}
+			t.Fatalf("the second admission ended %v after the first began: the machine is too slow even for a %v TTL", to.Sub(from), ttl)
+		}
+		if err != nil || dec.ok || dec.blocking.dim != dimConcurrency {
+			t.Fatalf("second while the slot is held: %v %+v", err, dec)
+		}
+		waitRedisPast(t, c, expiry)
+		tk, dec, err := h.rs.admit(ctx, h.Zone, q)
+		if err != nil || !dec.ok {
+			t.Fatalf("after the TTL the slot must be free: %v %+v", err, dec)
+		}
+		// Normal completion gives the slot back at once.
+		tk.finish(0, nil, false)
+		tk2, dec, err := h.rs.admit(ctx, h.Zone, q)
+		if err != nil || !dec.ok {
+			t.Fatalf("after finishing the slot must be free: %v %+v", err, dec)
+		}
+		tk2.finish(0, nil, false)
+		return
 	}
-	// This instance "dies" holding the slot: it never finishes.
-	if _, dec, err := h.rs.admit(ctx, h.Zone, q); err != nil || dec.ok || dec.blocking.dim != dimConcurrency {
-		t.Fatalf("second while the slot is held: %v %+v", err, dec)
-	}
-	time.Sleep(400 * time.Millisecond) // past the lease's TTL on Redis's clock
-	tk, dec, err := h.rs.admit(ctx, h.Zone, q)
-	if err != nil || !dec.ok {
-		t.Fatalf("after the TTL the slot must be free: %v %+v", err, dec)
-	}
-	// Normal completion gives the slot back at once.
-	tk.finish(0, nil, false)
-	tk2, dec, err := h.rs.admit(ctx, h.Zone, q)
-	if err != nil || !dec.ok {
-		t.Fatalf("after finishing the slot must be free: %v %+v", err, dec)
-	}
-	tk2.finish(0, nil, false)
-	_ = held
 }
 
 func TestRedisOutageFailsOpenOrClosedAndRecovers(t *testing.T) {
@@ -242,13 +230,17 @@ func TestRedisOutageFailsOpenOrClosedAndRecovers(t *testing.T) {
 	// Redis comes back on the same address: shared limiting resumes
 	// without restarting anything. (Its data is gone: a fresh bucket.)
 	srv.start(t)
+	c := srv.client(t)
+	from := redisNow(t, c)
 	for i := 0; i < 2; i++ {
 		if w := serveOnce(t, closed, "sk-after", chatBody); w.Code != 200 {
 			t.Fatalf("after recovery %d: %d %s", i, w.Code, w.Body)
 		}
 	}
-	if w := serveOnce(t, open, "sk-after", chatBody); w.Code != 429 {
-		t.Fatalf("the other instance must see the shared bucket again: %d", w.Code)
+	// The other instance must see the shared bucket again: empty, but for
+	// what it refilled (2 a minute) since.
+	if code, _ := untilRefused(t, c, "the other instance", 0, from, 2, 1, func() int { return serveOnce(t, open, "sk-after", chatBody).Code }); code != 429 {
+		t.Fatalf("the other instance must see the shared bucket again: %d", code)
 	}
 }
 
