@@ -103,17 +103,8 @@ func (s *Scanner) Members(member func(key []byte) error) error {
 		return err
 	}
 	for n := 0; ; n++ {
-		if s.ws(); s.pos < len(s.data) && s.data[s.pos] == '}' {
-			s.pos++
-			s.depth--
-			return nil
-		}
-		if n > 0 {
-			if s.pos >= len(s.data) || s.data[s.pos] != ',' {
-				return s.SyntaxError()
-			}
-			s.pos++
-			s.ws()
+		if done, err := s.more(n, '}'); done || err != nil {
+			return err
 		}
 		if s.pos >= len(s.data) || s.data[s.pos] != '"' {
 			return s.SyntaxError()

@@ -163,17 +163,8 @@ func (s *Scanner) Object(known []string, member func(key string) error) error {
 		return err
 	}
 	for n := 0; ; n++ {
-		if s.ws(); s.pos < len(s.data) && s.data[s.pos] == '}' {
-			s.pos++
-			s.depth--
-			return nil
-		}
-		if n > 0 {
-			if s.pos >= len(s.data) || s.data[s.pos] != ',' {
-				return s.SyntaxError()
-			}
-			s.pos++
-			s.ws()
+		if done, err := s.more(n, '}'); done || err != nil {
+			return err
 		}
 		if s.pos >= len(s.data) || s.data[s.pos] != '"' {
 			return s.SyntaxError()
@@ -218,6 +209,25 @@ func (s *Scanner) key() ([]byte, error) {
 	return s.keyBuf[:min(m, len(s.keyBuf))], nil
 }
 
+// more steps to the n-th entry of the object or array that close ends:
+// past the comma before it, or past close (done) when the container ends
+// there.
+func (s *Scanner) more(n int, close byte) (done bool, err error) {
+	if s.ws(); s.pos < len(s.data) && s.data[s.pos] == close {
+		s.pos++
+		s.depth--
+		return true, nil
+	}
+	if n > 0 {
+		if s.pos >= len(s.data) || s.data[s.pos] != ',' {
+			return false, s.SyntaxError()
+		}
+		s.pos++
+		s.ws()
+	}
+	return false, nil
+}
+
 // Array reads the array at the scanner's position (its kind checked by the
 // caller), calling elem for each element with the scanner at it; elem must
 // consume it.
@@ -226,16 +236,8 @@ func (s *Scanner) Array(elem func(i int) error) error {
 		return err
 	}
 	for n := 0; ; n++ {
-		if s.ws(); s.pos < len(s.data) && s.data[s.pos] == ']' {
-			s.pos++
-			s.depth--
-			return nil
-		}
-		if n > 0 {
-			if s.pos >= len(s.data) || s.data[s.pos] != ',' {
-				return s.SyntaxError()
-			}
-			s.pos++
+		if done, err := s.more(n, ']'); done || err != nil {
+			return err
 		}
 		if err := elem(n); err != nil {
 			return err
