@@ -48,7 +48,8 @@ var dialects []dialect
 func registerDialect(d dialect) {
 	sp := d.spec()
 	sp.memberNames, sp.slots = sp.usage.names()
-	if sp.name == "" || sp.errorBody == nil || len(sp.memberNames) > len(usageAcc{}.v) {
+	_, ownUsage := d.(usageReader)
+	if sp.name == "" || sp.errorBody == nil || len(sp.memberNames) > len(usageAcc{}.v) || len(sp.usage.key) == 0 && !ownUsage {
 		panic("dialect " + sp.name + ": incomplete spec")
 	}
 	dialects = append(dialects, d)
