@@ -19,7 +19,7 @@ import (
 //	llm_ratelimit [<matcher>] {
 //		zone        <name>
 //		key         <placeholder template>
-//		format      auto|<a registered format: openai, anthropic, …>
+//		format      auto|<a registered format's name>
 //		max_body    <size>
 //		rpm <n>  tpm <n>  itpm <n>  otpm <n>  concurrent <n>
 //		tier <name> {

@@ -21,8 +21,8 @@ import (
 //   - remaining is a bucket's level now, rounded down (a bucket in debt
 //     shows 0), as the x-ratelimit-remaining-* headers say it;
 //   - resets_at is when the bucket is full again if nothing more is
-//     taken, rounded up to the second (RFC 3339, UTC), as Anthropic's
-//     anthropic-ratelimit-*-reset headers say it: now for a full bucket;
+//     taken, rounded up to the second (RFC 3339, UTC), as the reset
+//     headers that carry a time say it: now for a full bucket;
 //   - remaining.concurrent is the limit less the requests in flight; it
 //     has no reset;
 //   - budget.remaining_usd is what admission still lets the key reserve:

@@ -147,8 +147,7 @@ type Handler struct {
 
 	// Format of request bodies and of the handler's own error responses:
 	// "auto" (default: the path decides) or a registered dialect's name
-	// ("openai", "anthropic", "gemini", …: docs/configuration.md lists
-	// them).
+	// (docs/configuration.md, "Formats", lists them).
 	Format string `json:"format,omitempty"`
 
 	// MaxBody is the largest request body read, in bytes; larger → 413.
@@ -205,8 +204,8 @@ type Handler struct {
 	// at 1. Default true.
 	Calibrate *bool `json:"calibrate,omitempty"`
 
-	// LearnLimits reads the providers' own rate-limit headers
-	// (x-ratelimit-*, anthropic-ratelimit-*) on every upstream answer and
+	// LearnLimits reads the providers' own rate-limit headers (each
+	// format's family, dialectSpec.rateHeaders) on every upstream answer and
 	// paces to what they say: for the account that served, or, in a zone
 	// without upstream blocks, for the client's own key. A learned limit
 	// applies where none is configured; where both are, the smaller wins.

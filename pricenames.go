@@ -8,10 +8,10 @@ import (
 )
 
 // The names clients send for a model are rarely the file's keys: a
-// provider prefix (openai/gpt-4.1, models/gemini-2.5-flash), another case
-// (GPT-4.1), dots for dashes in a version (claude-sonnet-4.5), a date
-// (claude-sonnet-4-5-20250929), or no prefix where LiteLLM keys the model
-// under its provider's (gemini/…, deepseek/…). A priceTable finds a
+// provider prefix (<provider>/<model>, models/<model>), another case
+// (MODEL-4.1), dots for dashes in a version (model-4.5 for model-4-5), a
+// date (model-4-5-20250929), or no prefix where LiteLLM keys the model
+// under its provider's (<provider>/<model>). A priceTable finds a
 // request's model by the first of these that matches (SPEC "Prices as
 // published"):
 //
@@ -22,9 +22,9 @@ import (
 //  3. the name without a provider prefix (everything up to the last '/'),
 //     exact, then as in step 2;
 //  4. that name with the request's provider prefix added: the dialect's
-//     own provider (gemini/ for Google's API), then the provider the name
-//     starts with (deepseek-chat → deepseek/deepseek-chat, for the many
-//     providers that speak OpenAI's format);
+//     own provider (dialectSpec.pricesProvider), then the provider the
+//     name starts with (deepseek-chat → deepseek/deepseek-chat, for the
+//     many providers that speak another provider's format);
 //  5. steps 1 to 4 again for the name without a trailing date or -latest
 //     (-20250929, -2024-08-06, @20240620).
 //
@@ -90,7 +90,8 @@ func index(m map[string]*filePrice, key string, fp *filePrice) {
 }
 
 // lookup finds the entry of a request's model (the body's or the path's
-// name) sent in the format of provider ("gemini"; "" for none).
+// name) sent in the format of provider (a dialect's pricesProvider; ""
+// for none).
 func (t *priceTable) lookup(model, provider string) (*filePrice, bool) {
 	if t == nil {
 		return nil, false
@@ -210,7 +211,7 @@ func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
 // nameFamily is the run of letters a model's name starts with, which for
 // most providers that serve their own models is the provider's name
-// (deepseek-chat, mistral-large-latest, gemini-2.5-flash); "" when it is
+// (deepseek-chat, mistral-large-latest); "" when it is
 // shorter than 3 letters.
 func nameFamily(name string) string {
 	i := 0

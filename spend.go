@@ -344,7 +344,7 @@ func (h *Handler) modelLimits(m *Model, model string, d dialect) (window, maxOut
 
 // providerOf is the prices file's provider of dialect d ("" for none):
 // the prefix under which LiteLLM's prices file keys that provider's
-// entries ("gemini" for gemini/gemini-2.5-flash).
+// entries (<provider> for <provider>/<model>).
 func providerOf(d dialect) string {
 	if d == nil {
 		return ""
