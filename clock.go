@@ -37,6 +37,11 @@ func sleepUntil(ctx context.Context, t time.Time) error {
 	if c := clockHook.Load(); c != nil {
 		return (*c).SleepUntil(ctx, t)
 	}
+	return wallSleepUntil(ctx, t)
+}
+
+// wallSleepUntil waits on the wall clock until t, or until ctx is done.
+func wallSleepUntil(ctx context.Context, t time.Time) error {
 	d := time.Until(t)
 	if d <= 0 {
 		return ctx.Err()

@@ -217,17 +217,7 @@ func (r *sleepRecorder) SleepUntil(ctx context.Context, wake time.Time) error {
 	r.mu.Lock()
 	r.sleeps = append(r.sleeps, d)
 	r.mu.Unlock()
-	if d <= 0 {
-		return ctx.Err()
-	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return wallSleepUntil(ctx, wake)
 }
 
 // take returns the sleeps recorded since the last take.
