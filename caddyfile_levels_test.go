@@ -59,17 +59,24 @@ func TestRejectsBadLinesAtEveryLevel(t *testing.T) {
 				if lv.open != "" {
 					block = lv.open + "\n" + indentCaddyfileLines(tc.lines, "\t") + "\n" + lv.close
 				}
-				body := ":8080 {\n\tllm_ratelimit {\n" + indentCaddyfileLines(block, "\t\t") + "\n\t}\n}\n"
-				_, err := adaptCaddyfileForTest(body)
-				if err == nil {
-					t.Fatalf("no error for:\n%s", body)
-				}
-				for _, w := range tc.want {
-					if !strings.Contains(err.Error(), w) {
-						t.Errorf("error %q does not contain %q", err, w)
-					}
-				}
+				wantAdaptError(t, block, tc.want)
 			})
+		}
+	}
+}
+
+// wantAdaptError adapts an llm_ratelimit block of lines and wants an
+// error that says each of want.
+func wantAdaptError(t *testing.T, block string, want []string) {
+	t.Helper()
+	body := ":8080 {\n\tllm_ratelimit {\n" + indentCaddyfileLines(block, "\t\t") + "\n\t}\n}\n"
+	_, err := adaptCaddyfileForTest(body)
+	if err == nil {
+		t.Fatalf("no error for:\n%s", body)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not contain %q", err, w)
 		}
 	}
 }
@@ -98,16 +105,7 @@ func TestRejectsBadStoreLines(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			block := "store redis {\n" + indentCaddyfileLines(tc.block, "\t") + "\n}"
-			body := ":8080 {\n\tllm_ratelimit {\n" + indentCaddyfileLines(block, "\t\t") + "\n\t}\n}\n"
-			_, err := adaptCaddyfileForTest(body)
-			if err == nil {
-				t.Fatalf("no error for:\n%s", body)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not contain %q", err, w)
-				}
-			}
+			wantAdaptError(t, block, tc.want)
 		})
 	}
 }
